@@ -1,0 +1,1 @@
+"""Stream stages of surge: a shared runtime and one package per stage, each with a pure core."""

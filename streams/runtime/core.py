@@ -1,0 +1,71 @@
+"""The contract between a stage's pure core and the runner. No Kafka imports here or in any core."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from google.protobuf.message import Message
+
+from streams.runtime.clock import Clock
+from streams.runtime.topics import Topic
+
+M = TypeVar("M", bound=Message)
+S = TypeVar("S")
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord(Generic[M]):
+    """One decoded input message and where it came from."""
+
+    value: M
+    key: str
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """One output message; ``exchange_us`` is the event time behind it, for latency metrics."""
+
+    topic: Topic
+    key: str
+    value: Message
+    exchange_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """An input the core refuses: it goes to dlq.v1 with this reason."""
+
+    record: InRecord[Any]
+    error_type: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Outputs:
+    emits: list[Emit] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+    def extend(self, other: Outputs) -> None:
+        self.emits.extend(other.emits)
+        self.rejects.extend(other.rejects)
+
+
+ProcessFn = Callable[[Sequence[InRecord[Any]], Any, Clock], Outputs]
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec(Generic[S]):
+    """What the runner needs to know about a consumer-driven stage."""
+
+    name: str
+    input_topics: tuple[Topic, ...]
+    make_state: Callable[[], S]
+    process: Callable[[Sequence[InRecord[Any]], S, Clock], Outputs]
+    batch_max: int | None = None        # overrides Settings.batch_max
+    batch_timeout_ms: int | None = None  # overrides Settings.batch_timeout_ms
+    on_close: Callable[[S], None] | None = None

