@@ -32,7 +32,7 @@ def dead_letter(
         error_type=error_type,
         failed_us=now_us,
     )
-    headers = [
+    headers: list[tuple[str, str | bytes | None]] = [
         ("dlq.reason", reason.encode()[:1024]),
         ("dlq.error_type", error_type.encode()),
         ("dlq.stage", stage.encode()),

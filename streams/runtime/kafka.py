@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # re-exported at runtime, stub lacks __all__
 
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
@@ -110,7 +110,7 @@ class DeliveryFailed(RuntimeError):
 
 
 # (topic, key, value, headers) as handed to Producer.produce.
-KafkaRecord = tuple[str, str | bytes, bytes, list[tuple[str, bytes]] | None]
+KafkaRecord = tuple[str, str | bytes, bytes, list[tuple[str, str | bytes | None]] | None]
 
 
 def produce_all(

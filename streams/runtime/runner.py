@@ -40,9 +40,13 @@ def exchange_us_of(message: Any) -> int:
 
 def headers_dict(msg: KafkaMessage) -> dict[str, str]:
     out: dict[str, str] = {}
-    for k, v in msg.headers() or []:
-        if v is not None:
+    raw = msg.headers() or []
+    pairs = list(raw.items()) if isinstance(raw, dict) else raw
+    for k, v in pairs:
+        if isinstance(v, bytes):
             out[k] = v.decode("utf-8", "replace")
+        elif isinstance(v, str):
+            out[k] = v
     return out
 
 
@@ -80,7 +84,8 @@ class StageRunner:
 
     def run(self) -> int:
         settings = self.settings
-        stop_health = serve_health(settings.stage_port(self.spec.name), self.metrics.registry, self.health)
+        stop_health = serve_health(settings.stage_port(self.spec.name), self.metrics.registry, self.health,
+                                   host=settings.metrics_host)
         self.stop.install()
         try:
             created = ensure_topics(settings)
@@ -124,7 +129,9 @@ class StageRunner:
                 continue
             self.handle_batch(consumer, producer, state, msgs)
 
-    def handle_batch(self, consumer: Consumer, producer: Producer, state: Any, msgs: list[KafkaMessage]) -> None:
+    def handle_batch(
+        self, consumer: Consumer, producer: Producer, state: Any, msgs: list[KafkaMessage]
+    ) -> None:
         name = self.spec.name
         now_us = self.clock.now_us()
         records: list[InRecord[Any]] = []
@@ -140,7 +147,7 @@ class StageRunner:
                     if err.fatal():
                         raise RuntimeError(f"fatal consumer error: {err}")
                 continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
             offsets[(topic, partition)] = max(offsets.get((topic, partition), -1), offset)
             headers = headers_dict(msg)
             ctx = PROPAGATOR.extract(headers) if "traceparent" in headers else None
@@ -180,7 +187,7 @@ class StageRunner:
                 span.set_attribute("surge.emits", len(outputs.emits))
                 carrier: dict[str, str] = {}
                 inject(carrier)
-                trace_headers = [(k, v.encode()) for k, v in carrier.items()]
+                trace_headers: list[tuple[str, str | bytes | None]] = [(k, v.encode()) for k, v in carrier.items()]
         finally:
             if token is not None:
                 otel_context.detach(token)

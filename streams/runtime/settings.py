@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     redis_port: int = Field(16379, description="Port of the embedded redis-server")
     gateway_host: str = Field("127.0.0.1", description="Gateway bind address")
     gateway_port: int = Field(8000, description="Gateway port")
+    metrics_host: str = Field("127.0.0.1", description="Bind address of each stage's metrics/health server")
     metrics_base_port: int = Field(9101, description="Stage N serves /metrics,/healthz,/readyz on base+N")
 
     # Consumer tuning. Defaults suit Tansu (joins take ~half the session timeout; fetches are not woken early).

@@ -1,0 +1,176 @@
+"""The `surge` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams.runtime.settings import STAGES, Settings, env_documentation
+from streams.runtime.topics import Topic
+
+app = typer.Typer(help="surge: real-time crypto market signals over a Kafka-protocol bus.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _override_env(**values: object) -> None:
+    """CLI flags become SURGE_* variables, so the frozen Settings (and every child process) sees them."""
+    for key, value in values.items():
+        if value is not None:
+            os.environ[f"SURGE_{key.upper()}"] = str(value)
+
+
+@app.command()
+def run(
+    source: Annotated[str | None, typer.Option(help="auto | sim | live | replay:PATH")] = None,
+    symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols")] = None,
+    rate: Annotated[float | None, typer.Option(help="Simulator raw events per second")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Embedded stack state folder")] = None,
+) -> None:
+    """Run the whole pipeline: embedded broker, ClickHouse (chdb), Redis, five stages and the gateway."""
+    import logging
+
+    from services.stack.supervisor import Supervisor, plan_children, resolve_source
+
+    _override_env(source=source, symbols=symbols, sim_events_per_s=rate, data_dir=data_dir)
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s [supervisor] %(message)s")
+    chosen = resolve_source(settings)
+    children = plan_children(settings, chosen)
+    supervisor = Supervisor(settings, children, settings.data_dir.resolve() / "logs")
+
+    def ready() -> None:
+        console.print(f"[green]surge is running[/green] (source: [bold]{chosen}[/bold]). "
+                      f"Dashboard: http://{settings.gateway_host}:{settings.gateway_port}/  "
+                      f"Signals: `surge tail signals.v1`. Ctrl-C stops everything.")
+
+    raise typer.Exit(supervisor.run(on_ready=ready))
+
+
+@app.command()
+def stage(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGES)}")]) -> None:
+    """Run one stage alone against SURGE_BROKERS (or the embedded broker address)."""
+    from streams.runtime.observability import configure_logging
+
+    if name not in STAGES:
+        console.print(f"[red]unknown stage {name!r}[/red]; choose one of {', '.join(STAGES)}")
+        raise typer.Exit(2)
+    settings = _settings()
+    configure_logging(settings, name)
+    if name == "ingest":
+        from streams.ingest.stage import run as run_ingest
+
+        raise typer.Exit(run_ingest(settings))
+    from streams.runtime.runner import StageRunner
+
+    if name == "features":
+        from streams.features.stage import spec
+    elif name == "infer":
+        from streams.infer.stage import spec
+    elif name == "decision":
+        from streams.decision.stage import spec
+    else:
+        from streams.sink.stage import spec
+    raise typer.Exit(StageRunner(spec(settings), settings).run())
+
+
+@app.command()
+def broker(port: Annotated[int, typer.Option(help="Listen port")] = 19092) -> None:
+    """Run the embedded Tansu broker (memory storage) in the foreground."""
+    from services.stack.binaries import tansu_command
+
+    argv = tansu_command(port)
+    console.print(f"Tansu broker on 127.0.0.1:{port} (memory storage: everything is lost on exit)")
+    os.execv(argv[0], argv)
+
+
+@app.command()
+def warehouse(
+    path: Annotated[Path, typer.Option(help="chdb data folder (owned by this process alone)")],
+    port: Annotated[int, typer.Option(help="Listen port")] = 8124,
+) -> None:
+    """Serve a chdb folder to the other processes (only one process may open it)."""
+    from services.warehouse.server import serve
+
+    settings = _settings()
+    serve(path.resolve(), "127.0.0.1", port, settings.clickhouse_database)
+
+
+@app.command()
+def gateway() -> None:
+    """Run the HTTP gateway and live dashboard."""
+    from services.gateway.app import serve
+
+    serve(_settings())
+
+
+@app.command()
+def topics(partitions: Annotated[int | None, typer.Option(help="Partitions for new topics")] = None) -> None:
+    """Create the bus topics idempotently and list them."""
+    from streams.runtime.kafka import admin_client, ensure_topics
+
+    _override_env(partitions=partitions)
+    settings = _settings()
+    created = ensure_topics(settings)
+    metadata = admin_client(settings).list_topics(timeout=10)
+    table = Table("topic", "partitions", "created now")
+    for t in Topic:
+        info = metadata.topics.get(t.value)
+        table.add_row(t.value, str(len(info.partitions)) if info else "-", "yes" if t.value in created else "")
+    Console().print(table)
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic, e.g. signals.v1")],
+    json_: Annotated[bool, typer.Option("--json", help="Machine output: one JSON value per line")] = False,
+    meta: Annotated[bool, typer.Option(help="Wrap each value with topic/partition/offset/key/timestamp")] = False,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest record")] = False,
+    idle_timeout: Annotated[float, typer.Option(help="Exit after this many seconds without a record")] = 10.0,
+    max_messages: Annotated[int | None, typer.Option("--max", help="Exit after this many records")] = None,
+) -> None:
+    """Print a topic's messages decoded from protobuf (field names as in the .proto)."""
+    from services.tail import tail as tail_topic
+
+    try:
+        kind = Topic(topic)
+    except ValueError as exc:
+        console.print(f"[red]unknown topic {topic!r}[/red]; choose one of {', '.join(t.value for t in Topic)}")
+        raise typer.Exit(2) from exc
+    out = Console()
+    for record in tail_topic(_settings(), kind, from_beginning=from_beginning, idle_timeout_s=idle_timeout,
+                             max_messages=max_messages):
+        line = record.to_json(with_meta=meta)
+        if json_:
+            sys.stdout.buffer.write(line + b"\n")
+            sys.stdout.flush()
+        else:
+            out.print(f"[cyan]{record.topic}[/cyan][{record.partition}]@{record.offset} "
+                      f"[bold]{record.key}[/bold] ", end="")
+            out.print_json(line.decode())
+
+
+@app.command()
+def config() -> None:
+    """List every SURGE_* setting with its default."""
+    table = Table("variable", "default", "meaning")
+    for name, default, desc in env_documentation():
+        table.add_row(name, default, desc)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,205 @@
+"""`surge run`: start the embedded services and the five stages as child processes, restart what dies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from services.stack.binaries import redis_command, tansu_command
+from streams.runtime.settings import STAGES, Settings
+
+log = logging.getLogger("surge.supervisor")
+
+STOP_GRACE_S = 15.0  # SIGINT must stop everything within 20 s; the rest is margin for SIGKILL
+RESTART_BACKOFF_MAX_S = 8.0
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ready: Callable[[], bool] | None = None  # polled after start; the next child waits for it
+    ready_timeout_s: float = 30.0
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start_at: float = 0.0
+    log_path: Path | None = None
+    started_at: float = field(default=0.0)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+def surge_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli", *args]
+
+
+def binance_reachable(settings: Settings) -> bool:
+    try:
+        return httpx.get(f"{settings.binance_rest_url}/api/v3/ping", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def resolve_source(settings: Settings) -> str:
+    """`auto` means live Binance when reachable, else the simulator; either way it is said loudly."""
+    if settings.source != "auto":
+        return settings.source
+    if binance_reachable(settings):
+        log.warning("SOURCE: live Binance public streams (%s reachable)", settings.binance_rest_url)
+        return "live"
+    log.warning("SOURCE: built-in market SIMULATOR (Binance %s not reachable); signals are NOT real",
+                settings.binance_rest_url)
+    return "sim"
+
+
+def plan_children(settings: Settings, source: str) -> list[ChildSpec]:
+    env = dict(os.environ)
+    env["SURGE_SOURCE"] = source
+    data_dir = settings.data_dir.resolve()
+    children: list[ChildSpec] = []
+    if settings.embedded:
+        children.append(ChildSpec("broker", tansu_command(settings.broker_port), env,
+                                  ready=lambda: port_open(settings.broker_port)))
+    if settings.clickhouse_url is None:
+        children.append(ChildSpec(
+            "warehouse",
+            surge_cli("warehouse", "--path", str(data_dir / "clickhouse"), "--port", str(settings.warehouse_port)),
+            env, ready=http_ok(f"http://127.0.0.1:{settings.warehouse_port}/health"), ready_timeout_s=60))
+    if settings.redis_url is None:
+        children.append(ChildSpec("redis", redis_command(settings.redis_port, data_dir / "redis"), env,
+                                  ready=lambda: port_open(settings.redis_port)))
+    # Topics first, so the stages' own idempotent creation finds them and the consumers join at once.
+    children.extend(
+        ChildSpec(stage, surge_cli("stage", stage), env,
+                  ready=http_ok(f"http://127.0.0.1:{settings.stage_port(stage)}/healthz"))
+        for stage in reversed(STAGES)  # consumers before the producer, so no early tick waits for a join
+    )
+    children.append(ChildSpec("gateway", surge_cli("gateway"), env,
+                              ready=http_ok(f"http://{settings.gateway_host}:{settings.gateway_port}/health")))
+    return children
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, children: list[ChildSpec], log_dir: Path) -> None:
+        self.settings = settings
+        self.children = [Child(spec) for spec in children]
+        self.log_dir = log_dir
+        self.stopping = False
+
+    def _start(self, child: Child) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        child.log_path = self.log_dir / f"{child.spec.name}.log"
+        out = child.log_path.open("ab")
+        # Own process group: Ctrl-C in the terminal reaches only the supervisor, which stops children in order.
+        child.proc = subprocess.Popen(child.spec.argv, env=child.spec.env, stdout=out, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        out.close()
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %d), log %s", child.spec.name, child.proc.pid, child.log_path)
+
+    def _wait_ready(self, child: Child) -> None:
+        if child.spec.ready is None:
+            return
+        deadline = time.monotonic() + child.spec.ready_timeout_s
+        while not self.stopping and time.monotonic() < deadline:
+            if child.spec.ready():
+                log.info("%s is ready", child.spec.name)
+                return
+            if child.proc is not None and child.proc.poll() is not None:
+                raise RuntimeError(f"{child.spec.name} exited with {child.proc.returncode} during start; "
+                                   f"see {child.log_path}")
+            time.sleep(0.1)
+        if not self.stopping:
+            raise RuntimeError(f"{child.spec.name} not ready after {child.spec.ready_timeout_s}s; "
+                               f"see {child.log_path}")
+
+    def install_signals(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        self.install_signals()
+        try:
+            for child in self.children:
+                if self.stopping:
+                    break
+                self._start(child)
+                self._wait_ready(child)
+            if not self.stopping and on_ready is not None:
+                on_ready()
+            while not self.stopping:
+                self._watch()
+                time.sleep(0.2)
+        finally:
+            self.stop_all()
+        return 0
+
+    def _watch(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            proc = child.proc
+            if proc is None:
+                if now >= child.next_start_at:
+                    self._start(child)
+                continue
+            code = proc.poll()
+            if code is None:
+                continue
+            child.restarts += 1
+            # Backoff grows for a child that keeps dying quickly, and resets after it ran a while.
+            ran_s = now - child.started_at
+            delay = 0.0 if ran_s > 30 else min(RESTART_BACKOFF_MAX_S, 0.5 * 2 ** min(child.restarts, 5))
+            log.warning("RESTART %s: exited with code %s after %.1fs; restart #%d in %.1fs (log %s)",
+                        child.spec.name, code, ran_s, child.restarts, delay, child.log_path)
+            child.proc = None
+            child.next_start_at = now + delay
+
+    def stop_all(self) -> None:
+        """Stop children in reverse start order: stages drain and commit before the broker goes away."""
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in reversed(self.children):
+            proc = child.proc
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=max(0.1, min(8.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", child.spec.name)
+                proc.kill()
+                proc.wait(timeout=2)
+            log.info("stopped %s (code %s)", child.spec.name, proc.returncode)

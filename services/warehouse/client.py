@@ -1,0 +1,182 @@
+"""One ``Warehouse`` API for every process, whatever holds the data.
+
+* ``http(s)://user:pass@host:8123/db``: a real ClickHouse server through clickhouse-connect's HTTP client.
+* ``chdb:///abs/path``: embedded chdb; only ONE OS process may open a chdb folder, so only the warehouse
+  service (``services.warehouse.server``) and single-process tests use this form.
+* ``surge+http://host:port``: ``RemoteWarehouse``, an httpx client of the warehouse service that owns the folder.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlparse
+
+import httpx
+import orjson
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+REMOTE_SCHEMES = ("surge+http", "surge+https")
+
+
+class WarehouseError(RuntimeError):
+    """A statement the warehouse rejected or could not run (bad SQL, unreachable server, ...)."""
+
+
+@runtime_checkable
+class Warehouse(Protocol):
+    """What the rest of surge needs from ClickHouse. Unqualified table names resolve to ``database``."""
+
+    database: str
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
+        """Run a statement that returns no rows (DDL, ALTER, INSERT ... SELECT)."""
+        ...
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a SELECT; rows as column-name -> value dicts. Parameters bind ``{name:Type}`` placeholders."""
+        ...
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
+        """Insert rows (one sequence per row, in ``column_names`` order); raises on failure."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def check_identifier(name: str) -> str:
+    """Database/table names are interpolated into SQL, so only plain identifiers are allowed."""
+    if not _IDENT.match(name):
+        raise ValueError(f"not a plain ClickHouse identifier: {name!r}")
+    return name
+
+
+def split_table(table: str, database: str) -> tuple[str, str]:
+    """``db.table`` or ``table`` (in ``database``) -> (database, table), both validated."""
+    db, _, name = table.rpartition(".")
+    return check_identifier(db or database), check_identifier(name)
+
+
+class ClickHouseWarehouse:
+    """A clickhouse-connect client (HTTP or chdb) behind the ``Warehouse`` API."""
+
+    def __init__(self, client: Any, database: str, *, serialise: bool) -> None:
+        self._client = client
+        self.database = check_identifier(database)
+        # chdb is a single connection: concurrent calls from gateway/server threads must take turns.
+        self._lock: threading.Lock | None = threading.Lock() if serialise else None
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        try:
+            if self._lock is None:
+                return fn(*args, **kwargs)
+            with self._lock:
+                return fn(*args, **kwargs)
+        except ClickHouseError as exc:
+            raise WarehouseError(str(exc)) from exc
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
+        self._call(self._client.command, sql, parameters=parameters)
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        result = self._call(self._client.query, sql, parameters=parameters)
+        return list(result.named_results())
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
+        if not rows:
+            return
+        db, name = split_table(table, self.database)
+        self._call(self._client.insert, name, rows, column_names=list(column_names), database=db)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class RemoteWarehouse:
+    """httpx client of the warehouse service (``surge+http://host:port``); errors surface as WarehouseError."""
+
+    def __init__(self, base_url: str, database: str, *, timeout_s: float = 30.0) -> None:
+        self.database = check_identifier(database)
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            resp = self._http.post(path, content=orjson.dumps(body), headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            raise WarehouseError(f"warehouse service {self.base_url} unreachable: {exc}") from exc
+        if resp.status_code != 200:
+            raise WarehouseError(_error_text(resp))
+        return orjson.loads(resp.content)
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
+        self._post("/command", {"sql": sql, "parameters": parameters})
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._post("/query", {"sql": sql, "parameters": parameters})["rows"]
+        return rows
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
+        if not rows:
+            return
+        db, name = split_table(table, self.database)
+        self._post("/insert", {"table": f"{db}.{name}", "column_names": list(column_names), "rows": rows})
+
+    def health(self) -> bool:
+        try:
+            return self._http.get("/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _error_text(resp: httpx.Response) -> str:
+    try:
+        detail = orjson.loads(resp.content).get("error", "")
+    except (orjson.JSONDecodeError, AttributeError):
+        detail = resp.text[:500]
+    return f"warehouse service answered {resp.status_code}: {detail}"
+
+
+def open_warehouse(url: str, database: str) -> Warehouse:
+    """Pick the client for ``url``; see the module docstring for the three forms."""
+    import clickhouse_connect
+
+    scheme = urlparse(url).scheme
+    if scheme in REMOTE_SCHEMES:
+        return RemoteWarehouse(url.replace("surge+", "", 1), database)
+    if scheme == "chdb":
+        path = urlparse(url).path
+        if not path.startswith("/"):
+            raise ValueError(f"chdb warehouse needs an absolute path (chdb:///abs/path), got {url!r}")
+        return ClickHouseWarehouse(clickhouse_connect.get_client(dsn=url), database, serialise=True)
+    if scheme in ("http", "https"):
+        # No session: queries from several threads would otherwise collide on a locked session.
+        client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+        return ClickHouseWarehouse(client, database, serialise=False)
+    raise ValueError(f"unsupported warehouse url {url!r}: use http(s)://, chdb:///abs/path or surge+http://")
+
+
+def ddl_statements(database: str) -> list[tuple[str, str]]:
+    """(file name, statement) for every ``schemas/clickhouse/*.sql`` in name order, ``{db}`` substituted."""
+    check_identifier(database)
+    folder = resources.files("schemas") / "clickhouse"
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    return [(f.name, f.read_text(encoding="utf-8").replace("{db}", database)) for f in files]
+
+
+def apply_ddl(warehouse: Warehouse, database: str) -> list[str]:
+    """Create the database and every table; idempotent (``IF NOT EXISTS``). Returns the files applied."""
+    warehouse.command(f"CREATE DATABASE IF NOT EXISTS {check_identifier(database)}")
+    applied = []
+    for name, sql in ddl_statements(database):
+        warehouse.command(sql)
+        applied.append(name)
+    return applied
