@@ -1,0 +1,114 @@
+"""`surge run` end to end: simulator -> five stage processes over Tansu -> signals.v1, ClickHouse, gateway."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from services.tail import tail
+from streams.runtime.topics import Topic
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import ALWAYS_ACT
+from tests.integration.stack import StackProcesses, stack_env, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def surge_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[bytes], StackProcesses]]:
+    root = tmp_path_factory.mktemp("run")
+    env = stack_env(root, SURGE_SOURCE="auto", SURGE_SIM_EVENTS_PER_S="1500", SURGE_SYMBOLS="BTCUSDT,ETHUSDT,SOLUSDT",
+                    **ALWAYS_ACT, SURGE_COOLDOWN_S="0.5",
+                    # auto must fall back to the simulator: point "Binance" at a closed local port.
+                    SURGE_BINANCE_REST_URL="http://127.0.0.1:9")
+    handle = StackProcesses(root=root, env=env)
+    log = (root / "surge-run.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=REPO_ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        yield proc, handle
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            for child in psutil.Process(proc.pid).children(recursive=True) if psutil.pid_exists(proc.pid) else []:
+                child.kill()
+        log.close()
+
+
+def run_log(handle: StackProcesses) -> str:
+    return (handle.root / "surge-run.log").read_text(errors="replace")
+
+
+def test_signals_flow_to_topic_clickhouse_and_gateway(surge_run: tuple[subprocess.Popen[bytes], StackProcesses]) -> None:
+    proc, handle = surge_run
+    s = handle.settings
+    gateway = f"http://127.0.0.1:{s.gateway_port}"
+    wait_for(lambda: "surge is running" in run_log(handle) or proc.poll() is not None, 120, "surge run ready")
+    assert proc.poll() is None, run_log(handle)[-4000:]
+    assert "SIMULATOR" in run_log(handle)  # auto said loudly which source it chose
+
+    wait_for(lambda: len(httpx.get(f"{gateway}/signals", timeout=2).json()) > 0, 120, "signals at the gateway",
+             interval_s=0.5)
+    signals = list(tail(s, Topic.SIGNALS, from_beginning=True, idle_timeout_s=2.0, max_messages=50))
+    assert signals, "no signal on signals.v1"
+    first = signals[0].value
+    assert first is not None
+    assert first["decision"] in {"LONG", "SHORT", "WAIT"}
+    assert first["model_version"] and first["feature_version"] and first["cost_model_version"]
+    ts = first["ts"]
+    assert int(ts["exchange_us"]) <= int(ts["ingest_us"]) <= int(ts["infer_us"]) <= int(ts["decision_us"])
+    assert "SIMULATED" in first["quality_flags"]
+
+    health = httpx.get(f"{gateway}/health", timeout=5)
+    assert health.status_code == 200
+    history = httpx.get(f"{gateway}/signals/history", params={"limit": 1000}, timeout=5).json()
+    assert len(history) > 0
+    topic_ids = {r.value["signal_id"] for r in signals if r.value}
+    wait_for(lambda: topic_ids <= {h["signal_id"] for h in httpx.get(
+        f"{gateway}/signals/history", params={"limit": 100000}, timeout=5).json()}, 60,
+        "every tailed signal stored in ClickHouse", interval_s=1)
+
+
+def test_a_killed_stage_is_restarted_and_logged(surge_run: tuple[subprocess.Popen[bytes], StackProcesses]) -> None:
+    proc, handle = surge_run
+    assert proc.poll() is None
+    match = re.search(r"started features \(pid (\d+)\)", run_log(handle))
+    assert match, run_log(handle)[-3000:]
+    psutil.Process(int(match.group(1))).kill()
+    wait_for(lambda: "RESTART features" in run_log(handle), 30, "the supervisor's restart log line")
+    port = handle.settings.stage_port("features")
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+             if _port_up(port) else False, 60, "restarted features healthy")
+
+
+def _port_up(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def test_sigint_stops_every_child_within_20s(surge_run: tuple[subprocess.Popen[bytes], StackProcesses]) -> None:
+    proc, handle = surge_run
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 8  # broker, warehouse, redis, five stages, gateway
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(25)
+    elapsed = time.monotonic() - started
+    assert code == 0, run_log(handle)[-3000:]
+    assert elapsed < 20, f"stopping took {elapsed:.1f}s"
+    _, alive = psutil.wait_procs(children, timeout=1)
+    assert alive == [], f"children left running: {alive}"
+
+
