@@ -146,22 +146,34 @@ def _error_text(resp: httpx.Response) -> str:
 
 
 def open_warehouse(url: str, database: str) -> Warehouse:
-    """Pick the client for ``url``; see the module docstring for the three forms."""
+    """Pick the client for ``url`` (see the module docstring); a server that cannot be reached is a WarehouseError."""
     import clickhouse_connect
+    from clickhouse_connect.driver.exceptions import ClickHouseError
 
     scheme = urlparse(url).scheme
     if scheme in REMOTE_SCHEMES:
         return RemoteWarehouse(url.replace("surge+", "", 1), database)
-    if scheme == "chdb":
-        path = urlparse(url).path
-        if not path.startswith("/"):
-            raise ValueError(f"chdb warehouse needs an absolute path (chdb:///abs/path), got {url!r}")
-        return ClickHouseWarehouse(clickhouse_connect.get_client(dsn=url), database, serialise=True)
-    if scheme in ("http", "https"):
-        # No session: queries from several threads would otherwise collide on a locked session.
-        client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
-        return ClickHouseWarehouse(client, database, serialise=False)
-    raise ValueError(f"unsupported warehouse url {url!r}: use http(s)://, chdb:///abs/path or surge+http://")
+    try:
+        if scheme == "chdb":
+            parsed = urlparse(url)
+            if parsed.netloc or not parsed.path.startswith("/"):
+                raise ValueError(f"chdb warehouse needs an absolute path (chdb:///abs/path), got {url!r}")
+            return ClickHouseWarehouse(clickhouse_connect.get_client(dsn=url), database, serialise=True)
+        if scheme in ("http", "https"):
+            # No session: queries from several threads would otherwise collide on a locked session.
+            client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+            return ClickHouseWarehouse(client, database, serialise=False)
+    except ClickHouseError as exc:
+        raise WarehouseError(f"cannot open warehouse {_redacted(url)}: {exc}") from exc
+    raise ValueError(f"unsupported warehouse url {_redacted(url)!r}: use http(s)://, chdb:///abs/path or surge+http://")
+
+
+def _redacted(url: str) -> str:
+    # Error messages end up in logs and /health bodies: never echo a password.
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
 
 
 def ddl_statements(database: str) -> list[tuple[str, str]]:

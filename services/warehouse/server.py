@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -139,6 +142,10 @@ def create_app(warehouse: Warehouse) -> FastAPI:
     return app
 
 
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    return
+
+
 def serve(path: Path, host: str, port: int, database: str) -> None:
     """Own the chdb folder at ``path``, create the schema, and serve it until SIGTERM/SIGINT."""
     import uvicorn
@@ -149,8 +156,14 @@ def serve(path: Path, host: str, port: int, database: str) -> None:
     try:
         apply_ddl(warehouse, database)
         log.info("warehouse service: chdb %s, database %s, on http://%s:%d", folder, database, host, port)
-        # uvicorn returns after a graceful SIGTERM/SIGINT shutdown; then chdb is flushed and the folder freed.
-        uvicorn.run(create_app(warehouse), host=host, port=port, log_level="warning", access_log=False)
+        config = uvicorn.Config(create_app(warehouse), host=host, port=port, log_level="warning", access_log=False)
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, restoring the previous handlers
+            # first; with the default handler that kills us before chdb is closed. A no-op handler lets the
+            # re-raise fall through to close() below, and the service exits 0.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, _ignore_signal)
+        uvicorn.Server(config).run()
     finally:
         warehouse.close()
 

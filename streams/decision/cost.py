@@ -73,8 +73,8 @@ class CostModel:
 
     fee_bps: float
     version: str = COST_MODEL_VERSION
-    slippage_bps: Mapping[str, float] = field(default=SLIPPAGE_BPS)
-    move_bps: Mapping[int, float] = field(default=HORIZON_MOVE_BPS)
+    slippage_bps: Mapping[str, float] = field(default_factory=lambda: SLIPPAGE_BPS)
+    move_bps: Mapping[int, float] = field(default_factory=lambda: HORIZON_MOVE_BPS)
 
     @property
     def worst_slippage_bps(self) -> float:

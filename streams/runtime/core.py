@@ -15,6 +15,11 @@ M = TypeVar("M", bound=Message)
 S = TypeVar("S")
 
 
+class FatalStageError(Exception):
+    """A failure that is not the input's fault (e.g. the warehouse is down): the runner must not dead-letter
+    the batch or commit its offsets; the stage exits and is restarted, and the batch is read again."""
+
+
 @dataclass(frozen=True, slots=True)
 class InRecord(Generic[M]):
     """One decoded input message and where it came from."""

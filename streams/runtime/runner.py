@@ -18,7 +18,7 @@ from opentelemetry.trace import Link, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from streams.runtime.clock import Clock, LiveClock
-from streams.runtime.core import InRecord, Outputs, StageSpec
+from streams.runtime.core import FatalStageError, InRecord, Outputs, Reject, StageSpec
 from streams.runtime.dlq import dead_letter
 from streams.runtime.kafka import KafkaRecord, consumer_config, ensure_topics, produce_all, producer_config
 from streams.runtime.observability import (
@@ -103,6 +103,9 @@ class StageRunner:
             self.log.info("stage %s consuming %s", self.spec.name, [t.value for t in self.spec.input_topics])
             try:
                 self._loop(consumer, producer, state)
+            except FatalStageError as exc:
+                self.log.error("fatal: %s; exiting without committing the batch, to be restarted", exc)
+                return 1
             finally:
                 self.health.set_ready(False, phase="draining")
                 producer.flush(30)
@@ -214,14 +217,16 @@ class StageRunner:
         """Run the core on the batch; if it raises, retry record by record and dead-letter the culprits."""
         try:
             return self.spec.process(records, state, self.clock)
+        except FatalStageError:
+            raise
         except Exception:
             self.log.exception("process() failed on a batch of %d; isolating the bad record(s)", len(records))
-        from streams.runtime.core import Reject
-
         merged = Outputs()
         for rec in records:
             try:
                 merged.extend(self.spec.process([rec], state, self.clock))
+            except FatalStageError:
+                raise
             except Exception as exc:
                 merged.rejects.append(Reject(rec, "processing_error", f"{type(exc).__name__}: {exc}"))
         return merged

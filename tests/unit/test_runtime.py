@@ -121,3 +121,16 @@ def test_manual_clock_never_goes_backwards() -> None:
     assert clock.now_us() == 105
     with pytest.raises(ValueError):
         clock.set_us(50)
+
+
+def test_runner_does_not_isolate_fatal_errors() -> None:
+    """A fatal error (the stage's own dependency is down) must not dead-letter good input."""
+    from streams.runtime.core import FatalStageError
+
+    def process(batch: Sequence[InRecord[Any]], state: None, clock: Any) -> Outputs:
+        raise FatalStageError("warehouse down")
+
+    runner = StageRunner(StageSpec("t", (Topic.PREDICTIONS,), lambda: None, process), Settings(), ManualClock(1))
+    rec = InRecord(prediction_pb2.Prediction(prediction_id="a", symbol="X"), "X", "predictions.v1", 0, 0)
+    with pytest.raises(FatalStageError):
+        runner._process_isolating_failures([rec], None)

@@ -1,0 +1,57 @@
+"""Gateway app factory and server entry point."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from services.gateway.deps import Resources
+from services.gateway.routers import dashboard, health, signals
+from services.warehouse.client import WarehouseError
+from streams.runtime.settings import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A gateway bound to ``settings``; the warehouse and Redis are opened on first use, closed at shutdown."""
+    resources = Resources(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            resources.close()
+
+    app = FastAPI(title="surge gateway", version="1", lifespan=lifespan)
+    app.state.resources = resources
+    app.include_router(health.router)
+    app.include_router(signals.router)
+    app.include_router(dashboard.router)
+
+    # A dependency that is down is a 503 (retry later), not a 500 (our bug).
+    @app.exception_handler(WarehouseError)
+    async def warehouse_down(_: Request, exc: WarehouseError) -> JSONResponse:
+        return JSONResponse({"detail": f"warehouse unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
+        return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
+
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway on ``settings.gateway_host:gateway_port`` until SIGTERM/SIGINT."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )

@@ -1,0 +1,75 @@
+"""Request dependencies: settings, the warehouse and Redis, opened lazily once per app and closed on shutdown."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated
+
+import redis
+from fastapi import Depends, Request
+
+from services.warehouse.client import Warehouse, WarehouseError, open_warehouse
+from streams.runtime.settings import Settings
+from streams.sink.stage import open_redis
+
+
+class Resources:
+    """The app's clients. Opened on first use, so creating the app (and importing it) touches no network."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._warehouse: Warehouse | None = None
+        self._redis: redis.Redis | None = None
+
+    def warehouse(self) -> Warehouse:
+        with self._lock:
+            if self._warehouse is None:
+                try:
+                    self._warehouse = open_warehouse(self.settings.warehouse_url(), self.settings.clickhouse_database)
+                except WarehouseError:
+                    raise
+                except Exception as exc:  # connection failures of any client kind read as "warehouse down"
+                    raise WarehouseError(f"cannot open warehouse: {exc}") from exc
+            return self._warehouse
+
+    def redis(self) -> redis.Redis:
+        with self._lock:
+            if self._redis is None:
+                # Fails fast: a dead Redis must fail /health quickly, not hang a worker thread in retries.
+                self._redis = open_redis(self.settings.redis_connection_url())
+            return self._redis
+
+    def close(self) -> None:
+        with self._lock:
+            if self._warehouse is not None:
+                self._warehouse.close()
+                self._warehouse = None
+            if self._redis is not None:
+                self._redis.close()
+                self._redis = None
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+def get_settings(resources: ResourcesDep) -> Settings:
+    return resources.settings
+
+
+def get_warehouse(resources: ResourcesDep) -> Warehouse:
+    return resources.warehouse()
+
+
+def get_redis(resources: ResourcesDep) -> redis.Redis:
+    return resources.redis()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+WarehouseDep = Annotated[Warehouse, Depends(get_warehouse)]
+RedisDep = Annotated[redis.Redis, Depends(get_redis)]
