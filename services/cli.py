@@ -172,5 +172,18 @@ def config() -> None:
     Console().print(table)
 
 
+def _register_command_groups() -> None:
+    """Domain command groups live beside their code; each adds its commands to the one app."""
+    import importlib
+    import pkgutil
+
+    import services.commands as commands
+
+    for module in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"services.commands.{module.name}").register(app)
+
+
+_register_command_groups()
+
 if __name__ == "__main__":
     app()
