@@ -1,0 +1,1 @@
+"""Model registry: versions, deploys, canaries and rollbacks in ClickHouse, artifacts on disk, audited."""
