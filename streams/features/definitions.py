@@ -8,8 +8,9 @@ Windowing policy (implemented in ``core.py``):
 
 * Time is exchange event time: a TickBatch's ``ts.exchange_us`` (clamped to be non-decreasing per symbol).
 * A window of width W at time t holds the batches with event time in ``(t - W, t]``.
-* Coverage: each batch with a valid book "vouches" for the time since the previous valid batch, capped at
-  ``MAX_SAMPLE_GAP_US``; coverage is the vouched time inside the window divided by W. Below
+* Coverage: each batch with a valid book "vouches" for the time since the previous valid batch if that gap
+  is at most ``MAX_SAMPLE_GAP_US``; a longer gap is an outage and vouches for nothing (and OFI does not
+  difference across it). Coverage is the vouched time inside the window divided by W. Below
   ``MIN_WINDOW_COVERAGE`` the feature is NaN and the vector carries WINDOW_INSUFFICIENT.
 * A return over W compares the mid now with the mid of the last batch at or before ``t - W``; that batch
   must be at most ``MAX_SAMPLE_GAP_US`` older than the window start.
@@ -78,11 +79,13 @@ def microprice_dev(bid: float, bid_qty: float, ask: float, ask_qty: float) -> fl
     return (micro - mid) / mid
 
 
-def ofi_increment(
-    prev_bid: float, prev_bid_qty: float, prev_ask: float, prev_ask_qty: float,
-    bid: float, bid_qty: float, ask: float, ask_qty: float,
-) -> float:
+TopOfBook = tuple[float, float, float, float]  # (bid, bid_qty, ask, ask_qty)
+
+
+def ofi_increment(prev: TopOfBook, cur: TopOfBook) -> float:
     """Cont, Kukanov & Stoikov (2014) order-flow increment between two successive top-of-book states."""
+    prev_bid, prev_bid_qty, prev_ask, prev_ask_qty = prev
+    bid, bid_qty, ask, ask_qty = cur
     e = 0.0
     if bid >= prev_bid:
         e += bid_qty
@@ -190,7 +193,7 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 LONGEST_WINDOW_S = max(f.window_s for f in FEATURES if f.window_s is not None)
 
 
-def _normalised_source(fn: Callable[..., float]) -> str:
+def _normalised_source(fn: Callable[..., object]) -> str:
     """Source lines stripped of indentation, blank lines and comment lines: stable across Python versions."""
     lines = (line.strip() for line in inspect.getsource(fn).splitlines())
     return "\n".join(line for line in lines if line and not line.startswith("#"))
@@ -204,7 +207,7 @@ def feature_version(defs: Sequence[FeatureDef] = FEATURES) -> str:
         DEPTH_LEVELS, SEMANTICS_REVISION, REGIME_LABELS,
     )
     h.update(repr(policy).encode())
-    helpers = (mid_price, tercile_label, regime_label)
+    helpers: tuple[Callable[..., object], ...] = (mid_price, tercile_label, regime_label)
     for fn in helpers:
         h.update(_normalised_source(fn).encode())
     for d in defs:

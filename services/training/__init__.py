@@ -1,0 +1,1 @@
+"""Offline training: builds model artifacts (``models/default``) from the simulator and the features core."""
