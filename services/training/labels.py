@@ -46,14 +46,14 @@ class BarrierLabels:
 
     @property
     def is_up(self) -> npt.NDArray[np.bool_]:
-        return self.label == LABEL_UP
+        return np.asarray(self.label == LABEL_UP, dtype=np.bool_)
 
     @property
     def valid(self) -> npt.NDArray[np.bool_]:
-        return self.label != LABEL_INCOMPLETE
+        return np.asarray(self.label != LABEL_INCOMPLETE, dtype=np.bool_)
 
 
-@numba.njit(cache=True)  # type: ignore[untyped-decorator]  # numba ships no type hints
+@numba.njit(cache=True)
 def _triple_barrier_kernel(
     close: FloatArray, high: FloatArray, low: FloatArray, theta_up: float, theta_dn: float, horizon: int
 ) -> tuple[IntArray, IntArray, FloatArray, FloatArray, IntArray]:
@@ -131,4 +131,4 @@ def balanced_weights(y: npt.NDArray[np.int_]) -> FloatArray:
     neg = n - pos
     if pos == 0 or neg == 0:
         return np.ones(n)
-    return np.where(y == 1, n / (2.0 * pos), n / (2.0 * neg))
+    return np.asarray(np.where(y == 1, n / (2.0 * pos), n / (2.0 * neg)), dtype=np.float64)
