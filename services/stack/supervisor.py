@@ -202,4 +202,7 @@ class Supervisor:
                 log.warning("%s did not stop in time; killing it", child.spec.name)
                 proc.kill()
                 proc.wait(timeout=2)
-            log.info("stopped %s (code %s)", child.spec.name, proc.returncode)
+            # uvicorn re-raises SIGTERM after its graceful shutdown, so -SIGTERM is a clean stop too.
+            clean = proc.returncode in (0, -signal.SIGTERM)
+            log.info("stopped %s (%s)", child.spec.name,
+                     "cleanly" if clean else f"exit code {proc.returncode}")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import psutil
 import pytest
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.integration
 def surge_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[bytes], StackProcesses]]:
     root = tmp_path_factory.mktemp("run")
     env = stack_env(root, SURGE_SOURCE="auto", SURGE_SIM_EVENTS_PER_S="1500", SURGE_SYMBOLS="BTCUSDT,ETHUSDT,SOLUSDT",
-                    **ALWAYS_ACT, SURGE_COOLDOWN_S="0.5",
+                    **{**ALWAYS_ACT, "SURGE_COOLDOWN_S": "0.5"},
                     # auto must fall back to the simulator: point "Binance" at a closed local port.
                     SURGE_BINANCE_REST_URL="http://127.0.0.1:9")
     handle = StackProcesses(root=root, env=env)
@@ -76,6 +77,29 @@ def test_signals_flow_to_topic_clickhouse_and_gateway(surge_run: tuple[subproces
     wait_for(lambda: topic_ids <= {h["signal_id"] for h in httpx.get(
         f"{gateway}/signals/history", params={"limit": 100000}, timeout=5).json()}, 60,
         "every tailed signal stored in ClickHouse", interval_s=1)
+
+
+def test_cli_tail_and_topics(surge_run: tuple[subprocess.Popen[bytes], StackProcesses]) -> None:
+    _, handle = surge_run
+    cli = [sys.executable, "-m", "services.cli"]
+    out = subprocess.run([*cli, "tail", "signals.v1", "--json", "--from-beginning", "--idle-timeout", "3",
+                          "--max", "5"], env=handle.env, cwd=REPO_ROOT, capture_output=True, timeout=60, check=True)
+    lines = out.stdout.decode().splitlines()
+    assert len(lines) == 5
+    for line in lines:
+        doc = orjson.loads(line)
+        assert doc["signal_id"] and doc["symbol"] in {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
+        assert "exchange_us" in doc["ts"]  # proto field names, not camelCase
+    meta = subprocess.run([*cli, "tail", "ticks.v1", "--json", "--meta", "--from-beginning", "--max", "1"],
+                          env=handle.env, cwd=REPO_ROOT, capture_output=True, timeout=60, check=True)
+    envelope = orjson.loads(meta.stdout)
+    assert envelope["topic"] == "ticks.v1" and envelope["value"]["batch_id"]
+    bad = subprocess.run([*cli, "tail", "nope.v1"], env=handle.env, cwd=REPO_ROOT, capture_output=True, timeout=60)
+    assert bad.returncode == 2 and b"unknown topic" in bad.stderr
+    topics = subprocess.run([*cli, "topics"], env=handle.env, cwd=REPO_ROOT, capture_output=True, timeout=60,
+                            check=True).stdout.decode()
+    for name in ("ticks.v1", "features.v1", "predictions.v1", "signals.v1", "outcomes.v1", "dlq.v1"):
+        assert re.search(rf"{re.escape(name)}\s+│\s+3\s", topics), topics  # exists, 3 partitions, not re-created
 
 
 def test_a_killed_stage_is_restarted_and_logged(surge_run: tuple[subprocess.Popen[bytes], StackProcesses]) -> None:
