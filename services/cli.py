@@ -61,30 +61,34 @@ def run(
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGES)}")]) -> None:
+def stage(
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGES)}")],
+    *,
+    source: Annotated[str | None, typer.Option(help="ingest: auto | sim | live | replay:PATH")] = None,
+    venue: Annotated[str | None, typer.Option(help="ingest: Binance venue, spot | usdm")] = None,
+    symbols: Annotated[str | None, typer.Option(help="ingest: comma-separated symbols")] = None,
+    top: Annotated[int | None, typer.Option(help="ingest: the N symbols with the largest 24h quote volume")] = None,
+    speed: Annotated[str | None, typer.Option(help="ingest: replay pace, a factor or max")] = None,
+) -> None:
     """Run one stage alone against SURGE_BROKERS (or the embedded broker address)."""
     from streams.runtime.observability import configure_logging
 
     if name not in STAGES:
         console.print(f"[red]unknown stage {name!r}[/red]; choose one of {', '.join(STAGES)}")
         raise typer.Exit(2)
+    _override_env(source=source, venue=venue, symbols=symbols, top_n=top, replay_speed=speed)
     settings = _settings()
     configure_logging(settings, name)
     if name == "ingest":
         from streams.ingest.stage import run as run_ingest
 
         raise typer.Exit(run_ingest(settings))
+    import importlib
+
     from streams.runtime.runner import StageRunner
 
-    if name == "features":
-        from streams.features.stage import spec
-    elif name == "infer":
-        from streams.infer.stage import spec
-    elif name == "decision":
-        from streams.decision.stage import spec
-    else:
-        from streams.sink.stage import spec
-    raise typer.Exit(StageRunner(spec(settings), settings).run())
+    stage_module = importlib.import_module(f"streams.{name}.stage")
+    raise typer.Exit(StageRunner(stage_module.spec(settings), settings).run())
 
 
 @app.command()
@@ -177,7 +181,7 @@ def _register_command_groups() -> None:
     import importlib
     import pkgutil
 
-    import services.commands as commands
+    from services import commands
 
     for module in pkgutil.iter_modules(commands.__path__):
         importlib.import_module(f"services.commands.{module.name}").register(app)

@@ -37,7 +37,7 @@ def list_models() -> None:
     """Every registered version with its state and held-out calibration."""
     table = Table("version", "feature_version", "horizons", "ECE", "active", "canary", "deployed by",
                   "rollback target", "artifact")
-    for r in _registry().list():
+    for r in _registry().versions():
         table.add_row(r.model_version, r.feature_version, ",".join(map(str, r.horizons)),
                       f"{r.calibration_ece:.4f}", "yes" if r.is_active else "", "yes" if r.is_canary else "",
                       r.deployed_by, r.rollback_target, r.artifact_path)

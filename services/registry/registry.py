@@ -125,29 +125,29 @@ class ModelRegistry:
         self.warehouse.insert("audit_logs", [[audit_id, action, actor, version, previous, reason, at]],
                               list(AUDIT_COLUMNS))
 
-    def list(self) -> list[ModelRecord]:
+    def versions(self) -> list[ModelRecord]:
         rows = self.warehouse.query(f"SELECT * FROM {self.warehouse.database}.model_versions FINAL "
                                     "ORDER BY deployed_at_us DESC, model_version")
         return [ModelRecord.from_row(r) for r in rows]
 
     def get(self, version: str) -> ModelRecord:
-        for rec in self.list():
+        for rec in self.versions():
             if rec.model_version == version:
                 return rec
         raise RegistryError(f"unknown model version {version!r}")
 
     def active(self) -> ModelRecord | None:
-        return next((r for r in self.list() if r.is_active), None)
+        return next((r for r in self.versions() if r.is_active), None)
 
     def canary(self) -> ModelRecord | None:
-        return next((r for r in self.list() if r.is_canary), None)
+        return next((r for r in self.versions() if r.is_canary), None)
 
     def audit_log(self) -> list[dict[str, Any]]:
         return self.warehouse.query(f"SELECT * FROM {self.warehouse.database}.audit_logs ORDER BY at_us, audit_id")
 
     def register(self, model_dir: Path, actor: str) -> ModelRecord:
         rec = record_from_artifact(model_dir)
-        existing = {r.model_version: r for r in self.list()}
+        existing = {r.model_version: r for r in self.versions()}
         if rec.model_version in existing:
             return existing[rec.model_version]  # registering the same artifact twice is a no-op
         self._write([rec])
@@ -157,7 +157,7 @@ class ModelRegistry:
     def deploy(self, version: str, actor: str, *, canary: bool = False, reason: str = "") -> ModelRecord:
         """Make ``version`` active (the previous active becomes its rollback target) or the canary."""
         target = self.get(version)
-        records = self.list()
+        records = self.versions()
         now = self.clock.now_us()
         changes: list[ModelRecord] = []
         if canary:

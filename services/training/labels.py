@@ -123,12 +123,93 @@ def cooldown_select(start_index: IntArray, end_index: IntArray, symbol_codes: In
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-def balanced_weights(y: npt.NDArray[np.int_]) -> FloatArray:
-    """Weights n / (2 n_class) so both classes carry equal total weight."""
+def balanced_weights(y: npt.NDArray[np.int_], base: FloatArray | None = None) -> FloatArray:
+    """Weights n / (2 n_class) so both classes carry equal total weight.
+
+    With ``base`` (e.g. uniqueness weights) the classes are balanced on their ``base`` totals instead:
+    w_i = base_i * (sum(base) / 2) / sum(base of i's class), so the overall total stays sum(base).
+    """
     y = np.asarray(y)
     n = y.shape[0]
-    pos = int(np.sum(y == 1))
-    neg = n - pos
-    if pos == 0 or neg == 0:
-        return np.ones(n)
-    return np.asarray(np.where(y == 1, n / (2.0 * pos), n / (2.0 * neg)), dtype=np.float64)
+    if base is None:
+        pos = int(np.sum(y == 1))
+        neg = n - pos
+        if pos == 0 or neg == 0:
+            return np.ones(n)
+        return np.asarray(np.where(y == 1, n / (2.0 * pos), n / (2.0 * neg)), dtype=np.float64)
+    b = np.asarray(base, dtype=np.float64)
+    if b.shape != y.shape or np.any(b < 0):
+        raise ValueError("base weights must be non-negative, one per sample")
+    w_pos = float(b[y == 1].sum())
+    w_neg = float(b[y != 1].sum())
+    if w_pos == 0 or w_neg == 0:
+        return b.copy()
+    half = (w_pos + w_neg) / 2.0
+    return np.asarray(np.where(y == 1, b * half / w_pos, b * half / w_neg), dtype=np.float64)
+
+
+def average_uniqueness(start: IntArray, end: IntArray) -> FloatArray:
+    """AFML 4.4: per label span [start, end] (inclusive bar indices), the mean over its bars of
+    1 / (number of spans covering the bar). Overlapping labels share their information, so a sample whose
+    window is covered by many others counts less. Spans with end < 0 (incomplete) get 0."""
+    start = np.asarray(start, dtype=np.int64)
+    end = np.asarray(end, dtype=np.int64)
+    ok = end >= 0
+    out = np.zeros(start.shape[0])
+    if not ok.any():
+        return out
+    if np.any(end[ok] < start[ok]) or np.any(start[ok] < 0):
+        raise ValueError("spans need 0 <= start <= end")
+    size = int(end[ok].max()) + 2
+    cover = np.zeros(size, np.int64)
+    np.add.at(cover, start[ok], 1)
+    np.add.at(cover, end[ok] + 1, -1)
+    concurrency = np.cumsum(cover)[:-1]
+    inv = np.zeros(size, np.float64)
+    inv[1:] = np.cumsum(np.where(concurrency > 0, 1.0 / np.maximum(concurrency, 1), 0.0))
+    s, e = start[ok], end[ok]
+    out[ok] = (inv[e + 1] - inv[s]) / (e - s + 1)
+    return out
+
+
+@dataclass(frozen=True)
+class SegmentedLabels:
+    """Triple-barrier labels of bars that may hold several symbols and gaps, aligned to the input rows."""
+
+    label: IntArray          # LABEL_*; LABEL_INCOMPLETE where fewer than H contiguous bars follow
+    touch_row: IntArray      # input row of the deciding bar, -1 if incomplete
+    touch_price: FloatArray
+    mfe: FloatArray
+    time_to_peak: IntArray
+
+
+def triple_barrier_segmented(
+    ts: IntArray, close: FloatArray, high: FloatArray, low: FloatArray, config: BarrierConfig,
+    step: int, groups: IntArray | None = None,
+) -> SegmentedLabels:
+    """``triple_barrier`` per group (symbol) and per run of bars exactly ``step`` apart, so a missing bar never
+    makes "H bars later" mean more than H x step of time, and one symbol's bars never label another's."""
+    ts = np.asarray(ts, dtype=np.int64)
+    n = ts.shape[0]
+    codes = np.zeros(n, np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    label = np.full(n, LABEL_INCOMPLETE, np.int64)
+    touch = np.full(n, -1, np.int64)
+    price = np.full(n, np.nan)
+    mfe = np.full(n, np.nan)
+    peak = np.full(n, -1, np.int64)
+    order = np.lexsort((ts, codes))
+    t_sorted, c_sorted = ts[order], codes[order]
+    if n and np.any((np.diff(t_sorted) == 0) & (np.diff(c_sorted) == 0)):
+        raise ValueError("duplicate bar times within a group")
+    breaks = np.flatnonzero((np.diff(t_sorted) != step) | (np.diff(c_sorted) != 0)) + 1
+    for run in np.split(order, breaks):
+        if run.shape[0] == 0:
+            continue
+        out = triple_barrier(np.asarray(close)[run], np.asarray(high)[run], np.asarray(low)[run], config)
+        label[run] = out.label
+        ok = out.touch_index >= 0
+        touch[run[ok]] = run[out.touch_index[ok]]
+        price[run] = out.touch_price
+        mfe[run] = out.mfe
+        peak[run] = out.time_to_peak
+    return SegmentedLabels(label, touch, price, mfe, peak)

@@ -26,7 +26,7 @@ def test_kill9_decision_and_sink_mid_stream_loses_nothing(infra: StackProcesses)
     infra.wait_stage_ready("decision")
     infra.wait_stage_ready("sink")
     now_us = time.time_ns() // 1000
-    expected_ids = set()
+    expected_ids: set[str] = set()
     for chunk_start in range(0, N_PREDICTIONS, CHUNK):
         preds = [prediction(i, now_us + i) for i in range(chunk_start, chunk_start + CHUNK)]
         expected_ids.update(f"{p.prediction_id}:5" for p in preds)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import orjson
@@ -25,7 +24,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def surge_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[bytes], StackProcesses]]:
+def surge_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[subprocess.Popen[bytes], StackProcesses]]:
     root = tmp_path_factory.mktemp("run")
     env = stack_env(root, SURGE_SOURCE="auto", SURGE_SIM_EVENTS_PER_S="1500", SURGE_SYMBOLS="BTCUSDT,ETHUSDT,SOLUSDT",
                     **{**ALWAYS_ACT, "SURGE_COOLDOWN_S": "0.5"},
@@ -49,7 +50,10 @@ def run_log(handle: StackProcesses) -> str:
     return (handle.root / "surge-run.log").read_text(errors="replace")
 
 
-def test_signals_flow_to_topic_clickhouse_and_gateway(surge_run: tuple[subprocess.Popen[bytes], StackProcesses]) -> None:
+RunHandle = tuple[subprocess.Popen[bytes], StackProcesses]
+
+
+def test_signals_flow_to_topic_clickhouse_and_gateway(surge_run: RunHandle) -> None:
     proc, handle = surge_run
     s = handle.settings
     gateway = f"http://127.0.0.1:{s.gateway_port}"
@@ -94,7 +98,8 @@ def test_cli_tail_and_topics(surge_run: tuple[subprocess.Popen[bytes], StackProc
                           env=handle.env, cwd=REPO_ROOT, capture_output=True, timeout=60, check=True)
     envelope = orjson.loads(meta.stdout)
     assert envelope["topic"] == "ticks.v1" and envelope["value"]["batch_id"]
-    bad = subprocess.run([*cli, "tail", "nope.v1"], env=handle.env, cwd=REPO_ROOT, capture_output=True, timeout=60)
+    bad = subprocess.run([*cli, "tail", "nope.v1"], env=handle.env, cwd=REPO_ROOT, capture_output=True, timeout=60,
+                         check=False)
     assert bad.returncode == 2 and b"unknown topic" in bad.stderr
     topics = subprocess.run([*cli, "topics"], env=handle.env, cwd=REPO_ROOT, capture_output=True, timeout=60,
                             check=True).stdout.decode()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -93,7 +95,7 @@ def test_cooldown_never_overlaps_per_symbol(spec: list[tuple[int, int, int]]) ->
     chosen = cooldown_select(start, end, codes)
     for code in set(codes.tolist()):
         picked = sorted((start[i], end[i]) for i in chosen if codes[i] == code)
-        for (s0, e0), (s1, _) in zip(picked, picked[1:], strict=False):
+        for (_, e0), (s1, _) in itertools.pairwise(picked):
             assert s1 > e0
         assert picked, "every symbol keeps at least its first label"
 

@@ -108,7 +108,7 @@ def test_runner_isolates_a_record_that_crashes_the_core() -> None:
             for n, i in enumerate(["a", "poison", "b"])]
     state: list[str] = []
     out = runner._process_isolating_failures(recs, state)
-    assert [e.value.prediction_id for e in out.emits] == ["a", "b"]
+    assert [e.value.prediction_id for e in out.emits] == ["a", "b"]  # type: ignore[attr-defined]  # Predictions
     assert len(out.rejects) == 1
     assert out.rejects[0].record.offset == 1
     assert out.rejects[0].error_type == "processing_error"
