@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from google.protobuf.json_format import MessageToDict
 
 from streams.runtime.clock import Clock, LiveClock
 from streams.runtime.kafka import consumer_config
+from streams.runtime.runner import headers_dict
 from streams.runtime.settings import Settings
 from streams.runtime.topics import PAYLOAD_TYPES, Topic
 
@@ -27,13 +28,14 @@ class TailedRecord:
     timestamp_ms: int
     value: dict[str, Any] | None
     error: str | None
+    headers: dict[str, str]
 
     def to_json(self, with_meta: bool) -> bytes:
         if not with_meta and self.value is not None:
             return orjson.dumps(self.value)
         return orjson.dumps({
             "topic": self.topic, "partition": self.partition, "offset": self.offset, "key": self.key,
-            "timestamp_ms": self.timestamp_ms, "value": self.value, "error": self.error,
+            "timestamp_ms": self.timestamp_ms, "headers": self.headers, "value": self.value, "error": self.error,
         })
 
 
@@ -45,7 +47,6 @@ def tail(
     idle_timeout_s: float,
     max_messages: int | None = None,
     clock: Clock | None = None,
-    on_record: Callable[[TailedRecord], None] | None = None,
 ) -> Iterator[TailedRecord]:
     """Yield decoded records until nothing arrives for ``idle_timeout_s`` (or ``max_messages``).
 
@@ -86,7 +87,8 @@ def tail(
                 except Exception as exc:  # undecodable bytes are shown, not hidden
                     value, error = None, f"undecodable: {exc}"
                 record = TailedRecord(msg.topic() or "", msg.partition() or 0, msg.offset() or 0,
-                                      (msg.key() or b"").decode("utf-8", "replace"), ts_ms, value, error)
+                                      (msg.key() or b"").decode("utf-8", "replace"), ts_ms, value, error,
+                                      headers_dict(msg))
                 yield record
                 seen += 1
                 if max_messages is not None and seen >= max_messages:

@@ -31,6 +31,8 @@ RATES = (2_000, 5_000, 10_000, 20_000)
 WARMUP_S = 5.0
 MEASURE_S = 20.0
 RESULTS = REPO_ROOT / "bench" / "results"
+# Where the exchange->signal time goes: each hop is the difference of two stamps carried by the signal.
+HOPS = ("exchange->ingest", "ingest->features", "features->infer", "infer->decision", "decision->consumer")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,7 @@ def measure_rate(stack: StackProcesses, rate: int, consumer: Consumer) -> dict[s
     stack.start_stage("ingest", {"SURGE_SIM_EVENTS_PER_S": str(rate), "SURGE_SYMBOLS":
                                  "BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT,XRPUSDT,ADAUSDT,DOGEUSDT,LTCUSDT"})
     latencies: list[float] = []
+    hops: dict[str, list[float]] = {name: [] for name in HOPS}
     t_end_warm = time.monotonic() + WARMUP_S
     while time.monotonic() < t_end_warm:
         consumer.consume(1000, 0.1)
@@ -60,6 +63,10 @@ def measure_rate(stack: StackProcesses, rate: int, consumer: Consumer) -> dict[s
             recv_us = time.time_ns() // 1000
             sig = signal_pb2.Signal.FromString(msg.value() or b"")
             latencies.append((recv_us - sig.ts.exchange_us) / 1000.0)
+            stamps = (sig.ts.exchange_us, sig.ts.ingest_us, sig.ts.features_us, sig.ts.infer_us,
+                      sig.ts.decision_us, recv_us)
+            for name, earlier, later in zip(HOPS, stamps, stamps[1:], strict=False):
+                hops[name].append((later - earlier) / 1000.0)
     c1, t1 = ingest_counter(stack), time.monotonic()
     stack.stop("ingest")
     drain_end = time.monotonic() + 5
@@ -74,6 +81,8 @@ def measure_rate(stack: StackProcesses, rate: int, consumer: Consumer) -> dict[s
         "latency_ms_p95": round(float(np.percentile(arr, 95)), 1),
         "latency_ms_p99": round(float(np.percentile(arr, 99)), 1),
         "latency_ms_max": round(float(np.max(arr)), 1),
+        "hop_ms_p50": {name: round(float(np.percentile(v, 50)), 1) if v else None for name, v in hops.items()},
+        "hop_ms_p99": {name: round(float(np.percentile(v, 99)), 1) if v else None for name, v in hops.items()},
     }
 
 
@@ -91,6 +100,8 @@ def test_pipeline_throughput_and_latency(bench_infra: StackProcesses) -> None:
     for r in rows:
         table.append(f"{r['target_events_per_s']:>6}   {r['achieved_raw_events_per_s']:>10}   {r['signals']:>7}   "
                      f"{r['latency_ms_p50']:>6}   {r['latency_ms_p95']:>6}   {r['latency_ms_p99']:>6}")
+    for r in rows:
+        table.append(f"{r['target_events_per_s']:>6} hop p50 ms: {r['hop_ms_p50']}")
     print("\n" + "\n".join(table))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {

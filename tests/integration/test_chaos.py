@@ -50,8 +50,8 @@ def test_kill9_decision_and_sink_mid_stream_loses_nothing(infra: StackProcesses)
     decisions = infra.warehouse_rows("SELECT decision, tier, count() AS n FROM surge.signals FINAL "
                                      "GROUP BY decision, tier")
     assert [(r["decision"], r["tier"], int(r["n"])) for r in decisions] == [("LONG", "TIER_A", N_PREDICTIONS)]
-    infra.stop("decision")
-    infra.stop("sink")
+    assert infra.stop("decision") == 0  # SIGTERM drains, commits and exits cleanly
+    assert infra.stop("sink") == 0
 
 
 def test_broker_outage_is_ridden_out(infra: StackProcesses) -> None:

@@ -73,6 +73,17 @@ def test_signals_flow_to_topic_clickhouse_and_gateway(surge_run: RunHandle) -> N
     assert int(ts["exchange_us"]) <= int(ts["ingest_us"]) <= int(ts["infer_us"]) <= int(ts["decision_us"])
     assert "SIMULATED" in first["quality_flags"]
 
+    # W3C trace context: every signal's trace starts at the ingest span of some tick batch.
+    traceparent = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+    signal_traces = set()
+    for rec in signals:
+        match = traceparent.match(rec.headers.get("traceparent", ""))
+        assert match, rec.headers
+        signal_traces.add(match.group(1))
+    tick_traces = {m.group(1) for r in tail(s, Topic.TICKS, from_beginning=True, idle_timeout_s=2.0)
+                   if (m := traceparent.match(r.headers.get("traceparent", "")))}
+    assert signal_traces <= tick_traces
+
     health = httpx.get(f"{gateway}/health", timeout=5)
     assert health.status_code == 200
     history = httpx.get(f"{gateway}/signals/history", params={"limit": 1000}, timeout=5).json()
