@@ -14,5 +14,5 @@ def spec(settings: Settings) -> StageSpec[DecisionState]:
         input_topics=(Topic.PREDICTIONS,),
         make_state=lambda: DecisionState.from_settings(settings),
         process=process,
-        batch_timeout_ms=5,  # the decision is cheap; waiting to fill a batch would only add latency
+        batch_timeout_ms=0,  # the decision is cheap; waiting to fill a batch would only add latency
     )

@@ -72,5 +72,5 @@ class StageSpec(Generic[S]):
     make_state: Callable[[], S]
     process: Callable[[Sequence[InRecord[Any]], S, Clock], Outputs]
     batch_max: int | None = None        # overrides Settings.batch_max
-    batch_timeout_ms: int | None = None  # overrides Settings.batch_timeout_ms
+    batch_timeout_ms: int | None = None  # fill window after the first record; overrides Settings.batch_timeout_ms
     on_close: Callable[[S], None] | None = None

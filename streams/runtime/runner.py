@@ -123,14 +123,35 @@ class StageRunner:
         self.log.info("assigned %d partition(s)", len(partitions))
 
     def _loop(self, consumer: Consumer, producer: Producer, state: Any) -> None:
-        batch_max = self.spec.batch_max or self.settings.batch_max
-        timeout_s = (self.spec.batch_timeout_ms or self.settings.batch_timeout_ms) / 1000.0
         while not self.stop.stopped:
-            msgs = consumer.consume(num_messages=batch_max, timeout=timeout_s)
+            msgs = self._next_batch(consumer)
             producer.poll(0)
-            if not msgs:
-                continue
-            self.handle_batch(consumer, producer, state, msgs)
+            if msgs:
+                self.handle_batch(consumer, producer, state, msgs)
+
+    def _next_batch(self, consumer: Consumer) -> list[KafkaMessage]:
+        """Wait for a first record, then take what is already queued, then fill for at most the fill window.
+
+        ``consume(n, timeout)`` alone would hold every batch for the whole timeout unless n records arrive, which
+        adds that timeout to every hop's latency.
+        """
+        batch_max = self.spec.batch_max or self.settings.batch_max
+        fill_ms = self.spec.batch_timeout_ms if self.spec.batch_timeout_ms is not None else \
+            self.settings.batch_timeout_ms
+        first = consumer.poll(self.settings.poll_timeout_ms / 1000.0)
+        if first is None:
+            return []
+        msgs = [first]
+        if batch_max > 1:
+            msgs.extend(consumer.consume(num_messages=batch_max - 1, timeout=0))
+        if fill_ms > 0 and len(msgs) < batch_max:
+            deadline = time.monotonic() + fill_ms / 1000.0
+            while len(msgs) < batch_max:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                msgs.extend(consumer.consume(num_messages=batch_max - len(msgs), timeout=remaining))
+        return msgs
 
     def handle_batch(
         self, consumer: Consumer, producer: Producer, state: Any, msgs: list[KafkaMessage]

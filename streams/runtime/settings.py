@@ -45,7 +45,10 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(500, ge=100, description="Consumer heartbeat interval")
     fetch_wait_max_ms: int = Field(10, ge=1, description="Broker-side fetch wait; Tansu answers only then")
     batch_max: int = Field(500, ge=1, description="Max records per consumed batch")
-    batch_timeout_ms: int = Field(10, ge=1, description="Max wait to fill a batch")
+    batch_timeout_ms: int = Field(
+        0, ge=0, description="Max wait after a batch's first record to fill it (0: take what is queued)"
+    )
+    poll_timeout_ms: int = Field(100, ge=1, description="Max wait for a batch's first record before idling")
     linger_ms: int = Field(2, ge=0, description="Producer linger")
 
     # Sources.
@@ -60,11 +63,51 @@ class Settings(BaseSettings):
     binance_rest_url: str = Field("https://api.binance.com", description="Spot REST base URL")
     binance_futures_ws_url: str = Field("wss://fstream.binance.com", description="USD-M WebSocket base URL")
     binance_futures_rest_url: str = Field("https://fapi.binance.com", description="USD-M REST base URL")
+    top_n: int = Field(0, ge=0, le=500, description="Live: follow the N symbols with the largest 24h quote volume "
+                       "(0: use SURGE_SYMBOLS)")
+    top_quote_asset: str = Field("USDT", description="Quote asset of the symbols --top picks from")
+    snapshot_limit: int = Field(1000, ge=5, le=5000, description="Levels per side of REST depth snapshots "
+                                "(USD-M allows 5/10/20/50/100/500/1000)")
+    symbols_per_connection: int = Field(25, ge=1, le=50, description="Symbols per WebSocket connection")
+    ws_rollover_s: float = Field(82_800.0, ge=10, description="Replace a WebSocket after this long, before "
+                                 "Binance's 24 h cut")
+    ws_backoff_max_s: float = Field(8.0, gt=0, le=60, description="Cap of the exponential reconnect backoff")
+    ws_ping_interval_s: float = Field(20.0, gt=0, description="Client ping interval; no pong within it drops the "
+                                      "connection")
+    rest_weight_share: float = Field(0.5, gt=0, le=1, description="Share of Binance's per-minute REST weight "
+                                     "limit ingest may use")
+    trade_backfill_timeout_s: float = Field(5.0, gt=0, description="Hold trades after a trade-id gap at most this "
+                                            "long for the REST backfill")
+    quarantine_failures: int = Field(5, ge=1, description="Failures (bad frames, gaps, crossed or divergent books) "
+                                     "within the window that quarantine a symbol")
+    quarantine_window_s: float = Field(60.0, gt=0, description="Window in which quarantine failures are counted")
+    quarantine_release_s: float = Field(300.0, gt=0, description="A quarantined symbol is released after this "
+                                        "long without a failure")
+    quarantine_resync_interval_s: float = Field(30.0, ge=0, description="Minimum time between REST snapshots of "
+                                                "a quarantined symbol")
+    replay_speed: str = Field("1", pattern=r"^(max|[0-9]*\.?[0-9]+)$", description="Replay pace: a factor of "
+                              "recorded time (1 = as recorded) or max")
+    replay_exit: bool = Field(False, description="Exit when a replay ends instead of idling until stopped")
 
     # Model and decision.
     model_dir: Path | None = Field(None, description="Model artifact folder; default: the shipped model")
     infer_batch_rows: int = Field(32, ge=1, description="Infer micro-batch flush size")
     infer_batch_ms: int = Field(25, ge=1, description="Infer micro-batch flush time")
+    infer_registry: bool = Field(True, description="Infer: serve the registry's active/canary models and follow "
+                                 "deploys (false: serve SURGE_MODEL_DIR only)")
+    infer_registry_poll_s: float = Field(2.0, gt=0, description="Infer: how often the model registry is re-read "
+                                         "for deploys and rollbacks")
+    canary_share: float = Field(0.1, ge=0, le=1, description="Share of symbols (stable hash per canary) served by "
+                                "the canary model")
+    canary_window_s: float = Field(300.0, gt=0, description="Sliding window of the canary rollback metrics")
+    canary_min_rows: int = Field(200, ge=1, description="Canary rows in the window before the rollback rule is "
+                                 "evaluated")
+    canary_max_invalid_rate: float = Field(0.01, ge=0, le=1, description="Canary rollback: max share of canary rows "
+                                           "with invalid output or a refused vector")
+    canary_max_drift: float = Field(0.15, ge=0, le=1, description="Canary rollback: max mean |p_canary - p_active| "
+                                    "on the same rows (shadow scoring)")
+    canary_rollback_rule: Literal["any", "all"] = Field("any", description="Canary rollback when any / all of the "
+                                                        "two metrics breach their threshold")
     decision_horizon_min: int = Field(5, ge=1, description="Horizon the decision stage acts on")
     tier_a_utility_bps: float = Field(4.0, description="Net utility (bps) for tier A")
     tier_b_utility_bps: float = Field(1.0, description="Net utility (bps) for tier B")

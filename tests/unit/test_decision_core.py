@@ -299,7 +299,7 @@ def test_no_wait_for_a_symbol_that_never_acted(clock: ManualClock) -> None:
 
 def test_stage_spec() -> None:
     spec = stage.spec(settings())
-    assert (spec.name, spec.input_topics, spec.batch_timeout_ms) == ("decision", (Topic.PREDICTIONS,), 5)
+    assert (spec.name, spec.input_topics, spec.batch_timeout_ms) == ("decision", (Topic.PREDICTIONS,), 0)
     state = spec.make_state()
     assert isinstance(state, DecisionState)
     assert state.config.cooldown_us == 30 * SECOND
