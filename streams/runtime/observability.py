@@ -156,4 +156,7 @@ def configure_logging(settings: Settings, name: str) -> logging.Logger:
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
     )
+    # Per-request lines from HTTP clients (registry polls, warehouse writes) would drown the stage's own log.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     return logging.getLogger(f"surge.{name}")
