@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from services.gateway.deps import Resources
-from services.gateway.routers import dashboard, health, signals
+from services.gateway.routers import dashboard, dead_letters, health, signals
 from services.warehouse.client import WarehouseError
 from streams.runtime.settings import Settings
 
@@ -30,6 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.resources = resources
     app.include_router(health.router)
     app.include_router(signals.router)
+    app.include_router(dead_letters.router)
     app.include_router(dashboard.router)
 
     # A dependency that is down is a 503 (retry later), not a 500 (our bug).

@@ -15,7 +15,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from schemas import SCHEMA_VERSION, common_pb2, prediction_pb2, signal_pb2
+from schemas import SCHEMA_VERSION, common_pb2, dlq_pb2, prediction_pb2, signal_pb2
 from services.gateway.app import create_app
 from services.warehouse.client import Warehouse, apply_ddl, open_warehouse
 from streams.runtime.clock import ManualClock
@@ -283,7 +283,30 @@ def test_dashboard_page_is_self_contained(env: Env) -> None:
 
 def test_openapi_lists_every_route(env: Env) -> None:
     paths = set(get(env, "/openapi.json")["paths"])
-    assert paths == {"/health", "/signals", "/signals/latest", "/signals/history", "/signals/stats"}
+    assert paths == {"/health", "/signals", "/signals/latest", "/signals/history", "/signals/stats",
+                     "/dead-letters", "/dead-letters/stats"}
+
+
+def test_dead_letters_listed_and_counted(env: Env) -> None:
+    rt = SinkRuntime(warehouse=env.warehouse, redis=redis.Redis.from_url(env.redis_url))
+    letters = [
+        dlq_pb2.DeadLetter(schema_version=SCHEMA_VERSION, stage="features", source_topic="ticks.v1",
+                           source_partition=1, source_offset=i, key=b"BTCUSDT", payload=b"\x00" * (i + 1),
+                           reason=f"undecodable #{i}", error_type="decode_error", failed_us=T + i)
+        for i in range(3)
+    ] + [dlq_pb2.DeadLetter(schema_version=SCHEMA_VERSION, stage="infer", source_topic="features.v1",
+                            source_partition=0, source_offset=7, payload=b"xy", reason="feature_version f0 != f1",
+                            error_type="feature_version_mismatch", failed_us=T + 10)]
+    stage.process([InRecord(value=d, key="BTCUSDT") for d in letters], rt, ManualClock(T + 20))
+    stage.process([InRecord(value=letters[0], key="BTCUSDT")], SinkRuntime(
+        warehouse=env.warehouse, redis=redis.Redis.from_url(env.redis_url)), ManualClock(T + 30))  # redelivery
+    body = get(env, "/dead-letters", stage="features")
+    assert [(d["source_offset"], d["payload_bytes"]) for d in body] == [(2, 3), (1, 2), (0, 1)]
+    stats = get(env, "/dead-letters/stats")
+    assert [(d["stage"], d["error_type"], d["count"]) for d in stats] == [
+        ("features", "decode_error", 3), ("infer", "feature_version_mismatch", 1)]
+    assert stats[1]["example_reason"] == "feature_version f0 != f1"
+    assert env.client.get("/dead-letters", params={"limit": 0}).status_code == 422
 
 
 def test_creating_the_app_connects_to_nothing() -> None:
