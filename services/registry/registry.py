@@ -72,12 +72,18 @@ def record_from_artifact(model_dir: Path) -> ModelRecord:
     meta = orjson.loads(meta_path.read_bytes())
     card_path = model_dir / "card.json"
     card = orjson.loads(card_path.read_bytes()) if card_path.exists() else {}
-    metrics = card.get("metrics", meta.get("metrics", {}))
+    # Older artifacts (the simulator default model) keep their metrics under training.metrics.
+    metrics = (card.get("metrics") or meta.get("metrics") or card.get("training", {}).get("metrics")
+               or meta.get("training", {}).get("metrics") or {})
     ece = _find_ece(metrics)
+    # model.json as the infer stage reads it says horizons_min; "horizons" is the registry's own spelling.
+    horizons = meta.get("horizons", meta.get("horizons_min"))
+    if horizons is None or "model_version" not in meta or "feature_version" not in meta:
+        raise RegistryError(f"{meta_path}: model_version, feature_version and horizons_min are required")
     return ModelRecord(
         model_version=str(meta["model_version"]),
         feature_version=str(meta["feature_version"]),
-        horizons=tuple(int(h) for h in meta["horizons"]),
+        horizons=tuple(int(h) for h in horizons),
         metrics=metrics,
         config=card.get("config", meta.get("config", {})),
         calibration_ece=ece,

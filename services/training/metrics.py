@@ -38,6 +38,18 @@ def reliability_bins(p: FloatArray, y: FloatArray, bins: int = ECE_BINS) -> list
     return out
 
 
+def reliability_quantile_bins(p: FloatArray, y: FloatArray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """Equal-mass bins of the sorted forecasts (readable when forecasts crowd near 0): lo/hi are the bin's
+    smallest and largest forecast."""
+    order = np.argsort(p, kind="stable")
+    out = []
+    for chunk in np.array_split(order, bins):
+        if len(chunk):
+            out.append({"lo": float(p[chunk].min()), "hi": float(p[chunk].max()), "n": len(chunk),
+                        "mean_p": float(p[chunk].mean()), "freq": float(y[chunk].mean())})
+    return out
+
+
 def quantile_ece(p: FloatArray, y: FloatArray, bins: int = ECE_BINS) -> float:
     """ECE over equal-mass bins of the sorted forecasts (ties may straddle a bin edge)."""
     order = np.argsort(p, kind="stable")
@@ -117,6 +129,7 @@ def probability_metrics(
         "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
         "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
         "reliability": reliability_bins(p, y),
+        "reliability_quantile": reliability_quantile_bins(p, y),
         "hit_at_k": {str(k): top_k_hits(p, y, k) for k in top_k},
     }
     if raw is not None:

@@ -1,19 +1,111 @@
-"""The features stage: ticks.v1 -> features.v1."""
+"""The features stage: ticks.v1 -> features.v1.
+
+``spec`` is what the generic runner (``surge stage features``) needs. ``run`` (``python -m streams.features.stage``)
+runs the same spec and also exports the tier metrics on the stage's /metrics; the generic runner keeps them
+unexported, because a StageSpec's state factory cannot see the runner's registry:
+
+* ``surge_features_tiers_dropped{stage}``: 1 while the medium and slow tiers are dropped under backpressure;
+* ``surge_features_tier_drops_total{stage}``: times they were dropped;
+* ``surge_features_vectors_tiers_dropped_total{stage}``: vectors emitted without them;
+* ``surge_features_lag_seconds{stage}``: the event-time lag the decision was taken on.
+"""
 
 from __future__ import annotations
 
-from streams.features.core import FeatureState, process
+import logging
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from streams.features import definitions as d
+from streams.features.core import Backpressure, FeatureState, fold_rows, process
+from streams.features.rows import Rows
 from streams.runtime.core import StageSpec
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 
+log = logging.getLogger("surge.features")
 
-def spec(settings: Settings) -> StageSpec[FeatureState]:
-    """Consumer-driven stage spec; per-symbol state is rebuilt from the stream (windows refill in <= 60 s)."""
-    del settings  # the features need no knob beyond the runner's batching
-    return StageSpec(
-        name="features",
-        input_topics=(Topic.TICKS,),
-        make_state=FeatureState,
-        process=process,
-    )
+
+def warm_up_kernel() -> float:
+    """Compile (or load from numba's cache) the kernel before the first batch; returns the seconds it took."""
+    started = time.perf_counter()
+    rows = Rows(kinds=np.array([d.KIND_BATCH], np.int64), times=np.array([1], np.int64),
+                aux=np.zeros((1, 2), np.int64), x=np.zeros((1, d.N_X)))
+    fold_rows(d.new_kernel_state(), rows)
+    return time.perf_counter() - started
+
+
+def make_state(settings: Settings) -> FeatureState:
+    took = warm_up_kernel()
+    log.info("features %s: %d features, kernel ready in %.1fs", d.FEATURE_VERSION, d.N_FEATURES, took)
+    return FeatureState(backpressure=Backpressure(settings.features_backpressure_lag_s,
+                                                  settings.features_resume_lag_s))
+
+
+def spec(settings: Settings, state: FeatureState | None = None) -> StageSpec[FeatureState]:
+    """Consumer-driven stage spec; per-symbol state is rebuilt from the stream (fine windows refill in 60 s,
+    minute windows in up to an hour, flagged WINDOW_INSUFFICIENT until then)."""
+
+    def new_state() -> FeatureState:
+        return state if state is not None else make_state(settings)
+
+    return StageSpec(name="features", input_topics=(Topic.TICKS,), make_state=new_state, process=process)
+
+
+class TierMetrics(Collector):
+    """Reads the backpressure counters of a FeatureState at scrape time."""
+
+    def __init__(self, state: FeatureState, stage: str = "features") -> None:
+        self.state = state
+        self.stage = stage
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        st = self.state.backpressure.stats
+        dropped = GaugeMetricFamily("surge_features_tiers_dropped",
+                                    "1 while the medium and slow feature tiers are dropped", labels=["stage"])
+        dropped.add_metric([self.stage], 1.0 if st.dropped else 0.0)
+        yield dropped
+        drops = CounterMetricFamily("surge_features_tier_drops", "Times the medium/slow tiers were dropped",
+                                    labels=["stage"])
+        drops.add_metric([self.stage], float(st.episodes))
+        yield drops
+        vectors = CounterMetricFamily("surge_features_vectors_tiers_dropped",
+                                      "Vectors emitted without the medium/slow tiers", labels=["stage"])
+        vectors.add_metric([self.stage], float(st.vectors_dropped))
+        yield vectors
+        lag = GaugeMetricFamily("surge_features_lag_seconds", "Event-time lag of the last consumed batch",
+                                labels=["stage"])
+        lag.add_metric([self.stage], st.last_lag_s)
+        yield lag
+
+
+def register_metrics(registry: CollectorRegistry, state: FeatureState) -> None:
+    registry.register(TierMetrics(state))
+
+
+def run(settings: Settings) -> int:
+    """The features stage with its tier metrics on /metrics."""
+    from streams.runtime.runner import StageRunner
+
+    state = make_state(settings)
+    runner = StageRunner(spec(settings, state), settings)
+    register_metrics(runner.metrics.registry, state)
+    return runner.run()
+
+
+def main() -> int:
+    from streams.runtime.observability import configure_logging
+
+    settings = Settings()
+    configure_logging(settings, "features")
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

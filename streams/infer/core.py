@@ -1,51 +1,150 @@
-"""Infer core: a micro-batch of FeatureVectors -> one ONNX Runtime call -> calibrated Predictions.
+"""Infer core: a micro-batch of FeatureVectors -> one ONNX Runtime call per served model -> calibrated Predictions.
 
 Vectors are mapped by name onto the model's input order (names the vector lacks are NaN, which the trees
 treat as missing). A vector built with a different feature_version is rejected to the DLQ rather than scored:
 its numbers would mean something else than what the model was trained on.
+
+Serving set: the active model, and optionally a canary that serves the symbols ``canary.is_canary_symbol``
+picks. Canary rows are also scored by the active model (shadow): that is the drift metric of the rollback
+guard, and the fallback when the canary cannot serve a row (invalid output or refused vector), so a broken
+canary never reaches the decision stage. The serving set is swapped atomically by the registry watcher
+(``streams.infer.lifecycle``); ``process`` reads it once per batch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from schemas import SCHEMA_VERSION, features_pb2, prediction_pb2
-from streams.infer.model import FloatArray, IntArray, Model, feature_index
+from streams.infer.canary import CanaryGuard, CanaryPolicy, Verdict, is_canary_symbol
+from streams.infer.metrics import InferMetrics
+from streams.infer.model import FloatArray, IntArray, Model, Prediction, feature_index
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit, InRecord, Outputs, Reject
 from streams.runtime.topics import Topic
 
 TOP_FEATURES = 3
-MAX_NAME_LAYOUTS = 16  # distinct vector name lists remembered; in practice there is one
+MAX_NAME_LAYOUTS = 16  # distinct (model, vector name list) layouts remembered; in practice one or two
+
+ACTIVE = "active"
+CANARY = "canary"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """What is served right now; replaced as a whole, never mutated."""
+
+    active: Model
+    canary: Model | None = None
+    canary_share: float = 0.0
+    canary_id: str = ""  # version + deployment time: the routing salt and the guard's key
+
+    def canary_for(self, symbol: str) -> Model | None:
+        if self.canary is None or not is_canary_symbol(self.canary_id, symbol, self.canary_share):
+            return None
+        return self.canary
+
+
+CanaryFailureHook = Callable[[str, str, str], None]  # (canary_id, model_version, reason)
+
+
 class InferState:
-    model: Model
-    layouts: dict[tuple[str, ...], tuple[IntArray, IntArray]] = field(default_factory=dict)
+    """The serving set plus per-process bookkeeping. ``serving`` is written under ``lock`` by the watcher and
+    by an automatic canary withdrawal; ``process`` only reads the reference."""
 
-    def layout(self, names: tuple[str, ...]) -> tuple[IntArray, IntArray]:
-        hit = self.layouts.get(names)
+    def __init__(
+        self,
+        model: Model,
+        *,
+        canary: Model | None = None,
+        canary_share: float = 0.0,
+        canary_id: str = "",
+        policy: CanaryPolicy | None = None,
+        metrics: InferMetrics | None = None,
+        on_canary_failure: CanaryFailureHook | None = None,
+    ) -> None:
+        self.lock = threading.Lock()
+        self.serving = Serving(model, canary, canary_share, canary_id or (canary.model_version if canary else ""))
+        self.guard = CanaryGuard(policy or CanaryPolicy())
+        self.metrics = metrics or InferMetrics.create()
+        self.on_canary_failure = on_canary_failure
+        self.withdrawn: set[str] = set()  # canary ids withdrawn by this process; never served again
+        self.layouts: dict[tuple[str, tuple[str, ...]], tuple[IntArray, IntArray]] = {}
+        self.closers: list[Callable[[], None]] = []
+        self._publish(self.serving, None)
+
+    @property
+    def model(self) -> Model:
+        return self.serving.active
+
+    def layout(self, model: Model, names: tuple[str, ...]) -> tuple[IntArray, IntArray]:
+        key = (model.model_version, names)
+        hit = self.layouts.get(key)
         if hit is None:
             if len(self.layouts) >= MAX_NAME_LAYOUTS:
                 self.layouts.clear()  # bounded memory against a producer that varies its name lists
-            hit = self.layouts[names] = feature_index(self.model.feature_names, names)
+            hit = self.layouts[key] = feature_index(model.feature_names, names)
         return hit
+
+    def swap(self, serving: Serving) -> bool:
+        """Serve ``serving`` from the next batch on (a withdrawn canary is dropped); True if anything changed."""
+        with self.lock:
+            if serving.canary is not None and serving.canary_id in self.withdrawn:
+                serving = Serving(serving.active)
+            old = self.serving
+            if (old.active is serving.active and old.canary is serving.canary
+                    and old.canary_share == serving.canary_share):
+                return False
+            self.serving = serving
+            self._publish(serving, old)
+            return True
+
+    def withdraw_canary(self, verdict: Verdict) -> bool:
+        """Stop serving the canary at once (locally); the registry rollback is the hook's job."""
+        with self.lock:
+            old = self.serving
+            if old.canary is None or old.canary_id != verdict.canary_id:
+                return False
+            self.withdrawn.add(verdict.canary_id)
+            self.serving = Serving(old.active)
+            self._publish(self.serving, old)
+            version = old.canary.model_version
+        self.metrics.canary_rollbacks.labels(version).inc()
+        if self.on_canary_failure is not None:
+            self.on_canary_failure(verdict.canary_id, version, verdict.reason)
+        return True
+
+    def _publish(self, new: Serving, old: Serving | None) -> None:
+        g = self.metrics.serving
+        if old is not None:
+            g.labels(old.active.model_version, ACTIVE, old.active.feature_version).set(0)
+            if old.canary is not None:
+                g.labels(old.canary.model_version, CANARY, old.canary.feature_version).set(0)
+        g.labels(new.active.model_version, ACTIVE, new.active.feature_version).set(1)
+        if new.canary is not None:
+            g.labels(new.canary.model_version, CANARY, new.canary.feature_version).set(1)
+
+    def close(self) -> None:
+        for fn in self.closers:
+            fn()
 
 
 def _check(vec: features_pb2.FeatureVector, model: Model) -> tuple[str, str] | None:
+    if len(vec.names) != len(vec.values):
+        return "malformed_vector", f"{len(vec.names)} names but {len(vec.values)} values"
     if vec.feature_version != model.feature_version:
         return (
             "feature_version_mismatch",
             f"vector feature_version {vec.feature_version!r}, model {model.model_version} expects "
             f"{model.feature_version!r}",
         )
-    if len(vec.names) != len(vec.values):
-        return "malformed_vector", f"{len(vec.names)} names but {len(vec.values)} values"
     return None
 
 
@@ -56,65 +155,159 @@ def _value_of(vec: features_pb2.FeatureVector, name: str) -> float:
     return math.nan
 
 
+@dataclass(slots=True)
+class _Scored:
+    """One model's outputs for a list of vectors."""
+
+    model: Model
+    x: FloatArray
+    pred: Prediction
+    contrib: FloatArray
+    valid: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
+def _score(state: InferState, model: Model, vecs: Sequence[features_pb2.FeatureVector], role: str) -> _Scored:
+    x: FloatArray = np.full((len(vecs), model.n_features), np.nan, dtype=np.float64)
+    for i, vec in enumerate(vecs):
+        src, dst = state.layout(model, tuple(vec.names))
+        x[i, dst] = np.asarray(vec.values, dtype=np.float64)[src]
+    started = time.perf_counter()  # a duration for the latency histogram, not a timestamp
+    pred = model.predict(x)
+    state.metrics.model_seconds.labels(model.model_version, role).observe(time.perf_counter() - started)
+    valid: npt.NDArray[np.bool_] = np.asarray(
+        np.isfinite(pred.raw).all(axis=1) & np.isfinite(pred.p_up).all(axis=1)
+        & ((pred.p_up >= 0.0) & (pred.p_up <= 1.0)).all(axis=1), dtype=np.bool_)
+    return _Scored(model, x, pred, model.attribution.contributions(x), valid)
+
+
+def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: bool,
+                now_us: int) -> prediction_pb2.Prediction:
+    model = s.model
+    p = prediction_pb2.Prediction(
+        schema_version=SCHEMA_VERSION,
+        prediction_id=f"{vec.vector_id}:{model.model_version}",
+        venue=vec.venue,
+        symbol=vec.symbol,
+        model_version=model.model_version,
+        feature_version=vec.feature_version,
+        regime=vec.regime,
+        mid_price=vec.mid_price,
+        spread_bps=_value_of(vec, "spread_bps"),
+        data_window_id=vec.data_window_id,
+        canary=canary,
+        quality_flags=vec.quality_flags,
+    )
+    for j, h in enumerate(model.horizons):
+        p.horizons.add(horizon_min=h, p_up=float(s.pred.p_up[i, j]), ci_low=float(s.pred.ci_low[i, j]),
+                       ci_high=float(s.pred.ci_high[i, j]))
+    # Missing inputs cannot be a reason; they sort last.
+    row = s.x[i]
+    rank_key = np.where(np.isnan(row), -1.0, np.abs(s.contrib[i]))
+    for k in np.argsort(-rank_key, kind="stable")[:TOP_FEATURES]:
+        if math.isnan(row[k]):
+            continue
+        p.top_features.add(name=model.feature_names[k], value=float(row[k]), contribution=float(s.contrib[i, k]))
+    p.ts.CopyFrom(vec.ts)
+    p.ts.infer_us = now_us
+    return p
+
+
+def _drift(canary: _Scored, ci: int, active: _Scored, ai: int) -> float:
+    """Mean |p_canary - p_active| over the horizons both models predict."""
+    a_cols = {h: j for j, h in enumerate(active.model.horizons)}
+    diffs = [abs(float(canary.pred.p_up[ci, j]) - float(active.pred.p_up[ai, a_cols[h]]))
+             for j, h in enumerate(canary.model.horizons) if h in a_cols]
+    return sum(diffs) / len(diffs) if diffs else math.nan
+
+
 def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferState, clock: Clock) -> Outputs:
-    """Score every valid vector of the batch in a single session run; one Prediction per accepted vector."""
+    """Score every valid vector of the batch (one session run per served model); one Prediction per vector."""
     out = Outputs()
-    model = state.model
-    records: list[InRecord[features_pb2.FeatureVector]] = []
+    serving = state.serving
+    active = serving.active
+    metrics = state.metrics
+    # (record, served by the canary?) in input order; refused vectors go to the DLQ at once.
+    plan: list[tuple[InRecord[features_pb2.FeatureVector], bool]] = []
+    canary_refused = 0
     for rec in batch:
-        problem = _check(rec.value, model)
+        vec = rec.value
+        canary = serving.canary_for(vec.symbol)
+        if canary is not None:
+            if _check(vec, canary) is None:
+                plan.append((rec, True))
+                continue
+            canary_refused += 1  # the canary cannot take it: the active model serves it, counted as invalid
+        problem = _check(vec, active)
         if problem is not None:
             out.rejects.append(Reject(rec, *problem))
         else:
-            records.append(rec)
-    accepted = [rec.value for rec in records]
-    if not accepted:
+            plan.append((rec, False))
+    if not plan and not canary_refused:
         return out
 
-    x: FloatArray = np.full((len(accepted), model.n_features), np.nan, dtype=np.float64)
-    for i, vec in enumerate(accepted):
-        src, dst = state.layout(tuple(vec.names))
-        x[i, dst] = np.asarray(vec.values, dtype=np.float64)[src]
-    pred = model.predict(x)
-    finite = [bool(np.isfinite(row).all()) for row in pred.raw]
-    contrib = model.attribution.contributions(x)
-    # Missing inputs cannot be a reason; they sort last.
-    rank_key = np.where(np.isnan(x), -1.0, np.abs(contrib))
-    top = np.argsort(-rank_key, axis=1, kind="stable")[:, :TOP_FEATURES]
-
     now_us = clock.now_us()
-    for i, vec in enumerate(accepted):
-        if not finite[i]:
-            # A NaN probability must not reach the decision stage as if it were a number.
-            out.rejects.append(Reject(records[i], "invalid_model_output", f"model {model.model_version} "
-                                      f"returned {pred.raw[i].tolist()} for {vec.vector_id}"))
-            continue
-        p = prediction_pb2.Prediction(
-            schema_version=SCHEMA_VERSION,
-            prediction_id=f"{vec.vector_id}:{model.model_version}",
-            venue=vec.venue,
-            symbol=vec.symbol,
-            model_version=model.model_version,
-            feature_version=vec.feature_version,
-            regime=vec.regime,
-            mid_price=vec.mid_price,
-            spread_bps=_value_of(vec, "spread_bps"),
-            data_window_id=vec.data_window_id,
-            canary=False,
-            quality_flags=vec.quality_flags,
-        )
-        for j, h in enumerate(model.horizons):
-            p.horizons.add(
-                horizon_min=h,
-                p_up=float(pred.p_up[i, j]),
-                ci_low=float(pred.ci_low[i, j]),
-                ci_high=float(pred.ci_high[i, j]),
-            )
-        for k in top[i]:
-            if math.isnan(x[i, k]):
+    act_idx = [k for k, (rec, c) in enumerate(plan) if not c or _check(rec.value, active) is None]
+    can_idx = [k for k, (_, c) in enumerate(plan) if c]
+    act = _score(state, active, [plan[k][0].value for k in act_idx], ACTIVE) if act_idx else None
+    can = (_score(state, serving.canary, [plan[k][0].value for k in can_idx], CANARY)
+           if can_idx and serving.canary is not None else None)
+    act_pos = {k: i for i, k in enumerate(act_idx)}
+    can_pos = {k: i for i, k in enumerate(can_idx)}
+    canary_invalid = canary_refused
+    drift_sum, drift_n = 0.0, 0
+    served = {ACTIVE: 0, CANARY: 0}
+    for k, (rec, use_canary) in enumerate(plan):
+        vec = rec.value
+        ai = act_pos.get(k)
+        if use_canary and can is not None:
+            ci = can_pos[k]
+            if ai is not None and act is not None and can.valid[ci] and act.valid[ai]:
+                d = _drift(can, ci, act, ai)
+                if not math.isnan(d):
+                    drift_sum += d
+                    drift_n += 1
+            if can.valid[ci]:
+                out.emits.append(Emit(Topic.PREDICTIONS, vec.symbol, _prediction(vec, can, ci, True, now_us),
+                                      vec.ts.exchange_us))
+                served[CANARY] += 1
                 continue
-            p.top_features.add(name=model.feature_names[k], value=float(x[i, k]), contribution=float(contrib[i, k]))
-        p.ts.CopyFrom(vec.ts)
-        p.ts.infer_us = now_us
-        out.emits.append(Emit(topic=Topic.PREDICTIONS, key=vec.symbol, value=p, exchange_us=vec.ts.exchange_us))
+            canary_invalid += 1
+            if ai is None:  # nothing valid to fall back on
+                out.rejects.append(Reject(rec, "invalid_model_output", f"canary {can.model.model_version} returned "
+                                          f"{can.pred.raw[ci].tolist()} for {vec.vector_id}"))
+                continue
+        if act is None or ai is None:
+            continue
+        if not act.valid[ai]:
+            # A NaN probability must not reach the decision stage as if it were a number.
+            metrics.invalid_outputs.labels(active.model_version, ACTIVE).inc()
+            out.rejects.append(Reject(rec, "invalid_model_output", f"model {active.model_version} "
+                                      f"returned {act.pred.raw[ai].tolist()} for {vec.vector_id}"))
+            continue
+        out.emits.append(Emit(Topic.PREDICTIONS, vec.symbol, _prediction(vec, act, ai, False, now_us),
+                              vec.ts.exchange_us))
+        served[ACTIVE] += 1
+    if served[ACTIVE]:
+        metrics.predictions.labels(active.model_version, ACTIVE).inc(served[ACTIVE])
+    if serving.canary is not None:
+        _guard(state, serving, now_us, served[CANARY] + canary_invalid, canary_invalid, drift_sum, drift_n,
+               served[CANARY])
     return out
+
+
+def _guard(state: InferState, serving: Serving, now_us: int, rows: int, invalid: int, drift_sum: float,
+           drift_n: int, served: int) -> None:
+    assert serving.canary is not None
+    version = serving.canary.model_version
+    metrics = state.metrics
+    if served:
+        metrics.predictions.labels(version, CANARY).inc(served)
+    if invalid:
+        metrics.invalid_outputs.labels(version, CANARY).inc(invalid)
+    verdict = state.guard.observe(now_us, serving.canary_id, rows, invalid, drift_sum, drift_n)
+    _, rate, drift = state.guard.snapshot()
+    metrics.canary_invalid_rate.labels(version).set(rate)
+    if drift is not None:
+        metrics.canary_drift.labels(version).set(drift)
+    if verdict is not None:
+        state.withdraw_canary(verdict)

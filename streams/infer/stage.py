@@ -1,15 +1,31 @@
-"""The infer stage: features.v1 -> predictions.v1, micro-batched for one ONNX Runtime call per batch."""
+"""The infer stage: features.v1 -> predictions.v1, micro-batched for one ONNX Runtime call per batch and model.
+
+Models come from the registry (``streams.infer.lifecycle``) unless ``SURGE_INFER_REGISTRY=false``. Run it with
+``python -m streams.infer.stage`` (or ``run(settings)``) to get the per-model-version metrics on the stage's
+own ``/metrics``; the generic ``StageRunner(spec(settings), settings)`` serves the same predictions but keeps
+those metrics in a private registry, because a StageSpec's state factory cannot see the runner's registry.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
+from streams.infer.canary import CanaryPolicy
 from streams.infer.core import InferState, process
+from streams.infer.metrics import InferMetrics
 from streams.infer.model import load_model
+from streams.runtime.clock import Clock, LiveClock
 from streams.runtime.core import StageSpec
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
+
+log = logging.getLogger("surge.infer")
 
 
 def default_model_dir() -> Path:
@@ -18,19 +34,77 @@ def default_model_dir() -> Path:
 
 
 def model_dir(settings: Settings) -> Path:
+    """The bootstrap artifact: registered on a fresh install, served while the registry is unreachable."""
     return settings.model_dir if settings.model_dir is not None else default_model_dir()
 
 
-def make_state(folder: Path) -> InferState:
-    return InferState(load_model(folder))
+def canary_policy(settings: Settings) -> CanaryPolicy:
+    return CanaryPolicy(window_s=settings.canary_window_s, min_rows=settings.canary_min_rows,
+                        max_invalid_rate=settings.canary_max_invalid_rate, max_drift=settings.canary_max_drift,
+                        rule=settings.canary_rollback_rule)
+
+
+def make_state(settings: Settings, registry: CollectorRegistry | None = None, clock: Clock | None = None) -> InferState:
+    metrics = InferMetrics.create(registry)
+    if not settings.infer_registry:
+        return InferState(load_model(model_dir(settings)), metrics=metrics, policy=canary_policy(settings))
+    from services.registry.registry import ModelRegistry
+    from services.warehouse.client import apply_ddl, open_warehouse
+    from streams.infer.lifecycle import RegistryWatcher
+
+    registry_clock = clock or LiveClock()
+
+    def open_registry() -> ModelRegistry:
+        warehouse = open_warehouse(settings.warehouse_url(), settings.clickhouse_database)
+        apply_ddl(warehouse, settings.clickhouse_database)  # idempotent; the infer stage may start first
+        return ModelRegistry(warehouse, registry_clock)
+
+    watcher = RegistryWatcher(open_registry, model_dir(settings), poll_s=settings.infer_registry_poll_s,
+                              canary_share=settings.canary_share, policy=canary_policy(settings), metrics=metrics,
+                              log=log)
+    state = watcher.initial_state()
+    watcher.start()
+    state.closers.append(watcher.stop)
+    return state
+
+
+def close_state(state: InferState) -> None:
+    state.close()
 
 
 def spec(settings: Settings) -> StageSpec[InferState]:
     return StageSpec(
         name="infer",
         input_topics=(Topic.FEATURES,),
-        make_state=partial(make_state, model_dir(settings)),
+        make_state=partial(make_state, settings),
         process=process,
         batch_max=settings.infer_batch_rows,
         batch_timeout_ms=settings.infer_batch_ms,
+        on_close=close_state,
     )
+
+
+def run(settings: Settings, clock: Clock | None = None) -> int:
+    """Run the stage with the per-version metrics on the runner's /metrics."""
+    from streams.runtime.runner import StageRunner
+
+    runner: StageRunner | None = None
+
+    def make() -> InferState:
+        assert runner is not None
+        return make_state(settings, runner.metrics.registry, runner.clock)
+
+    runner = StageRunner(replace(spec(settings), make_state=make), settings, clock)
+    return runner.run()
+
+
+def main() -> int:
+    from streams.runtime.observability import configure_logging
+
+    settings = Settings()
+    configure_logging(settings, "infer")
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

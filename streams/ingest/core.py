@@ -1,21 +1,34 @@
 """Pure ingest core: raw Binance-shaped frames -> normalised MarketEvents, local books, per-symbol TickBatches.
 
-No Kafka here: ``process`` turns a batch of raw frames into ``Emit``s of ``TickBatch`` (one per symbol per
-micro-batch window), dead letters for frames it cannot use, and resync (re-snapshot) requests. The caller
-(``stage.py``, later live/replay sources) owns the I/O.
+No Kafka and no I/O here: ``process`` turns a batch of raw frames into ``Emit``s of ``TickBatch`` (one per symbol
+per micro-batch window), dead letters for frames it cannot use, re-snapshot requests and trade backfill requests.
+The caller (``stage.py`` for the simulator, ``binance.py`` live, ``replay.py``) owns the I/O and answers them.
+
+Data quality is enforced and measured here, per symbol:
+
+* books follow Binance's sync procedure (``book.py``); a gap, a crossed book, an unusable diff, a reconnect or a
+  ``bookTicker`` that disagrees with the book at the same update id loses sync: the book is re-snapshotted once
+  per episode (``resyncs`` by reason), never continued silently;
+* duplicates (trade id, bookTicker update id, markPrice time, depth diffs at or below the book) are dropped, so
+  overlapping connections and replays never duplicate an event on ``ticks.v1``;
+* a trade-id gap holds the symbol's later trades until the caller backfills the missing ids from REST (or the
+  timeout passes), then emits them in id order; ids never recovered count as lost;
+* a symbol that keeps failing is quarantined: its batches carry ``QUARANTINED`` and its re-snapshots are spaced
+  out, so it cannot eat the REST budget the other symbols share.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from schemas import SCHEMA_VERSION, common_pb2, market_pb2
-from streams.ingest.book import DepthUpdate, Level, OrderBook, SyncStatus
+from streams.ingest.book import BookState, DepthUpdate, Level, OrderBook, SyncStatus
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit
 from streams.runtime.topics import Topic
@@ -27,6 +40,16 @@ TOP_LEVELS = 20                  # BookSnapshot depth per side: what the feature
 MAX_BATCH_EVENTS = 2_000         # flush early so one TickBatch stays far below Kafka's 1 MB message limit
 DRIFT_ALPHA = 0.05               # EWMA weight of one exchange-minus-local clock sample
 DEGRADED_DRIFT_US = 100_000      # |drift EWMA| above this flags DEGRADED_TIME_SYNC
+MAX_PENDING_TICKERS = 256        # bookTickers waiting for the book to reach their update id, per symbol
+
+_SYNCED = (BookState.AWAITING_FIRST, BookState.LIVE)  # OrderBook.synced without a property call on the hot path
+
+# Why a synced book lost sync; the label of the resync counter.
+RESYNC_GAP = "gap"
+RESYNC_CROSSED = "crossed"
+RESYNC_RECONNECT = "reconnect"
+RESYNC_DIVERGENCE = "ticker_divergence"
+RESYNC_BAD_DEPTH = "bad_depth"
 
 
 class BadFrame(ValueError):
@@ -48,23 +71,34 @@ class DeadLetterOut:
     symbol: str
 
 
+@dataclass(frozen=True, slots=True)
+class TradeGap:
+    """Trade ids the caller should fetch from REST; ``last_id`` None: everything from ``first_id`` on."""
+
+    symbol: str
+    first_id: int
+    last_id: int | None
+
+
 @dataclass(slots=True)
 class IngestOutputs:
     emits: list[Emit] = field(default_factory=list)
     dead_letters: list[DeadLetterOut] = field(default_factory=list)
     resync_requests: list[str] = field(default_factory=list)   # symbols that need a fresh REST snapshot
+    trade_gaps: list[TradeGap] = field(default_factory=list)   # trade ids to backfill from REST
     frames_in: int = 0
 
     def extend(self, other: IngestOutputs) -> None:
         self.emits.extend(other.emits)
         self.dead_letters.extend(other.dead_letters)
         self.resync_requests.extend(s for s in other.resync_requests if s not in self.resync_requests)
+        self.trade_gaps.extend(other.trade_gaps)
         self.frames_in += other.frames_in
 
 
 @dataclass(slots=True)
 class SymbolState:
-    """Per-symbol ingest state: the book, the batch sequence and the micro-batch being filled."""
+    """Per-symbol ingest state: the book, the batch being filled, dedupe marks and quality counters."""
 
     symbol: str
     book: OrderBook
@@ -76,13 +110,45 @@ class SymbolState:
     newest_local_us: int = 0
     drift_ewma_us: float | None = None     # exchange minus local clock, smoothed
     window_flags: set[common_pb2.QualityFlag] = field(default_factory=set)
-    bad_inputs: int = 0
-    gaps: int = 0
     resync_requested: bool = False         # one outstanding snapshot request at a time, never a storm
+    resync_deferred: bool = False          # requested while quarantined: goes out at ``next_snapshot_us``
+    # Dedupe marks.
+    last_trade_id: int | None = None
+    last_ticker_id: int = 0
+    last_mark_us: int = 0
+    # Trade-id gap being backfilled: (first missing id, last missing id or None = open-ended).
+    trade_gap: tuple[int, int | None] | None = None
+    held_trades: dict[int, market_pb2.MarketEvent] = field(default_factory=dict)
+    trade_gap_deadline_us: int = 0
+    # bookTickers newer than the book, by update id, to compare once the book gets there.
+    pending_tickers: dict[int, tuple[Level, Level]] = field(default_factory=dict)
+    # Cumulative quality counters (exported as Prometheus metrics by the stage).
+    bad_inputs: int = 0
+    gaps: int = 0                          # depth sequence gaps on the stream
+    depth_updates: int = 0                 # diffs applied to a synced book
+    snapshots: int = 0                     # REST snapshots applied
+    snapshot_retries: int = 0              # snapshots too old for the buffered stream
+    trades: int = 0                        # trades emitted
+    trades_lost: int = 0                   # trade ids never received nor backfilled
+    trades_backfilled: int = 0
+    duplicates: int = 0
+    ticker_checks: int = 0                 # bookTickers compared with the book at the same update id
+    divergences: int = 0
+    resyncs: dict[str, int] = field(default_factory=dict)
+    # Quarantine.
+    failures: deque[int] = field(default_factory=deque)  # clock times of recent failures
+    last_failure_us: int = 0
+    quarantined_since_us: int = -1
+    next_snapshot_us: int = 0
+    quarantines: int = 0
 
     @property
     def time_sync_degraded(self) -> bool:
         return self.drift_ewma_us is not None and abs(self.drift_ewma_us) > DEGRADED_DRIFT_US
+
+    @property
+    def quarantined(self) -> bool:
+        return self.quarantined_since_us >= 0
 
 
 @dataclass(slots=True)
@@ -95,6 +161,11 @@ class IngestState:
     sequence_base: int = 0
     top_levels: int = TOP_LEVELS
     max_batch_events: int = MAX_BATCH_EVENTS
+    trade_backfill_timeout_us: int = 5_000_000
+    quarantine_failures: int = 5
+    quarantine_window_us: int = 60_000_000
+    quarantine_release_us: int = 300_000_000
+    quarantine_resync_interval_us: int = 30_000_000
     symbols: dict[str, SymbolState] = field(default_factory=dict)
     unattributed_bad_inputs: int = 0       # bad frames whose symbol could not be told
 
@@ -176,6 +247,16 @@ def parse_trade(data: Mapping[str, Any], local_us: int) -> market_pb2.MarketEven
         {"e":"trade","E":1723161255343,"s":"BTCUSDT","t":3735683259,"p":"61837.63000000",
          "q":"0.02000000","T":1723161255342,"m":true,"M":true}
     """
+    try:  # fast path: every field present and plausible; anything else takes the checks below
+        trade_id, price, qty, maker, at_ms = data["t"], float(data["p"]), float(data["q"]), data["m"], data["T"]
+    except (KeyError, TypeError, ValueError):
+        pass
+    else:
+        if (type(trade_id) is int and type(at_ms) is int and type(maker) is bool and 0.0 < price < math.inf
+                and 0.0 < qty < math.inf):
+            return market_pb2.MarketEvent(trade={
+                "trade_id": trade_id, "price": price, "qty": qty, "buyer_is_maker": maker,
+                "exchange_us": at_ms * 1000, "ingest_us": local_us})
     event = market_pb2.MarketEvent()
     trade = event.trade
     trade.trade_id = _int(data, "t")
@@ -209,19 +290,11 @@ def parse_depth(data: Mapping[str, Any], local_us: int) -> tuple[market_pb2.Mark
         raise BadFrame("invalid_update_id", f"final update id {final} < first {first}")
     bids, asks = _levels(data, "b"), _levels(data, "a")
     exchange_us = _int(data, "E") * 1000
-    event = market_pb2.MarketEvent()
-    diff = event.depth
-    diff.first_update_id = first
-    diff.final_update_id = final
-    diff.prev_final_update_id = prev
-    add = diff.bids.add
-    for price, qty in bids:
-        add(price=price, qty=qty)
-    add = diff.asks.add
-    for price, qty in asks:
-        add(price=price, qty=qty)
-    diff.exchange_us = exchange_us
-    diff.ingest_us = local_us
+    event = market_pb2.MarketEvent(depth={
+        "first_update_id": first, "final_update_id": final, "prev_final_update_id": prev,
+        "bids": [{"price": price, "qty": qty} for price, qty in bids],
+        "asks": [{"price": price, "qty": qty} for price, qty in asks],
+        "exchange_us": exchange_us, "ingest_us": local_us})
     return event, DepthUpdate(first, final, prev, bids, asks, exchange_us, local_us)
 
 
@@ -231,6 +304,17 @@ def parse_book_ticker(data: Mapping[str, Any], local_us: int) -> market_pb2.Mark
         {"u":50093239212,"s":"BTCUSDT","b":"61837.63000000","B":"3.78826000","a":"61837.64000000",
          "A":"1.54698000"}
     """
+    try:  # fast path, as in parse_trade
+        update_id, bid, bid_qty = data["u"], float(data["b"]), float(data["B"])
+        ask, ask_qty, at_ms = float(data["a"]), float(data["A"]), data.get("E", 0)
+    except (KeyError, TypeError, ValueError):
+        pass
+    else:
+        if (type(update_id) is int and type(at_ms) is int and 0.0 < bid < math.inf and 0.0 < ask < math.inf
+                and 0.0 <= bid_qty < math.inf and 0.0 <= ask_qty < math.inf):
+            return market_pb2.MarketEvent(book_ticker={
+                "update_id": update_id, "bid_price": bid, "bid_qty": bid_qty, "ask_price": ask, "ask_qty": ask_qty,
+                "exchange_us": at_ms * 1000, "ingest_us": local_us})
     event = market_pb2.MarketEvent()
     ticker = event.book_ticker
     ticker.update_id = _int(data, "u")
@@ -278,6 +362,31 @@ def parse_snapshot(data: Mapping[str, Any]) -> tuple[int, list[Level], list[Leve
     return _int(data, "lastUpdateId"), _levels(data, "bids"), _levels(data, "asks"), exchange_us
 
 
+
+
+def parse_rest_trade(data: Mapping[str, Any], ingest_us: int) -> market_pb2.MarketEvent:
+    """One trade of REST ``GET /api/v3/historicalTrades`` / ``/api/v3/trades`` (``/fapi/v1/trades``). Sample::
+
+        {"id":3735683259,"price":"61837.63000000","qty":"0.02000000","quoteQty":"1236.75260000",
+         "time":1723161255342,"isBuyerMaker":true,"isBestMatch":true}
+    """
+    event = market_pb2.MarketEvent()
+    trade = event.trade
+    trade.trade_id = _int(data, "id")
+    trade.price = _price(_field(data, "price"), "trade price")
+    qty = _size(_field(data, "qty"), "trade qty")
+    if qty == 0.0:
+        raise BadFrame("invalid_size", "trade qty is zero")
+    trade.qty = qty
+    maker = _field(data, "isBuyerMaker")
+    if type(maker) is not bool:
+        raise BadFrame("missing_field", f"field 'isBuyerMaker' is not a boolean: {maker!r}")
+    trade.buyer_is_maker = maker
+    trade.exchange_us = _int(data, "time") * 1000
+    trade.ingest_us = ingest_us
+    return event
+
+
 # --- the core -------------------------------------------------------------------------------------------------
 
 
@@ -295,19 +404,66 @@ def _raw_bytes(raw: bytes | Mapping[str, Any]) -> bytes:
         return repr(raw).encode()
 
 
+def sniff_stream(raw: bytes | Mapping[str, Any]) -> str:
+    """The stream name of an undecodable combined-stream frame, so it can still be attributed; "" if none."""
+    if not isinstance(raw, bytes | bytearray):
+        return ""
+    start = raw.find(b'"stream":"')
+    if start < 0:
+        return ""
+    start += 10
+    end = raw.find(b'"', start)
+    return bytes(raw[start:end]).decode("ascii", "replace") if end > start else ""
+
+
+def _fail(state: IngestState, st: SymbolState, now_us: int) -> None:
+    """Record a failure of ``st``; enough of them within the window quarantine the symbol."""
+    st.last_failure_us = now_us
+    failures = st.failures
+    failures.append(now_us)
+    cutoff = now_us - state.quarantine_window_us
+    while failures and failures[0] < cutoff:
+        failures.popleft()
+    if not st.quarantined and len(failures) >= state.quarantine_failures:
+        st.quarantined_since_us = now_us
+        st.quarantines += 1
+        # A snapshot already asked for still goes out; the next one waits the interval.
+        st.next_snapshot_us = now_us + state.quarantine_resync_interval_us
+
+
 def _dead_letter(state: IngestState, symbol: str, raw: bytes | Mapping[str, Any], exc: BadFrame,
-                 out: IngestOutputs) -> None:
-    if symbol in state.symbols:  # garbage symbols in bad frames must not create books
-        state.symbols[symbol].bad_inputs += 1
+                 out: IngestOutputs, *, now_us: int) -> None:
+    st = state.symbols.get(symbol)
+    if st is not None:  # garbage symbols in bad frames must not create books
+        st.bad_inputs += 1
+        _fail(state, st, now_us)
     else:
         state.unattributed_bad_inputs += 1
     out.dead_letters.append(DeadLetterOut(_raw_bytes(raw), exc.error_type, exc.reason, symbol))
 
 
-def _request_resync(st: SymbolState, out: IngestOutputs) -> None:
-    if not st.resync_requested:
-        st.resync_requested = True
-        out.resync_requests.append(st.symbol)
+def _request_resync(state: IngestState, st: SymbolState, out: IngestOutputs, now_us: int) -> None:
+    if st.resync_requested:
+        return
+    st.resync_requested = True
+    if st.quarantined:
+        if now_us < st.next_snapshot_us:
+            st.resync_deferred = True  # goes out from _flush when the interval has passed
+            return
+        st.next_snapshot_us = now_us + state.quarantine_resync_interval_us
+    out.resync_requests.append(st.symbol)
+
+
+def _lose_sync(state: IngestState, st: SymbolState, reason: str, out: IngestOutputs, now_us: int, *,
+               request: bool = True) -> None:
+    """A synced book can no longer be trusted: count the episode, flag the window and ask for one snapshot."""
+    if st.book.state in (BookState.AWAITING_FIRST, BookState.LIVE):
+        st.book.mark_resyncing()
+    st.resyncs[reason] = st.resyncs.get(reason, 0) + 1
+    st.pending_tickers.clear()
+    st.window_flags.add(common_pb2.BOOK_RESYNCING)
+    if request:
+        _request_resync(state, st, out, now_us)
 
 
 def process(batch: Sequence[Frame], state: IngestState, clock: Clock) -> IngestOutputs:
@@ -326,7 +482,11 @@ def process(batch: Sequence[Frame], state: IngestState, clock: Clock) -> IngestO
 
 
 def flush(state: IngestState, clock: Clock, *, force: bool = False) -> IngestOutputs:
-    """Emit the TickBatches whose window has elapsed, or every pending one with ``force`` (e.g. on stop)."""
+    """Emit the TickBatches whose window has elapsed, or every pending one with ``force`` (e.g. on stop).
+
+    Also releases held trades whose backfill timed out (all of them with ``force``) and sends deferred
+    snapshot requests of quarantined symbols.
+    """
     out = IngestOutputs()
     _flush(state, clock.now_us(), out, force=force)
     return out
@@ -340,18 +500,99 @@ def apply_snapshot(state: IngestState, symbol: str, snapshot: bytes | Mapping[st
     try:
         data = _decode(snapshot)
     except BadFrame as exc:
-        _dead_letter(state, symbol, snapshot, exc, out)
+        _dead_letter(state, symbol, snapshot, exc, out, now_us=now_us)
         return out
-    _apply_snapshot(state, out, symbol, snapshot, data=data, local_us=now_us if local_us is None else local_us)
+    _apply_snapshot(state, out, symbol, snapshot, data=data, local_us=now_us if local_us is None else local_us,
+                    now_us=now_us)
+    return out
+
+
+def lose_sync(state: IngestState, symbols: Iterable[str], clock: Clock, reason: str = RESYNC_RECONNECT) -> None:
+    """The diff stream of ``symbols`` was interrupted (reconnect, overload): their books wait for a snapshot.
+
+    The snapshot is asked for by the first diff buffered afterwards, as Binance's procedure wants the stream
+    buffering before the snapshot is taken; a book that was never synced just keeps waiting for its first one.
+    """
+    now_us = clock.now_us()
+    out = IngestOutputs()
+    for symbol in symbols:
+        st = state.symbol_state(symbol)
+        if st.book.synced:
+            _lose_sync(state, st, reason, out, now_us, request=False)
+        st.resync_requested = st.resync_deferred = False
+
+
+def resume_trades(state: IngestState, symbols: Iterable[str], clock: Clock) -> IngestOutputs:
+    """After a reconnect: hold ``symbols``' trades and ask for every trade since the last one seen."""
+    out = IngestOutputs()
+    now_us = clock.now_us()
+    for symbol in symbols:
+        st = state.symbols.get(symbol)
+        if st is None or st.last_trade_id is None or st.trade_gap is not None:
+            continue  # nothing seen yet (nothing to resume from), or a backfill is already under way
+        first = st.last_trade_id + 1
+        st.trade_gap = (first, None)
+        st.held_trades = {}
+        st.trade_gap_deadline_us = now_us + state.trade_backfill_timeout_us
+        out.trade_gaps.append(TradeGap(symbol, first, None))
+    return out
+
+
+def apply_trade_backfill(state: IngestState, symbol: str, trades: bytes | Sequence[Mapping[str, Any]],
+                         clock: Clock) -> IngestOutputs:
+    """Fill a symbol's trade gap with REST trades (raw JSON list or decoded), then emit the held trades in order.
+
+    Whatever is still missing afterwards is counted as lost. An answer for a gap already released is ignored.
+    """
+    out = IngestOutputs()
+    now_us = clock.now_us()
+    st = state.symbols.get(symbol)
+    if st is None or st.trade_gap is None:
+        return out
+    records: Any = trades
+    if isinstance(trades, bytes | bytearray):
+        try:
+            records = orjson.loads(trades)
+        except orjson.JSONDecodeError as exc:
+            _dead_letter(state, symbol, trades, BadFrame("malformed_json", f"undecodable trades: {exc}"), out,
+                         now_us=now_us)
+            records = []
+    if not isinstance(records, list | tuple):
+        _dead_letter(state, symbol, _raw_bytes(records), BadFrame(
+            "malformed_json", "REST trades are not a JSON list"), out, now_us=now_us)
+        records = []
+    first = st.trade_gap[0]
+    held = st.held_trades
+    for record in records:
+        try:
+            if not isinstance(record, Mapping):
+                raise BadFrame("malformed_json", "REST trade is not an object")
+            event = parse_rest_trade(record, now_us)
+        except BadFrame as exc:
+            _dead_letter(state, symbol, _raw_bytes(record), exc, out, now_us=now_us)
+            continue
+        trade_id = event.trade.trade_id
+        if trade_id >= first and trade_id not in held:
+            held[trade_id] = event
+            st.trades_backfilled += 1
+    _release_trades(state, st, out, now_us)
     return out
 
 
 def _decode(raw: bytes | Mapping[str, Any]) -> Mapping[str, Any]:
-    if type(raw) is dict:  # the simulator's frames; checked first as ABC isinstance checks are slow
+    # Exact type checks first: ABC isinstance checks are slow on the hot path.
+    if type(raw) is bytes:
+        try:
+            data: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadFrame("malformed_json", f"undecodable JSON: {exc}") from None
+        if type(data) is dict:
+            return data
+    elif type(raw) is dict:  # the simulator's frames
         return raw
     if isinstance(raw, Mapping):
-        data: Any = raw
-    else:
+        data = raw
+    elif type(raw) is not bytes:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -363,83 +604,230 @@ def _decode(raw: bytes | Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _process_frame(state: IngestState, out: IngestOutputs, hint: str, raw: bytes | Mapping[str, Any], local_us: int,
                    *, now_us: int) -> None:
-    symbol = symbol_of(hint)
+    symbol = ""
+    stream = hint
+    kind: Any = None
     try:
         data = _decode(raw)
         if "stream" in data and "data" in data:  # combined-stream envelope
-            stream = data["stream"]
-            symbol = symbol_of(stream) if isinstance(stream, str) else symbol
+            named_stream = data["stream"]
+            if type(named_stream) is str:
+                stream = named_stream
             data = data["data"]
-            if not isinstance(data, Mapping):
+            if type(data) is not dict and not isinstance(data, Mapping):
                 raise BadFrame("malformed_json", "combined-stream 'data' is not an object")
-        if "lastUpdateId" in data:
-            _apply_snapshot(state, out, symbol, raw, data=data, local_us=local_us)
-            return
         named = data.get("s")
-        if isinstance(named, str) and named:
-            symbol = named.upper()
+        symbol = named.upper() if type(named) is str and named else symbol_of(stream)
+        if "lastUpdateId" in data:
+            _apply_snapshot(state, out, symbol, raw, data=data, local_us=local_us, now_us=now_us)
+            return
         if not symbol:
             raise BadFrame("missing_field", "no symbol in the frame or its stream name")
         kind = data.get("e")
         update: DepthUpdate | None = None
         ticker: market_pb2.BookTicker | None = None
-        if kind == "trade":
-            event = parse_trade(data, local_us)
-            exchange_us = event.trade.exchange_us
-        elif kind == "depthUpdate":
-            event, update = parse_depth(data, local_us)
-            exchange_us = update.exchange_us
-        elif kind == "bookTicker" or (kind is None and "u" in data and "A" in data):
+        trade: market_pb2.Trade | None = None
+        # Most frequent first: bookTicker (spot ones have no "e"), trade, depthUpdate.
+        if kind == "bookTicker" or (kind is None and "u" in data and "A" in data):
             event = parse_book_ticker(data, local_us)
             ticker = event.book_ticker
             exchange_us = ticker.exchange_us
+        elif kind == "trade":
+            event = parse_trade(data, local_us)
+            trade = event.trade
+            exchange_us = trade.exchange_us
+        elif kind == "depthUpdate":
+            event, update = parse_depth(data, local_us)
+            exchange_us = update.exchange_us
         elif kind == "markPriceUpdate":
             event = parse_mark_price(data, local_us)
             exchange_us = event.mark_price.exchange_us
+            st = state.symbols.get(symbol)
+            if st is not None and exchange_us <= st.last_mark_us:
+                st.duplicates += 1
+                return
         else:
             raise BadFrame("unknown_event_type", f"unknown event type {kind!r}")
     except BadFrame as exc:
-        _dead_letter(state, symbol, raw, exc, out)
+        if not symbol:
+            stream = stream or sniff_stream(raw)
+            symbol = symbol_of(stream)
+        _dead_letter(state, symbol, raw, exc, out, now_us=now_us)
+        bad = state.symbols.get(symbol)
+        if bad is not None and (kind == "depthUpdate" or "@depth" in stream) and bad.book.synced:
+            _lose_sync(state, bad, RESYNC_BAD_DEPTH, out, now_us)  # the lost diff leaves the book unknown
         return
 
-    st = state.symbol_state(symbol)
+    st = state.symbols.get(symbol) or state.symbol_state(symbol)
+    book = st.book
     event_ms = data.get("E")
     if type(event_ms) is int:
         # Exchange-minus-local clock offset; network latency is in it too, which is what "drift" must bound.
         sample = event_ms * 1000 - local_us
         st.drift_ewma_us = sample if st.drift_ewma_us is None else st.drift_ewma_us + DRIFT_ALPHA * (
             sample - st.drift_ewma_us)
-    estimated = False
-    if ticker is not None and not exchange_us:
-        # Spot bookTicker carries no time: estimate it from the receive time and the measured clock offset.
-        exchange_us = ticker.exchange_us = local_us + round(st.drift_ewma_us or 0.0)
-        estimated = True
-    if update is not None:
-        status = st.book.apply(update)
-        if status is SyncStatus.CROSSED:
-            _dead_letter(state, symbol, raw, BadFrame(
-                "crossed_book", f"best bid >= best ask after update {update.final_update_id}"), out)
-            _request_resync(st, out)
-            st.window_flags.add(common_pb2.BOOK_RESYNCING)
+    if trade is not None:
+        if not _accept_trade(state, st, event, out, now_us):
             return
-        if status is SyncStatus.GAP:
-            st.gaps += 1
-            st.window_flags.add(common_pb2.SEQUENCE_GAP)
-            _request_resync(st, out)
-        elif status is SyncStatus.BUFFERED:
-            _request_resync(st, out)  # no-op while a request is outstanding
-    if not st.book.synced:
-        st.window_flags.add(common_pb2.BOOK_RESYNCING)
-    if estimated:
-        st.newest_estimated_us = max(st.newest_estimated_us, exchange_us)
+    elif ticker is not None:
+        if ticker.update_id <= st.last_ticker_id:
+            st.duplicates += 1
+            return
+        st.last_ticker_id = ticker.update_id
+        if not exchange_us:
+            # Spot bookTicker carries no time: estimate it from the receive time and the measured clock offset.
+            exchange_us = ticker.exchange_us = local_us + round(st.drift_ewma_us or 0.0)
+            st.newest_estimated_us = max(st.newest_estimated_us, exchange_us)
+            exchange_us = 0
+        if book.state in _SYNCED:
+            _note_ticker(state, st, ticker, out, now_us)
+    elif update is not None:
+        if not _apply_diff(state, st, update, raw, out, now_us=now_us):
+            return
     else:
-        st.newest_exchange_us = max(st.newest_exchange_us, exchange_us)
+        st.last_mark_us = exchange_us
+    if book.state not in _SYNCED:
+        st.window_flags.add(common_pb2.BOOK_RESYNCING)
+    if exchange_us > st.newest_exchange_us:  # noqa: PLR1730 - a compare is cheaper than max() per frame
+        st.newest_exchange_us = exchange_us
     _add_event(state, out, st, event, local_us=local_us, now_us=now_us)
+
+
+def _apply_diff(state: IngestState, st: SymbolState, update: DepthUpdate, raw: bytes | Mapping[str, Any],
+                out: IngestOutputs, *, now_us: int) -> bool:
+    """Apply one diff to the book; False when the diff must not be passed on (stale or crossing)."""
+    book = st.book
+    first_after_snapshot = book.state is BookState.AWAITING_FIRST
+    status = book.apply(update)
+    if status is SyncStatus.APPLIED:
+        st.depth_updates += 1
+        if st.pending_tickers:
+            _check_pending_tickers(state, st, out, now_us)
+        return True
+    if status is SyncStatus.STALE:
+        if not first_after_snapshot:
+            st.duplicates += 1  # at or below the book's update id on a live book: a duplicate
+        return False  # Binance's procedure drops it either way
+    if status is SyncStatus.BUFFERED:
+        _request_resync(state, st, out, now_us)  # no-op while a request is outstanding
+        return True
+    if status is SyncStatus.CROSSED:
+        _dead_letter(state, st.symbol, raw, BadFrame(
+            "crossed_book", f"best bid >= best ask after update {update.final_update_id}"), out, now_us=now_us)
+        _lose_sync(state, st, RESYNC_CROSSED, out, now_us)
+        return False
+    # GAP. Right after a snapshot it means the snapshot is older than the stream: fetch a newer one.
+    st.window_flags.add(common_pb2.SEQUENCE_GAP)
+    if first_after_snapshot:
+        st.snapshot_retries += 1
+        st.pending_tickers.clear()
+        st.window_flags.add(common_pb2.BOOK_RESYNCING)
+        _request_resync(state, st, out, now_us)
+    else:
+        st.gaps += 1
+        _fail(state, st, now_us)
+        _lose_sync(state, st, RESYNC_GAP, out, now_us)
+    return True
+
+
+def _note_ticker(state: IngestState, st: SymbolState, ticker: market_pb2.BookTicker, out: IngestOutputs,
+                 now_us: int) -> None:
+    """Compare a bookTicker with the book at the same update id, now or once the book gets there."""
+    top = ((ticker.bid_price, ticker.bid_qty), (ticker.ask_price, ticker.ask_qty))
+    last = st.book.last_update_id
+    if ticker.update_id == last:
+        _compare_top(state, st, top, out, now_us)
+    elif ticker.update_id > last:
+        pending = st.pending_tickers
+        pending[ticker.update_id] = top
+        if len(pending) > MAX_PENDING_TICKERS:
+            del pending[next(iter(pending))]
+    # Older than the book: the book already moved past it, nothing exact to compare with.
+
+
+def _check_pending_tickers(state: IngestState, st: SymbolState, out: IngestOutputs, now_us: int) -> None:
+    pending = st.pending_tickers
+    last = st.book.last_update_id
+    while pending:
+        update_id = next(iter(pending))
+        if update_id > last:
+            return
+        top = pending.pop(update_id)
+        if update_id == last:
+            _compare_top(state, st, top, out, now_us)
+            return
+
+
+def _compare_top(state: IngestState, st: SymbolState, top: tuple[Level, Level], out: IngestOutputs,
+                 now_us: int) -> None:
+    st.ticker_checks += 1
+    book = st.book
+    if book.best_bid() == top[0] and book.best_ask() == top[1]:
+        return
+    # Same update id, different top: the local book is wrong, whatever the cause.
+    st.divergences += 1
+    st.window_flags.add(common_pb2.BOOK_TICKER_DIVERGENCE)
+    _fail(state, st, now_us)
+    _lose_sync(state, st, RESYNC_DIVERGENCE, out, now_us)
+
+
+def _accept_trade(state: IngestState, st: SymbolState, event: market_pb2.MarketEvent, out: IngestOutputs,
+                  now_us: int) -> bool:
+    """True: pass the trade on now. False: a duplicate (dropped) or held until its gap is backfilled."""
+    trade_id = event.trade.trade_id
+    gap = st.trade_gap
+    if gap is None:
+        last = st.last_trade_id
+        if last is None or trade_id == last + 1:
+            st.last_trade_id = trade_id
+            st.trades += 1
+            return True
+        if trade_id <= last:
+            st.duplicates += 1
+            return False
+        st.trade_gap = (last + 1, trade_id - 1)
+        st.held_trades = {trade_id: event}
+        st.trade_gap_deadline_us = now_us + state.trade_backfill_timeout_us
+        out.trade_gaps.append(TradeGap(st.symbol, last + 1, trade_id - 1))
+        return False
+    if trade_id < gap[0] or trade_id in st.held_trades:
+        st.duplicates += 1
+        return False
+    st.held_trades[trade_id] = event
+    return False
+
+
+def _release_trades(state: IngestState, st: SymbolState, out: IngestOutputs, now_us: int) -> None:
+    """Emit the held trades in id order and close the gap; ids still missing are counted as lost."""
+    gap = st.trade_gap
+    if gap is None:
+        return
+    first, last = gap
+    held = st.held_trades
+    expected = first
+    lost = 0
+    for trade_id in sorted(held):
+        if trade_id > expected:
+            lost += trade_id - expected
+        event = held[trade_id]
+        exchange_us = event.trade.exchange_us
+        st.newest_exchange_us = max(st.newest_exchange_us, exchange_us)
+        _add_event(state, out, st, event, local_us=event.trade.ingest_us, now_us=now_us)
+        expected = trade_id + 1
+    if last is not None and expected <= last:
+        lost += last - expected + 1
+    st.trades += len(held)
+    st.trades_lost += lost
+    if held:
+        st.last_trade_id = expected - 1
+    st.trade_gap = None
+    st.held_trades = {}
 
 
 def _add_event(state: IngestState, out: IngestOutputs, st: SymbolState, event: market_pb2.MarketEvent, *,
                local_us: int, now_us: int) -> None:
-    st.newest_local_us = max(st.newest_local_us, local_us)
+    if local_us > st.newest_local_us:  # noqa: PLR1730 - as above, per event
+        st.newest_local_us = local_us
     if st.window_open_us < 0:
         st.window_open_us = now_us
     st.pending.append(event)
@@ -448,32 +836,46 @@ def _add_event(state: IngestState, out: IngestOutputs, st: SymbolState, event: m
 
 
 def _apply_snapshot(state: IngestState, out: IngestOutputs, symbol: str, raw: bytes | Mapping[str, Any], *,
-                    data: Mapping[str, Any], local_us: int) -> None:
+                    data: Mapping[str, Any], local_us: int, now_us: int) -> None:
     if not symbol:
-        _dead_letter(state, symbol, raw, BadFrame("missing_field", "snapshot without a symbol hint"), out)
+        _dead_letter(state, symbol, raw, BadFrame("missing_field", "snapshot without a symbol hint"), out,
+                     now_us=now_us)
         return
     try:
         last_id, bids, asks, exchange_us = parse_snapshot(data)
     except BadFrame as exc:
-        _dead_letter(state, symbol, raw, exc, out)
+        _dead_letter(state, symbol, raw, exc, out, now_us=now_us)
         return
     st = state.symbol_state(symbol)
-    st.resync_requested = False
+    st.resync_requested = st.resync_deferred = False
+    st.snapshots += 1
+    st.pending_tickers.clear()
     status = st.book.apply_snapshot(last_id, bids, asks, exchange_us=exchange_us, local_us=local_us)
     if status is SyncStatus.GAP:
         # The snapshot is older than the buffered stream (or the buffer overflowed): ask for a newer one.
-        st.gaps += 1
+        st.snapshot_retries += 1
         st.window_flags.add(common_pb2.SEQUENCE_GAP)
-        _request_resync(st, out)
+        _request_resync(state, st, out, now_us)
     elif status is SyncStatus.CROSSED:
         _dead_letter(state, symbol, raw, BadFrame(
-            "crossed_book", f"best bid >= best ask after snapshot {last_id} and its buffered diffs"), out)
-        _request_resync(st, out)
+            "crossed_book", f"best bid >= best ask after snapshot {last_id} and its buffered diffs"), out,
+            now_us=now_us)
+        _request_resync(state, st, out, now_us)
 
 
 def _flush(state: IngestState, now_us: int, out: IngestOutputs, *, force: bool) -> None:
     window_us = state.microbatch_ms * 1000
     for st in state.symbols.values():
+        if st.trade_gap is not None and (force or now_us >= st.trade_gap_deadline_us):
+            _release_trades(state, st, out, now_us)  # the backfill did not come in time
+        if st.quarantined_since_us >= 0:
+            if st.resync_deferred and now_us >= st.next_snapshot_us:
+                st.resync_deferred = False
+                st.next_snapshot_us = now_us + state.quarantine_resync_interval_us
+                out.resync_requests.append(st.symbol)
+            if now_us - st.last_failure_us >= state.quarantine_release_us:
+                st.quarantined_since_us = -1
+                st.failures.clear()
         if st.pending and (force or now_us - st.window_open_us >= window_us):
             _emit_batch(state, st, out)
 
@@ -513,6 +915,8 @@ def _emit_batch(state: IngestState, st: SymbolState, out: IngestOutputs) -> None
         flags.add(common_pb2.DEGRADED_TIME_SYNC)
     if not book.synced:
         flags.add(common_pb2.BOOK_RESYNCING)
+    if st.quarantined_since_us >= 0:
+        flags.add(common_pb2.QUARANTINED)
     batch.quality_flags.extend(sorted(flags))
     out.emits.append(Emit(topic=Topic.TICKS, key=st.symbol, value=batch, exchange_us=exchange_us))
     st.pending = []

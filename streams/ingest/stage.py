@@ -1,40 +1,57 @@
-"""Ingest stage runner for ``--source sim``: simulator -> ingest core -> ticks.v1 (+ dlq.v1), paced by the clock."""
+"""Ingest stage runner: one of three sources -> the pure ingest core -> ticks.v1 (+ dlq.v1).
+
+``settings.source`` picks the source: ``sim`` (the built-in simulator, paced by the clock), ``live`` (Binance
+WebSocket + REST, ``binance.py``), ``replay:PATH`` (recorded captures, ``replay.py``) or ``auto``: live when the
+venue's REST ping answers, else the simulator, and it says which, loudly. Every source produces the same
+TickBatches; the stage serves /metrics (with the data-quality series of ``quality.py``), /healthz (detail:
+quarantined, resyncing and clock-degraded symbols, connections) and /readyz.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from pathlib import Path
 
+import httpx
 from confluent_kafka import Producer
-from opentelemetry.propagate import inject
 
 from schemas import common_pb2
 from streams.ingest import core
+from streams.ingest.binance import base_urls, run_live, venue_spec
+from streams.ingest.publish import STAGE, Publisher, PublisherThread
+from streams.ingest.quality import IngestQuality, health_detail
+from streams.ingest.replay import capture_files, parse_speed, run_replay
 from streams.ingest.simulator import MarketSimulator
 from streams.runtime.clock import Clock, LiveClock
-from streams.runtime.dlq import dead_letter
-from streams.runtime.kafka import KafkaRecord, ensure_topics, produce_all, producer_config
+from streams.runtime.kafka import ensure_topics, producer_config
 from streams.runtime.observability import HealthState, StageMetrics, make_tracer_provider, serve_health
 from streams.runtime.runner import StopFlag
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 
-STAGE = "ingest"
+__all__ = ["STAGE", "IngestLoop", "resolve_source", "run"]
+
 LOOP_US = 5_000          # poll the simulator every ~5 ms: well inside the 20 ms micro-batch window
+EXPORT_EVERY_US = 1_000_000
 SIM_SOURCE_TOPIC = "sim"  # dead letters from the simulator have no Kafka origin
 
 log = logging.getLogger("surge.ingest")
 
 
 class IngestLoop:
-    """The pieces of one ingest session; ``step`` is one poll -> process -> produce -> metrics round."""
+    """The pieces of one simulator session; ``step`` is one poll -> process -> produce -> metrics round."""
 
-    def __init__(self, settings: Settings, clock: Clock, producer: Producer, metrics: StageMetrics) -> None:
+    def __init__(self, settings: Settings, clock: Clock, producer: Producer, metrics: StageMetrics,
+                 quality: IngestQuality | None = None) -> None:
         self.clock = clock
         self.producer = producer
         self.metrics = metrics
-        self.tracer = make_tracer_provider(STAGE, settings).get_tracer("surge.ingest")
+        self.quality = quality
+        tracer = make_tracer_provider(STAGE, settings).get_tracer("surge.ingest")
+        self.publisher = Publisher(producer, metrics, tracer, clock, SIM_SOURCE_TOPIC)
         self.sim = MarketSimulator(settings.symbol_list, settings.sim_events_per_s, settings.sim_seed)
         # Batch ids restart per session; basing sequences on the session start keeps them unique across restarts.
         self.state = core.IngestState(
@@ -56,10 +73,12 @@ class IngestLoop:
         started = time.perf_counter()
         out = core.process([(symbol, event, now_us) for symbol, event in raw], self.state, self.clock)
         for symbol in out.resync_requests:
-            # The simulator answers a resync at once; a live source would fetch the REST snapshot here.
+            # The simulator answers a resync at once; the live source fetches the REST snapshot instead.
             self.resyncs += 1
             log.warning("resyncing %s from a fresh snapshot", symbol)
             out.extend(core.apply_snapshot(self.state, symbol, self.sim.snapshot(symbol), self.clock))
+        for gap in out.trade_gaps:
+            out.extend(core.apply_trade_backfill(self.state, gap.symbol, [], self.clock))  # nothing to fetch
         self.metrics.processing_seconds.labels(STAGE).observe(time.perf_counter() - started)
         if raw:
             self.metrics.events_in.labels(STAGE).inc(len(raw))
@@ -75,43 +94,54 @@ class IngestLoop:
         self.publish(core.flush(self.state, self.clock, force=True), raw_events=0)
 
     def publish(self, out: core.IngestOutputs, *, raw_events: int) -> None:
-        if not out.emits and not out.dead_letters:
-            return
-        now_us = self.clock.now_us()
-        records: list[KafkaRecord] = []
-        with self.tracer.start_as_current_span("ingest.batch") as span:
-            span.set_attribute("surge.raw_events", raw_events)
-            span.set_attribute("surge.emits", len(out.emits))
-            carrier: dict[str, str] = {}
-            inject(carrier)  # lets the features stage link its spans to this one
-            headers: list[tuple[str, str | bytes | None]] | None = [(k, v.encode()) for k, v in carrier.items()] or None
-            for emit in out.emits:
-                records.append((emit.topic.value, emit.key, emit.value.SerializeToString(), headers))
-            for bad in out.dead_letters:
-                records.append(dead_letter(
-                    stage=STAGE, source_topic=SIM_SOURCE_TOPIC, source_partition=-1, source_offset=-1,
-                    key=bad.symbol.encode(), payload=bad.raw_bytes, error_type=bad.error_type, reason=bad.reason,
-                    now_us=now_us))
-            produce_all(self.producer, records)  # blocks until every record is acknowledged
-        acked_us = self.clock.now_us()
-        for emit in out.emits:
-            self.metrics.events_out.labels(STAGE, emit.topic.value).inc()
-            if emit.exchange_us > 0:
-                self.metrics.e2e_latency_seconds.labels(STAGE).observe(max(0.0, (acked_us - emit.exchange_us) / 1e6))
-        for bad in out.dead_letters:
-            self.metrics.dlq.labels(STAGE, bad.error_type).inc()
+        self.publisher.publish(out, raw_events=raw_events)
+
+    def export(self) -> dict[str, str]:
+        if self.quality is not None:
+            self.quality.export(self.state)
+        return health_detail(self.state)
+
+
+def resolve_source(settings: Settings) -> str:
+    """"sim", "live" or "replay:PATH"; ``auto`` pings the venue's REST API and says loudly what it chose."""
+    source = settings.source.strip()
+    kind = source.lower()
+    if kind in ("sim", "live"):
+        return kind
+    if kind.startswith("replay:"):
+        path = Path(source.split(":", 1)[1]).expanduser()
+        capture_files(path)  # raises FileNotFoundError with the reason
+        parse_speed(settings.replay_speed)
+        return f"replay:{path}"
+    if kind == "auto":
+        spec = venue_spec(settings.venue)
+        _, rest = base_urls(settings, spec)
+        try:
+            reachable = httpx.get(rest + spec.ping_path, timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            reachable = False
+        if reachable:
+            log.warning("SOURCE: LIVE Binance %s public streams (%s answers)", spec.name, rest)
+            return "live"
+        log.warning("SOURCE: built-in market SIMULATOR (Binance %s at %s not reachable); data is NOT real",
+                    spec.name, rest)
+        return "sim"
+    raise ValueError(f"unknown ingest source {settings.source!r}: use auto, sim, live or replay:PATH")
 
 
 def run(settings: Settings, clock: Clock | None = None, *, stop_event: threading.Event | None = None) -> int:
-    """Run the simulator-fed ingest stage until SIGTERM/SIGINT, ``stop_event`` or ``sim_duration_s``; 0 = clean."""
+    """Run the ingest stage until SIGTERM/SIGINT or ``stop_event`` (or the end of a finite source); 0 = clean."""
     clock = clock or LiveClock()
-    source = settings.source.lower()
-    if source not in ("sim", "auto"):
-        log.error("ingest source %r is not supported yet; only 'sim'", settings.source)
+    try:
+        venue_spec(settings.venue)
+        source = resolve_source(settings)
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
         return 2
     metrics = StageMetrics.create(STAGE)
+    quality = IngestQuality.create(metrics.registry)
     health = HealthState()
-    stop_health = serve_health(settings.stage_port(STAGE), metrics.registry, health)
+    stop_health = serve_health(settings.stage_port(STAGE), metrics.registry, health, host=settings.metrics_host)
     stop = StopFlag()
     if stop_event is not None:
         stop.event = stop_event
@@ -123,38 +153,81 @@ def run(settings: Settings, clock: Clock | None = None, *, stop_event: threading
             log.info("created topics %s", created)
         producer = Producer(producer_config(settings, "surge-ingest-producer"))
         for topic in (Topic.TICKS, Topic.DLQ):
-            # Fetch leaders before the simulator starts its clock, or the first produce stalls ~1 s on metadata.
+            # Fetch leaders before the source starts its clock, or the first produce stalls ~1 s on metadata.
             producer.list_topics(topic.value, timeout=10)
-        loop = IngestLoop(settings, clock, producer, metrics)
-        loop.seed_books()
-        health.set_live(True)
-        health.set_ready(True, phase="producing", source="sim")
-        log.info("ingest from the simulator: %s at %.0f events/s (seed %d)", ",".join(settings.symbol_list),
-                 settings.sim_events_per_s, settings.sim_seed)
-        _loop(loop, settings, clock, stop.event)
-        health.set_ready(False, phase="draining")
-        loop.drain()
-        producer.flush(30)
-        log.info("ingest stopped cleanly after %d resync(s)", loop.resyncs)
-        return 0
+        health.set_live(True, source=source)
+        if source == "sim":
+            code = _run_sim(settings, clock, producer=producer, metrics=metrics, quality=quality, health=health,
+                            stop=stop.event)
+        elif source == "live":
+            code = _run_live(settings, clock, producer=producer, metrics=metrics, quality=quality, health=health,
+                             stop=stop.event)
+        else:
+            path = Path(source.split(":", 1)[1])
+            tracer = make_tracer_provider(STAGE, settings).get_tracer("surge.ingest")
+            publisher = Publisher(producer, metrics, tracer, clock, f"replay:{path}")
+            code = run_replay(settings, path, publisher=publisher, metrics=metrics, quality=quality, health=health,
+                              stop=stop.event, wall=clock)
+        remaining = producer.flush(30)
+        if remaining:
+            log.error("%d record(s) still unacknowledged at exit", remaining)
+            code = code or 1
+        return code
     finally:
         stop_health()
 
 
-def _loop(loop: IngestLoop, settings: Settings, clock: Clock, stop: threading.Event) -> None:
+def _run_sim(settings: Settings, clock: Clock, *, producer: Producer, metrics: StageMetrics,
+             quality: IngestQuality, health: HealthState, stop: threading.Event) -> int:
+    loop = IngestLoop(settings, clock, producer, metrics, quality)
+    loop.seed_books()
+    health.set_live(True, **loop.export())
+    health.set_ready(True, phase="producing", source="sim")
+    log.info("ingest from the simulator: %s at %.0f events/s (seed %d)", ",".join(settings.symbol_list),
+             settings.sim_events_per_s, settings.sim_seed)
+    _loop(loop, settings, clock, stop, health)
+    health.set_ready(False, phase="draining")
+    loop.drain()
+    loop.export()
+    log.info("ingest stopped cleanly after %d resync(s)", loop.resyncs)
+    return 0
+
+
+def _run_live(settings: Settings, clock: Clock, *, producer: Producer, metrics: StageMetrics,
+              quality: IngestQuality, health: HealthState, stop: threading.Event) -> int:
+    tracer = make_tracer_provider(STAGE, settings).get_tracer("surge.ingest")
+    spec = venue_spec(settings.venue)
+    ws_base, _ = base_urls(settings, spec)
+    thread = PublisherThread(Publisher(producer, metrics, tracer, clock, f"ws:{ws_base}"))
+    try:
+        code = asyncio.run(run_live(settings, clock, stop, publisher=thread, metrics=metrics, quality=quality,
+                                    health=health))
+    finally:
+        health.set_ready(False, phase="draining")
+        thread.close()
+    if thread.failed:
+        return 1
+    log.info("live ingest stopped (%s)", "cleanly" if code == 0 else f"code {code}")
+    return code
+
+
+def _loop(loop: IngestLoop, settings: Settings, clock: Clock, stop: threading.Event, health: HealthState) -> None:
     started_us = clock.now_us()
     end_us = started_us + round(settings.sim_duration_s * 1e6) if settings.sim_duration_s > 0 else None
     next_us = started_us
+    next_export_us = started_us + EXPORT_EVERY_US
     while not stop.is_set():
         loop.step()
         loop.producer.poll(0)
         now_us = clock.now_us()
         if end_us is not None and now_us >= end_us:
             break
+        if now_us >= next_export_us:
+            next_export_us = now_us + EXPORT_EVERY_US
+            health.set_live(True, **loop.export())
         # Fixed cadence; a slow round is not made up with a burst of rounds, the simulator hands over the
         # backlog in one bigger batch instead.
         next_us = max(next_us + LOOP_US, now_us)
         wait_s = (next_us - now_us) / 1e6
         if wait_s > 0:
             stop.wait(wait_s)
-

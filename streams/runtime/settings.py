@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     otel_exporter: Literal["none", "console", "otlp"] = Field("none", description="Span exporter")
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint when otel_exporter=otlp")
 
+    # Features.
+    features_backpressure_lag_s: float = Field(5.0, ge=0, description="Features: event-time lag above which the "
+                                               "medium and slow tiers are dropped (0: never; use 0 for replays of "
+                                               "old captures)")
+    features_resume_lag_s: float = Field(1.0, ge=0, description="Features: dropped tiers come back once the "
+                                         "event-time lag is at or below this")
+
     @model_validator(mode="before")
     @classmethod
     def _reject_unknown_env(cls, data: Any) -> Any:

@@ -188,11 +188,11 @@ def read_topic(stack: StackProcesses, topic: Topic, idle_s: float = 3.0) -> list
     return values
 
 
-def session_batches(stack: StackProcesses, session: Session) -> list[market_pb2.TickBatch]:
-    """This session's TickBatches: sequences are based on the session's start time (µs)."""
+def session_batches(stack: StackProcesses, venue: str, started_us: int) -> list[market_pb2.TickBatch]:
+    """The TickBatches of an ingest session started at ``started_us``: their sequences are based on it."""
     batches = [market_pb2.TickBatch.FromString(v) for v in read_topic(stack, Topic.TICKS)]
-    prefix = f"binance_{session.venue}:"
-    mine = [b for b in batches if b.sequence > session.started_us and b.batch_id.startswith(prefix)]
+    prefix = f"binance_{venue}:"
+    mine = [b for b in batches if b.sequence > started_us and b.batch_id.startswith(prefix)]
     return sorted(mine, key=lambda b: (b.symbol, b.sequence))
 
 
@@ -245,7 +245,7 @@ def test_usdm_books_track_the_capture_and_one_injected_gap_costs_one_resync(
     assert metric(metrics, "surge_ingest_sequence_gap_ratio", symbol="BTCUSDT") == pytest.approx(1 / (applied + 1))
     assert run.health["books_synced"] == "1" and run.health["quarantined"] == ""
     assert run.health["connections"] == "2/2"  # USD-M: /public (depth, bookTicker) and /market (trade, markPrice)
-    batches = session_batches(stack, run.session)
+    batches = session_batches(stack, run.session.venue, run.session.started_us)
     assert check_books(batches, expected, "BTCUSDT") > 20
     # No reconnect happened, so every trade arrived in order: exactly the capture's ids.
     assert trade_ids(batches, "BTCUSDT") == expected.trades["BTCUSDT"]
@@ -262,7 +262,7 @@ def test_dropped_connections_lose_and_duplicate_no_trade(shared_data: Path, stac
     assert reconnects >= 2
     assert reconnects == run.fake["disconnects"]
     assert metric(metrics, "surge_ingest_ws_disconnects_total", stage="ingest", route="/") == reconnects
-    batches = session_batches(stack, run.session)
+    batches = session_batches(stack, run.session.venue, run.session.started_us)
     assert trade_ids(batches, "BTCUSDT") == expected.trades["BTCUSDT"]  # all of them, once each, in order
     assert metric(metrics, "surge_ingest_trades_lost_total", symbol="BTCUSDT") == 0
     assert metric(metrics, "surge_ingest_message_loss_ratio", symbol="BTCUSDT") == 0
@@ -303,7 +303,7 @@ def test_malformed_frames_are_dead_lettered_and_only_their_symbol_is_quarantined
     assert metric(metrics, "surge_ingest_resyncs_total", symbol="BTCUSDT", reason="bad_depth") >= 1
     assert metric_sum(metrics, "surge_ingest_resyncs_total", symbol="ETHUSDT") == 0
     assert metric(metrics, "surge_ingest_snapshots_total", symbol="ETHUSDT") == 1
-    batches = session_batches(stack, run.session)
+    batches = session_batches(stack, run.session.venue, run.session.started_us)
     assert check_books(batches, expected, "ETHUSDT") > 20
     for symbol in ("BTCUSDT", "ETHUSDT"):  # extra bad frames never cost a good trade
         assert trade_ids(batches, symbol) == expected.trades[symbol]
@@ -326,6 +326,6 @@ def test_rollover_and_duplicates_are_seamless(shared_data: Path, stack: StackPro
     assert metric_sum(metrics, "surge_ingest_resyncs_total", symbol="BTCUSDT") == 0
     assert metric(metrics, "surge_ingest_snapshots_total", symbol="BTCUSDT") == 1
     assert metric(metrics, "surge_ingest_duplicates_total", symbol="BTCUSDT") >= run.fake["duplicates"]
-    batches = session_batches(stack, run.session)
+    batches = session_batches(stack, run.session.venue, run.session.started_us)
     assert trade_ids(batches, "BTCUSDT") == expected.trades["BTCUSDT"]
     assert check_books(batches, expected, "BTCUSDT") > 20

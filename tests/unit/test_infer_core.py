@@ -217,10 +217,12 @@ def test_session_uses_all_optimisations_and_physical_cores() -> None:
 
 
 def test_stage_spec_batches_by_the_infer_settings(tmp_path: Path) -> None:
-    settings = Settings(model_dir=write_model(tmp_path / "toy"), infer_batch_rows=32, infer_batch_ms=25)
+    settings = Settings(model_dir=write_model(tmp_path / "toy"), infer_batch_rows=32, infer_batch_ms=25,
+                        infer_registry=False)
     s = spec(settings)
     assert (s.name, s.input_topics, s.batch_max, s.batch_timeout_ms) == ("infer", (Topic.FEATURES,), 32, 25)
-    assert s.make_state().model.model_version == VERSION
+    state = s.make_state()
+    assert state.model.model_version == VERSION and state.serving.canary is None and not state.closers
     assert default_model_dir() == Path(__file__).resolve().parents[2] / "models" / "default"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -123,5 +124,9 @@ def test_dead_letters_go_to_dlq_with_the_sim_source() -> None:
     assert sample(metrics, "surge_dlq_total", error_type="malformed_json") == 1
 
 
-def test_unsupported_sources_are_refused_before_touching_the_broker() -> None:
-    assert run(Settings(source="live")) == 2
+def test_unsupported_sources_are_refused_before_touching_the_broker(tmp_path: Path) -> None:
+    assert run(Settings(source="carrier-pigeon")) == 2
+    assert run(Settings(source=f"replay:{tmp_path / 'missing.gz'}")) == 2
+    capture = tmp_path / "btcusdt.jsonl"
+    capture.write_bytes(b"{}\n")
+    assert run(Settings(source=f"replay:{capture}", replay_speed="0")) == 2  # speed must be positive or max

@@ -1,0 +1,535 @@
+"""``surge train``: 1-minute bars -> features (the features stage's batch driver) -> triple-barrier labels ->
+purged k-fold LightGBM (focal loss beside plain log loss) -> isotonic calibration on out-of-fold scores ->
+one ONNX graph in the layout the infer stage serves -> parity check -> model card (JSON, markdown, PNG).
+
+Protocol, fixed before looking at any evaluation data (nothing below is tuned on the evaluation period):
+
+* Samples: every bar with a complete label. Features are computed over training and evaluation files in one
+  causal pass (an evaluation bar sees the history a live model would have); a training sample is purged when
+  its label span reaches the first evaluation bar.
+* Cross-validation: ``purged_kfold`` on label spans in minutes, embargo ``embargo_frac`` of the training span.
+* Weights: AFML average uniqueness of the label span (overlapping labels share information), then the classes
+  balanced on those weights (``balanced_weights(y, base=uniqueness)``).
+* Calibration: isotonic on the out-of-fold raw scores. The out-of-fold metrics in the card are cross-fitted
+  (each fold calibrated on the other folds only); the shipped table is fitted on all of them.
+* ONNX: thresholds rounded down to float32 (``default_model.round_thresholds``) so the graph takes the same
+  branches as LightGBM on float32 inputs; training inputs are float32-rounded too. Parity is measured.
+* Evaluation metrics are computed on what the infer stage would serve: the ONNX graph plus the calibration
+  table, loaded with ``streams.infer.model.load_model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.training.card import card_markdown, plot_reliability
+from services.training.cv import purged_kfold
+from services.training.dataset import (
+    BAR_MS,
+    DataError,
+    FrameFn,
+    Labelled,
+    check_frame,
+    feature_columns,
+    kline_time_range,
+    klines_frame,
+    label_frame,
+    sha256_of,
+)
+from services.training.default_model import CAL_BINS, INPUT_NAME, OUTPUT_NAME, Z_95, round_thresholds, to_onnx
+from services.training.focal import as_binary_booster, focal_objective
+from services.training.labels import balanced_weights
+from services.training.metrics import probability_metrics
+from streams.infer.model import MODEL_FORMAT, load_model
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+ObjectiveName = Literal["focal", "logloss"]
+OBJECTIVES: tuple[ObjectiveName, ...] = ("focal", "logloss")
+
+PROBE_NAN_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    horizons: tuple[int, ...] = (5, 10, 30)
+    theta_up: float = 0.006
+    theta_dn: float = 0.004
+    gamma: float = 1.5
+    objective: ObjectiveName = "focal"  # shipped; the other is trained and reported beside it
+    folds: int = 5
+    embargo_frac: float = 0.01
+    class_weight: Literal["balanced", "none"] = "balanced"
+    uniqueness: bool = True
+    num_boost_round: int = 300
+    learning_rate: float = 0.03
+    num_leaves: int = 15
+    min_child_samples: int = 500
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    lambda_l2: float = 10.0
+    seed: int = 7
+    threads: int = 1  # OpenMP threads spin-wait: on a shared box more threads can be 20x slower, and 1 is bit-exact
+    max_parity_diff: float = 1e-4
+    features: tuple[str, ...] = field(default_factory=tuple)  # empty: every numeric non-bar column
+
+    def __post_init__(self) -> None:
+        if not self.horizons or any(h < 1 for h in self.horizons):
+            raise ValueError(f"horizons must be positive minutes, got {self.horizons}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}")
+        if self.gamma < 0:
+            raise ValueError("gamma must be >= 0")
+
+
+def lgb_params(cfg: TrainConfig) -> dict[str, Any]:
+    return {
+        "num_leaves": cfg.num_leaves,
+        "learning_rate": cfg.learning_rate,
+        "min_child_samples": cfg.min_child_samples,
+        "feature_fraction": cfg.feature_fraction,
+        "bagging_fraction": cfg.bagging_fraction,
+        "bagging_freq": 1 if cfg.bagging_fraction < 1 else 0,
+        "lambda_l2": cfg.lambda_l2,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": cfg.threads,
+        "seed": cfg.seed,
+        "verbose": -1,
+    }
+
+
+def fit_booster(x: FloatArray, y: FloatArray, w: FloatArray, names: Sequence[str], cfg: TrainConfig,
+                objective: ObjectiveName) -> lgb.Booster:
+    """A booster whose ``predict`` is P(up): focal boosters are rewritten as plain binary ones."""
+    params = lgb_params(cfg)
+    if objective == "logloss":
+        data = lgb.Dataset(x, label=y, weight=w, feature_name=list(names), free_raw_data=True)
+        return lgb.train({**params, "objective": "binary"}, data, num_boost_round=cfg.num_boost_round)
+    rate = float(np.clip(np.average(y, weights=w), 1e-6, 1 - 1e-6))
+    init = math.log(rate / (1 - rate))  # start from the (weighted) base rate, as LightGBM's binary does
+    data = lgb.Dataset(x, label=y, weight=w, init_score=np.full(len(y), init), feature_name=list(names),
+                       free_raw_data=True)
+    booster = lgb.train({**params, "objective": focal_objective(cfg.gamma)}, data,
+                        num_boost_round=cfg.num_boost_round)
+    return as_binary_booster(booster, init)
+
+
+def fit_isotonic_table(raw: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
+    from services.training.default_model import fit_isotonic
+
+    iso = fit_isotonic(raw, y)
+    return np.asarray(iso.X_thresholds_, dtype=np.float64), np.asarray(iso.y_thresholds_, dtype=np.float64)
+
+
+def apply_table(table: tuple[FloatArray, FloatArray], raw: FloatArray) -> FloatArray:
+    """Exactly what ``streams.infer.model.Calibration.apply`` does."""
+    return np.asarray(np.clip(np.interp(raw, table[0], table[1]), 0.0, 1.0), dtype=np.float64)
+
+
+def sample_weights(lab: Labelled, h: int, rows: IntArray, cfg: TrainConfig) -> FloatArray:
+    base = lab.uniqueness[h][rows] if cfg.uniqueness else np.ones(len(rows))
+    if cfg.class_weight == "none":
+        return np.asarray(base / max(base.mean(), 1e-12), dtype=np.float64)
+    w = balanced_weights(lab.y[h][rows].astype(np.int64), base=base)
+    return np.asarray(w / max(w.mean(), 1e-12), dtype=np.float64)
+
+
+class Steps:
+    """A rich progress bar on stderr (or nothing, for tests)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=Console(stderr=True), disable=quiet, transient=False)
+        self.console = Console(stderr=True, quiet=quiet)
+
+    def log(self, msg: str) -> None:
+        self.console.print(msg)
+
+
+@dataclass
+class HorizonResult:
+    boosters: dict[str, lgb.Booster]
+    tables: dict[str, tuple[FloatArray, FloatArray]]
+    oof_raw: dict[str, FloatArray]
+    oof_metrics: dict[str, dict[str, Any]]
+    bin_edges: FloatArray
+    bin_counts: IntArray
+    n_train: int
+    base_rate: float
+    folds_used: int
+
+
+def cross_fitted(oof: FloatArray, y: FloatArray, folds: list[tuple[IntArray, IntArray]]) -> FloatArray:
+    """Each test fold calibrated by isotonic fitted on the other folds' out-of-fold scores only."""
+    out = np.full(len(y), np.nan)
+    for _, test_idx in folds:
+        other = np.ones(len(y), dtype=bool)
+        other[test_idx] = False
+        out[test_idx] = apply_table(fit_isotonic_table(oof[other], y[other]), oof[test_idx])
+    return out
+
+
+def train_horizon(lab: Labelled, h: int, rows: IntArray, x: FloatArray, names: Sequence[str], cfg: TrainConfig,
+                  advance: Callable[[], None]) -> HorizonResult:
+    y = lab.y[h][rows]
+    w = sample_weights(lab, h, rows, cfg)
+    start = lab.ts[rows] // BAR_MS
+    end = lab.end_ts[h][rows] // BAR_MS
+    span = int(start.max() - start.min()) if len(start) else 0
+    folds = list(purged_kfold(start, end, n_splits=cfg.folds, embargo=round(cfg.embargo_frac * span)))
+    folds = [(tr, te) for tr, te in folds if len(tr) >= 2 * cfg.min_child_samples and 0 < y[tr].mean() < 1]
+    if len(folds) < 2:
+        raise DataError(f"horizon {h}: too few samples or positives for {cfg.folds} purged folds")
+    xs = x[rows]
+    boosters: dict[str, lgb.Booster] = {}
+    tables: dict[str, tuple[FloatArray, FloatArray]] = {}
+    oof_raw: dict[str, FloatArray] = {}
+    oof_metrics: dict[str, dict[str, Any]] = {}
+    scored = np.zeros(len(rows), dtype=bool)
+    for _, te in folds:
+        scored[te] = True
+    base_rate = float(y.mean())
+    for obj in OBJECTIVES:
+        oof = np.full(len(rows), np.nan)
+        for tr, te in folds:
+            oof[te] = fit_booster(xs[tr], y[tr], w[tr], names, cfg, obj).predict(xs[te])
+            advance()
+        cal = cross_fitted(oof[scored], y[scored], [(tr, _reindex(te, scored)) for tr, te in folds])
+        oof_metrics[obj] = probability_metrics(cal, y[scored], base_rate_forecast=base_rate, raw=oof[scored])
+        oof_raw[obj] = oof
+        tables[obj] = fit_isotonic_table(oof[scored], y[scored])
+        boosters[obj] = round_thresholds(fit_booster(xs, y, w, names, cfg, obj))
+        advance()
+    counts, edges = np.histogram(oof_raw[cfg.objective][scored], bins=CAL_BINS, range=(0.0, 1.0))
+    return HorizonResult(boosters, tables, oof_raw, oof_metrics, edges.astype(np.float64),
+                         counts.astype(np.int64), len(rows), base_rate, len(folds))
+
+
+def _reindex(idx: IntArray, mask: npt.NDArray[np.bool_]) -> IntArray:
+    """Positions of ``idx`` (all inside ``mask``) within the masked array."""
+    pos = np.cumsum(mask) - 1
+    return np.asarray(pos[idx], dtype=np.int64)
+
+
+def file_info(path: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {"path": str(path), "file": path.name, "bytes": path.stat().st_size,
+                            "sha256": sha256_of(path)}
+    try:
+        first, last, rows = kline_time_range(path)
+        info.update(first_open_ms=first, last_open_ms=last, rows=rows,
+                    first_open_utc=_utc(first), last_open_utc=_utc(last))
+    except (DataError, ValueError, OSError):
+        pass
+    return info
+
+
+def _utc(ms: int) -> str:
+    return str(pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M"))
+
+
+def split_rows(lab: Labelled, eval_range: tuple[int, int] | None, train_ranges: list[tuple[int, int]],
+               h: int) -> tuple[IntArray, IntArray]:
+    """(train rows, evaluation rows) for horizon h; train labels must resolve before the evaluation starts."""
+    ts = lab.ts
+    valid = lab.valid(h)
+    in_train = np.zeros(len(ts), dtype=bool)
+    for lo, hi in train_ranges:
+        in_train |= (ts >= lo) & (ts <= hi)
+    train = in_train & valid
+    evaluation = np.zeros(len(ts), dtype=bool)
+    if eval_range is not None:
+        lo, hi = eval_range
+        evaluation = (ts >= lo) & (ts <= hi) & valid
+        train &= ~evaluation & (lab.end_ts[h] < lo)  # purge: no training label may look into the evaluation
+    return np.flatnonzero(train).astype(np.int64), np.flatnonzero(evaluation).astype(np.int64)
+
+
+def train(
+    data: Sequence[Path],
+    out_dir: Path,
+    cfg: TrainConfig,
+    *,
+    eval_data: Sequence[Path] = (),
+    frame_fn: FrameFn | None = None,
+    quiet: bool = False,
+    command: str = "",
+) -> dict[str, Any]:
+    """Train, export, check parity and write the artifact folder; returns the card."""
+    data = [Path(p) for p in data]
+    eval_data = [Path(p) for p in eval_data]
+    if set(data) & set(eval_data):
+        raise DataError("a file cannot be both training and evaluation data")
+    steps = Steps(quiet)
+    train_info = [file_info(p) for p in data]
+    eval_info = [file_info(p) for p in eval_data]
+    steps.log(f"computing features of {len(data) + len(eval_data)} file(s) with the features batch driver")
+    frame = (frame_fn or klines_frame)(sorted(set(data) | set(eval_data), key=str))
+    feature_version = check_frame(frame)
+    names = feature_columns(frame, cfg.features or None)
+    if not names:
+        raise DataError("no feature columns in the frame")
+
+    lab = label_frame(frame, cfg.horizons, cfg.theta_up, cfg.theta_dn)
+    frame = lab.frame
+    train_ranges = _ranges(train_info, lab)
+    eval_range = _span(eval_info) if eval_data else None
+    x_full = frame[names].to_numpy(dtype=np.float64)
+    # The model must see what ONNX sees: float32 inputs.
+    x = x_full.astype(np.float32).astype(np.float64)
+    all_nan = [n for j, n in enumerate(names) if np.isnan(x[:, j]).all()]
+    if all_nan:
+        keep = [j for j, n in enumerate(names) if n not in all_nan]
+        names = [names[j] for j in keep]
+        x = x[:, keep]
+        steps.log(f"dropped {len(all_nan)} feature(s) that are NaN on every bar: {', '.join(all_nan)}")
+
+    rows_of = {h: split_rows(lab, eval_range, train_ranges, h) for h in cfg.horizons}
+    total = sum(len(OBJECTIVES) * (cfg.folds + 1) for _ in cfg.horizons)
+    results: dict[int, HorizonResult] = {}
+    with steps.progress:
+        task = steps.progress.add_task("purged CV + final fits", total=total)
+        for h in cfg.horizons:
+            steps.progress.update(task, description=f"h={h} min: purged CV + final fits")
+            results[h] = train_horizon(lab, h, rows_of[h][0], x, names, cfg,
+                                       lambda: steps.progress.advance(task))
+        steps.progress.update(task, completed=total)
+
+    shipped = [results[h].boosters[cfg.objective] for h in cfg.horizons]
+    proto = to_onnx(shipped, len(names))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_bytes = proto.SerializeToString()
+    onnx_sha = hashlib.sha256(onnx_bytes).hexdigest()
+    model_version = f"klines-lgbm-{onnx_sha[:10]}"
+    (out_dir / "model.onnx").write_bytes(onnx_bytes)
+
+    train_rows_any = np.unique(np.concatenate([rows_of[h][0] for h in cfg.horizons]))
+    importance = np.zeros(len(names))
+    for h in cfg.horizons:
+        gain = results[h].boosters[cfg.objective].feature_importance(importance_type="gain")
+        importance += gain / max(float(gain.sum()), 1e-12) / len(cfg.horizons)
+    xt = x[train_rows_any]
+    mean = np.nan_to_num(np.nanmean(xt, axis=0)) if len(xt) else np.zeros(len(names))
+    std = np.nan_to_num(np.nanstd(xt, axis=0), nan=1.0) if len(xt) else np.ones(len(names))
+    calibration = {
+        str(h): {
+            "x": [float(v) for v in results[h].tables[cfg.objective][0]],
+            "y": [float(v) for v in results[h].tables[cfg.objective][1]],
+            "bin_edges": [float(v) for v in results[h].bin_edges],
+            "bin_counts": [int(c) for c in results[h].bin_counts],
+            "z": Z_95,
+            "n_oof": int(results[h].bin_counts.sum()),
+        }
+        for h in cfg.horizons
+    }
+    ts = lab.ts
+    train_window = _window(ts[train_rows_any]) if len(train_rows_any) else {}
+    training: dict[str, Any] = {
+        "command": command,
+        "source": "streams.features.batch.compute_klines_frame (the features stage's batch driver)",
+        "train_files": train_info,
+        "eval_files": eval_info,
+        "train_window": train_window,
+        "eval_window": _window(ts[(ts >= eval_range[0]) & (ts <= eval_range[1])]) if eval_range else {},
+        "samples": {str(h): {"train": len(rows_of[h][0]), "eval": len(rows_of[h][1]),
+                             "folds_used": results[h].folds_used} for h in cfg.horizons},
+        "symbols": sorted({str(v) for v in frame["symbol"]}),
+        "feature_version": feature_version,
+        "features_dropped_all_nan": all_nan,
+        "lightgbm": {**{k: v for k, v in lgb_params(cfg).items() if k != "num_threads"},
+                     "num_boost_round": cfg.num_boost_round, "version": lgb.__version__},
+    }
+    meta: dict[str, Any] = {
+        "format": MODEL_FORMAT,
+        "model_version": model_version,
+        "feature_version": feature_version,
+        "features": list(names),
+        "horizons_min": list(cfg.horizons),
+        "onnx": {"file": "model.onnx", "input": INPUT_NAME, "output": OUTPUT_NAME, "sha256": onnx_sha,
+                 "layout": "p_up_raw[N, H]: uncalibrated P(upper barrier first), columns in horizons_min order"},
+        "labels": {"kind": "triple_barrier_1m_bars", "theta_up": cfg.theta_up, "theta_dn": cfg.theta_dn,
+                   "entry": "close of the bar", "both_in_one_bar": "DOWN", "timeout": "not up"},
+        "calibration": calibration,
+        "attribution": {
+            "method": "(x - mean) / std * normalised gain importance averaged over horizons",
+            "mean": [float(v) for v in mean],
+            "std": [float(v) if v > 0 else 1.0 for v in std],
+            "importance": [float(v) for v in importance],
+        },
+        "training": training,
+    }
+    (out_dir / "model.json").write_text(json.dumps(strict_json(meta), indent=1, allow_nan=False) + "\n",
+                                        encoding="utf-8")
+
+    # Parity and evaluation on exactly what the infer stage loads.
+    served = load_model(out_dir, intra_op_threads=cfg.threads)
+    probe_rows = np.unique(np.concatenate([train_rows_any, *(rows_of[h][1] for h in cfg.horizons)]))
+    probe = x[probe_rows].copy()
+    rng = np.random.default_rng(cfg.seed)
+    nan_probe = probe.copy()
+    nan_probe[rng.random(nan_probe.shape) < PROBE_NAN_SHARE] = np.nan
+    parity: dict[str, Any] = {"rows": int(2 * len(probe)), "nan_share_of_half": PROBE_NAN_SHARE}
+    worst = 0.0
+    worst_cal = 0.0
+    for batch in (probe, nan_probe):
+        onnx_raw = served.predict_raw(batch.astype(np.float32))
+        native = np.column_stack([b.predict(batch) for b in shipped])
+        worst = max(worst, float(np.max(np.abs(onnx_raw - native))) if len(batch) else 0.0)
+        cal_onnx = served.predict(batch).p_up
+        cal_native = np.column_stack([apply_table(results[h].tables[cfg.objective], native[:, j])
+                                      for j, h in enumerate(cfg.horizons)])
+        worst_cal = max(worst_cal, float(np.max(np.abs(cal_onnx - cal_native))) if len(batch) else 0.0)
+    parity.update(max_abs_diff_raw=worst, max_abs_diff_calibrated=worst_cal)
+    steps.log(f"ONNX parity: max |onnx - native| = {worst:.3g} raw, {worst_cal:.3g} calibrated "
+              f"over {parity['rows']} rows x {len(cfg.horizons)} horizons")
+    if worst > cfg.max_parity_diff:
+        raise RuntimeError(f"ONNX export differs from LightGBM by {worst} > {cfg.max_parity_diff}")
+
+    oof_metrics = {str(h): results[h].oof_metrics[cfg.objective] for h in cfg.horizons}
+    eval_metrics: dict[str, Any] = {}
+    comparison: dict[str, Any] = {}
+    for j, h in enumerate(cfg.horizons):
+        res = results[h]
+        comparison[str(h)] = {obj: {"oof": _headline(res.oof_metrics[obj])} for obj in OBJECTIVES}
+        ev = rows_of[h][1]
+        if not len(ev):
+            continue
+        y_ev = lab.y[h][ev]
+        pred = served.predict(x[ev])
+        spans = (ts[ev] // BAR_MS, lab.end_ts[h][ev] // BAR_MS, lab.symbol_codes[ev])
+        eval_metrics[str(h)] = probability_metrics(pred.p_up[:, j], y_ev, base_rate_forecast=res.base_rate,
+                                                   raw=pred.raw[:, j], spans=spans)
+        for obj in OBJECTIVES:
+            raw = np.asarray(res.boosters[obj].predict(x[ev]), dtype=np.float64)
+            m = probability_metrics(apply_table(res.tables[obj], raw), y_ev, base_rate_forecast=res.base_rate,
+                                    raw=raw)
+            comparison[str(h)][obj]["eval"] = _headline(m)
+
+    size = sum((out_dir / f).stat().st_size for f in ("model.onnx", "model.json"))
+    importance_sorted = sorted(zip(names, (float(v) for v in importance), strict=True), key=lambda kv: -kv[1])
+    card: dict[str, Any] = {
+        "model_version": model_version,
+        "feature_version": feature_version,
+        "horizons_min": list(cfg.horizons),
+        "objective": cfg.objective,
+        "intended_use": f"research and paper trading of {', '.join(training['symbols'])} 1-minute triple-barrier "
+                        "probabilities; not cleared for trading real money (see limitations)",
+        "labels": meta["labels"],
+        "config": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+                   "features_used": list(names), "features_dropped_all_nan": all_nan},
+        "metrics": {"eval": eval_metrics, "oof": oof_metrics},
+        "objective_comparison": comparison,
+        "onnx_parity": parity,
+        "feature_importance": importance_sorted,
+        "training": training,
+        "artifact_bytes": size,
+        "environment": {"python": platform.python_version(), "lightgbm": lgb.__version__,
+                        "numpy": np.__version__, "platform": platform.platform()},
+        "reliability_png": "reliability.png",
+        "limitations": limitations(cfg, eval_metrics, training),
+    }
+    (out_dir / "card.json").write_text(json.dumps(strict_json(card), indent=1, allow_nan=False) + "\n",
+                                       encoding="utf-8")
+    (out_dir / "card.md").write_text(card_markdown(card), encoding="utf-8")
+    plot_reliability(card, out_dir / "reliability.png")
+    steps.log(f"wrote {out_dir} ({model_version}, {size} bytes)")
+    return card
+
+
+def strict_json(o: Any) -> Any:
+    """NaN/inf become null: card.json must be strict JSON for every reader (orjson in the registry, browsers)."""
+    if isinstance(o, dict):
+        return {str(k): strict_json(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [strict_json(v) for v in o]
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+HEADLINE = ("n", "base_rate", "brier", "brier_base_rate", "brier_skill", "ece", "ece_quantile", "log_loss",
+            "roc_auc", "pr_auc")
+
+
+def _headline(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m[k] for k in HEADLINE}
+
+
+def _window(ts: IntArray) -> dict[str, Any]:
+    if not len(ts):
+        return {}
+    return {"first_bar_ms": int(ts.min()), "last_bar_ms": int(ts.max()), "first_bar_utc": _utc(int(ts.min())),
+            "last_bar_utc": _utc(int(ts.max())), "bars": len(np.unique(ts))}
+
+
+def _span(infos: list[dict[str, Any]]) -> tuple[int, int]:
+    if not all("first_open_ms" in i for i in infos):
+        raise DataError("evaluation files must be Binance kline files (their time range decides the split)")
+    return min(int(i["first_open_ms"]) for i in infos), max(int(i["last_open_ms"]) for i in infos)
+
+
+def _ranges(infos: list[dict[str, Any]], lab: Labelled) -> list[tuple[int, int]]:
+    """Time ranges of the training files; without readable kline times, every bar of the frame."""
+    if infos and all("first_open_ms" in i for i in infos):
+        return [(int(i["first_open_ms"]), int(i["last_open_ms"])) for i in infos]
+    ts = lab.ts
+    return [(int(ts.min()), int(ts.max()))]
+
+
+def streaming_note(training: dict[str, Any]) -> str:
+    """Whether the live features stage emits vectors this model accepts (same feature_version) or not."""
+    from streams.features.definitions import FEATURE_VERSION
+
+    version = training["feature_version"]
+    if version != FEATURE_VERSION:
+        return (f"Features from 1-minute klines (feature_version {version}); the streaming features stage emits "
+                f"{FEATURE_VERSION}, so the infer stage would refuse its vectors rather than score them.")
+    dropped = training.get("features_dropped_all_nan") or []
+    return (f"Same feature_version as the streaming features stage ({version}), so the infer stage can serve it; "
+            f"klines cannot provide {len(dropped)} feature(s) (e.g. order book), which were NaN in training and "
+            "are not model inputs. That live values match the kline computation feature by feature was not "
+            "checked by this training run.")
+
+
+def limitations(cfg: TrainConfig, eval_metrics: dict[str, Any], training: dict[str, Any]) -> list[str]:
+    """Plain statements a reviewer needs, some derived from the numbers."""
+    out = [
+        f"Trained on {', '.join(training['symbols'])} only; other symbols are out of distribution.",
+        streaming_note(training),
+        f"Labels: upper barrier +{cfg.theta_up:.2%} vs lower -{cfg.theta_dn:.2%} from the bar close; a bar "
+        "touching both counts as DOWN and a timeout as not-up, so P(up) is small by construction.",
+        "P(up) here is P(+up barrier before -down barrier or timeout), NOT P(up) vs P(down): the decision "
+        "stage's expected return |2p - 1| x B assumes symmetric barriers without timeouts and would read a small "
+        "p_up as a confident SHORT. Do not activate this model for the decision stage without adapting it.",
+        "One evaluation month; calibration can drift with the volatility regime. Monitor ECE live and retrain.",
+        "Hyper-parameters were fixed a priori; nothing was tuned on the evaluation month.",
+        "With rare positives an ECE in percentage points is small by construction; compare the mean forecast "
+        "with the base rate (calibration in the large) and the quantile ECE as well.",
+    ]
+    for h, m in eval_metrics.items():
+        if m["base_rate"] > 0 and not 0.67 <= m["mean_p"] / m["base_rate"] <= 1.5:
+            out.append(f"h={h}: mean forecast {m['mean_p']:.4f} vs observed rate {m['base_rate']:.4f} on the "
+                       f"evaluation month (ratio {m['mean_p'] / m['base_rate']:.2f}): calibration in the large "
+                       "did not transfer; the regime changed.")
+        if m["brier_skill"] <= 0:
+            out.append(f"h={h}: Brier is NOT better than the base-rate forecast on the evaluation month "
+                       f"(skill {m['brier_skill']:.4f}).")
+        if m["ece"] > 0.05:
+            out.append(f"h={h}: ECE {m['ece']:.3f} exceeds the 5 pp reference target.")
+    return out
