@@ -64,9 +64,15 @@ def surge_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "services.cli", *args]
 
 
+def binance_ping_url(settings: Settings) -> str:
+    if settings.venue == "usdm":
+        return f"{settings.binance_futures_rest_url}/fapi/v1/ping"
+    return f"{settings.binance_rest_url}/api/v3/ping"
+
+
 def binance_reachable(settings: Settings) -> bool:
     try:
-        return httpx.get(f"{settings.binance_rest_url}/api/v3/ping", timeout=2.0).status_code == 200
+        return httpx.get(binance_ping_url(settings), timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -76,10 +82,11 @@ def resolve_source(settings: Settings) -> str:
     if settings.source != "auto":
         return settings.source
     if binance_reachable(settings):
-        log.warning("SOURCE: live Binance public streams (%s reachable)", settings.binance_rest_url)
+        log.warning("SOURCE: live Binance %s public streams (%s answered)", settings.venue,
+                    binance_ping_url(settings))
         return "live"
     log.warning("SOURCE: built-in market SIMULATOR (Binance %s not reachable); signals are NOT real",
-                settings.binance_rest_url)
+                binance_ping_url(settings))
     return "sim"
 
 

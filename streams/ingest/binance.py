@@ -61,6 +61,7 @@ ROLLOVER_RETRY_S = 30.0
 TRADES_PAGE = 1000             # Binance's maximum ``limit`` for trade lists
 MAX_TRADE_PAGES = 20           # at most 20 000 trades backfilled per gap
 MAX_MESSAGE_BYTES = 16 * 2**20
+YIELD_EVERY = 64               # frames a reader takes in a row before letting other tasks run
 # Quote-asset pairs of stablecoins: huge volume, no signal. Excluded from --top.
 STABLECOINS = frozenset({"USDC", "FDUSD", "TUSD", "BUSD", "DAI", "USDP", "USDE", "USD1", "PYUSD", "EUR", "AEUR",
                          "EURI", "XUSD", "BFUSD", "RLUSD", "USDS"})
@@ -402,6 +403,10 @@ class _Link:
                 self.buffer.append((message, local_us))
             else:
                 self.deliver(message, local_us)
+            if not self.frames % YIELD_EVERY:
+                # recv() does not suspend while frames are queued: let the processor run, or micro-batch
+                # windows stretch under load.
+                await asyncio.sleep(0)
 
     def go_live(self) -> None:
         """Hand the buffered frames over in order, then deliver directly (no await in between: no reordering)."""
