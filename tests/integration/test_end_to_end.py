@@ -40,9 +40,11 @@ def surge_run(
         yield proc, handle
     finally:
         if proc.poll() is None:
-            proc.kill()
-            for child in psutil.Process(proc.pid).children(recursive=True) if psutil.pid_exists(proc.pid) else []:
+            # Children first: once the supervisor is gone they are re-parented and can no longer be found.
+            for child in psutil.Process(proc.pid).children(recursive=True):
                 child.kill()
+            proc.kill()
+            proc.wait(10)
         log.close()
 
 
