@@ -44,6 +44,15 @@ class Child:
     started_at: float = field(default=0.0)
 
 
+def die_with_parent() -> None:
+    """Runs in the child before exec: on Linux, SIGTERM the child if the supervisor dies (even by kill -9)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
@@ -130,7 +139,8 @@ class Supervisor:
         out = child.log_path.open("ab")
         # Own process group: Ctrl-C in the terminal reaches only the supervisor, which stops children in order.
         child.proc = subprocess.Popen(child.spec.argv, env=child.spec.env, stdout=out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                      preexec_fn=die_with_parent)  # noqa: PLW1509 - the supervisor runs no threads
         out.close()
         child.started_at = time.monotonic()
         log.info("started %s (pid %d), log %s", child.spec.name, child.proc.pid, child.log_path)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import orjson
@@ -154,3 +155,25 @@ def test_sigint_stops_every_child_within_20s(surge_run: tuple[subprocess.Popen[b
     assert alive == [], f"children left running: {alive}"
 
 
+
+
+@pytest.mark.chaos
+def test_kill9_of_the_supervisor_takes_no_orphans_along(tmp_path: Path) -> None:
+    env = stack_env(tmp_path, SURGE_SOURCE="sim", SURGE_SIM_EVENTS_PER_S="200", SURGE_SYMBOLS="BTCUSDT")
+    handle = StackProcesses(root=tmp_path, env=env)
+    with (tmp_path / "surge-run.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=REPO_ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "surge is running" in run_log(handle) or proc.poll() is not None, 120, "surge run ready")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 8
+        proc.kill()
+        proc.wait(10)
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert alive == [], f"orphans: {[c.cmdline() for c in alive]}"
+    finally:
+        for child in psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []:
+            child.kill()
+        if proc.poll() is None:
+            proc.kill()
