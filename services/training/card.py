@@ -43,7 +43,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         "(held out; labels of training samples never reach into it).",
         f"* **ONNX parity**: max |onnx - native| = {card['onnx_parity']['max_abs_diff_raw']:.3g} (raw), "
         f"{card['onnx_parity']['max_abs_diff_calibrated']:.3g} (calibrated) over {card['onnx_parity']['rows']} rows, "
-        f"half of them with {card['onnx_parity']['nan_share_of_half']:.0%} of inputs set to NaN; artifact "
+        f"half of them with {card['onnx_parity']['nan_share_of_half']:.0%} of inputs set to NaN (the calibrated "
+        "difference is the raw one times the slope of the isotonic table, whose steps are near-vertical); artifact "
         f"{card['artifact_bytes']} bytes.",
         "",
         "## Held-out evaluation (what the infer stage serves: ONNX + calibration table)",

@@ -48,7 +48,7 @@ from sklearn.metrics import roc_auc_score
 
 from schemas import common_pb2, market_pb2
 from streams.features.core import FeatureState, compute_frame
-from streams.features.definitions import FEATURE_NAMES, FEATURE_VERSION
+from streams.features.definitions import FEATURE_NAMES, FEATURE_VERSION, FEATURES
 from streams.infer.model import MODEL_FORMAT, load_model, physical_cores
 from streams.runtime.clock import ManualClock
 
@@ -62,6 +62,13 @@ OUTPUT_NAME = "p_up_raw"
 CAL_BINS = 20
 ECE_BINS = 10
 Z_95 = 1.959963984540054
+# Not model inputs on the simulator: time of day (one simulated hour: it only says where in the run a sample is),
+# windows >= 15 min (NaN for the first half of every run, so they too encode the position in the run) and the
+# derivatives features (the simulator has no mark prices).
+SIM_EXCLUDED_FEATURES = frozenset(
+    f.name for f in FEATURES
+    if f.name in ("tod_sin", "tod_cos") or f.category == "derivatives" or (f.window_s or 0.0) >= 900.0)
+MODEL_FEATURES: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in SIM_EXCLUDED_FEATURES)
 # The decision stage's triple-barrier half-widths (bps) per real-time horizon (streams/decision/cost.py).
 REAL_BARRIER_BPS: dict[int, float] = {5: 20.0, 10: 28.0, 30: 50.0}
 
@@ -186,7 +193,7 @@ def symbol_data(args: tuple[str, int, TrainConfig]) -> SymbolData:
         path_us=np.concatenate(path_us),
         path_mid=np.concatenate(path_mid),
         sample_us=sample["exchange_us"].to_numpy(dtype=np.int64),
-        sample_x=sample[list(FEATURE_NAMES)].to_numpy(dtype=np.float64),
+        sample_x=sample[list(MODEL_FEATURES)].to_numpy(dtype=np.float64),
         sample_mid=sample["mid_price"].to_numpy(dtype=np.float64),
         n_batches=n_batches,
         n_vectors=n_vectors,
@@ -246,7 +253,7 @@ def lgb_params(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def fit_booster(x: FloatArray, y: FloatArray, cfg: TrainConfig) -> lgb.Booster:
-    data = lgb.Dataset(x, label=y, feature_name=list(FEATURE_NAMES), free_raw_data=True)
+    data = lgb.Dataset(x, label=y, feature_name=list(MODEL_FEATURES), free_raw_data=True)
     return lgb.train(lgb_params(cfg), data, num_boost_round=cfg.n_estimators)
 
 
@@ -401,7 +408,7 @@ def build(cfg: TrainConfig, out_dir: Path, log: Any = print) -> dict[str, Any]:
     boosters: list[lgb.Booster] = []
     calibrations: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
-    importance = np.zeros(len(FEATURE_NAMES))
+    importance = np.zeros(len(MODEL_FEATURES))
     for j, h in enumerate(horizons):
         keep = ~np.isnan(y_all[:, j])
         xh, yh, th = x32[keep], y_all[keep, j], t_all[keep]
@@ -441,7 +448,7 @@ def build(cfg: TrainConfig, out_dir: Path, log: Any = print) -> dict[str, Any]:
             f"vs {metrics[str(h)]['brier_base_rate']:.4f} ece={metrics[str(h)]['ece']:.4f} "
             f"auc={metrics[str(h)]['auc']:.3f}")
 
-    proto = to_onnx(boosters, len(FEATURE_NAMES))
+    proto = to_onnx(boosters, len(MODEL_FEATURES))
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_bytes = proto.SerializeToString()
     (out_dir / "model.onnx").write_bytes(onnx_bytes)
@@ -479,7 +486,7 @@ def build(cfg: TrainConfig, out_dir: Path, log: Any = print) -> dict[str, Any]:
         "format": MODEL_FORMAT,
         "model_version": model_version,
         "feature_version": FEATURE_VERSION,
-        "features": list(FEATURE_NAMES),
+        "features": list(MODEL_FEATURES),
         "horizons_min": list(horizons),
         "onnx": {"file": "model.onnx", "input": INPUT_NAME, "output": OUTPUT_NAME, "sha256": onnx_sha,
                  "layout": "p_up_raw[N, H]: uncalibrated P(upper barrier first), columns in horizons_min order"},
@@ -517,7 +524,7 @@ def build(cfg: TrainConfig, out_dir: Path, log: Any = print) -> dict[str, Any]:
         "onnx_parity_max_abs_diff": parity,
         "onnx_parity_rows": int(probe.shape[0]),
         "artifact_bytes": size,
-        "top_importance": sorted(zip(FEATURE_NAMES, (float(v) for v in importance), strict=True),
+        "top_importance": sorted(zip(MODEL_FEATURES, (float(v) for v in importance), strict=True),
                                  key=lambda kv: -kv[1])[:8],
     }
     (out_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")

@@ -314,7 +314,6 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_bytes = proto.SerializeToString()
     onnx_sha = hashlib.sha256(onnx_bytes).hexdigest()
-    model_version = f"klines-lgbm-{onnx_sha[:10]}"
     (out_dir / "model.onnx").write_bytes(onnx_bytes)
 
     train_rows_any = np.unique(np.concatenate([rows_of[h][0] for h in cfg.horizons]))
@@ -336,6 +335,12 @@ def train(
         }
         for h in cfg.horizons
     }
+    # The version names everything that changes a served number: graph, input contract, calibration, labels.
+    served_spec = {"onnx_sha256": onnx_sha, "feature_version": feature_version, "features": list(names),
+                   "horizons": list(cfg.horizons), "calibration": calibration,
+                   "labels": [cfg.theta_up, cfg.theta_dn]}
+    digest = hashlib.sha256(json.dumps(served_spec, sort_keys=True).encode()).hexdigest()
+    model_version = f"klines-lgbm-{digest[:10]}"
     ts = lab.ts
     train_window = _window(ts[train_rows_any]) if len(train_rows_any) else {}
     training: dict[str, Any] = {

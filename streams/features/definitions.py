@@ -86,7 +86,9 @@ def _jit(fn: _F) -> _F:
 
 
 def _inline(fn: _F) -> _F:
-    """Like ``_jit``, and inlined into jitted callers at the IR level: compiling the kernel stays fast."""
+    """Like ``_jit``, but inlined into jitted callers at the IR level. Used for the formulas and the per-event path:
+    a jitted call that takes the whole KernelState increfs and decrefs each of its arrays (~0.2 µs per call), and
+    small helpers called with constant arguments would otherwise be compiled once per constant."""
     return cast(_F, numba.njit(cache=True, inline="always")(fn))
 
 
@@ -460,20 +462,6 @@ def interpolated_quantile(sorted_values: FloatArray, q: float) -> float:
     return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
 
 
-@_jit
-def _sorted(values: FloatArray) -> FloatArray:
-    """Insertion sort of a copy: run once per symbol on 120 values, and far cheaper to compile than np.sort."""
-    out = values.copy()
-    for i in range(1, out.shape[0]):
-        v = out[i]
-        j = i - 1
-        while j >= 0 and out[j] > v:
-            out[j + 1] = out[j]
-            j -= 1
-        out[j + 1] = v
-    return out
-
-
 @_inline
 def quality_score(n_valid: float, n_applicable: float) -> float:
     """Share of the features that can exist for this input which have a value."""
@@ -641,8 +629,6 @@ FEATURES: tuple[FeatureDef, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 N_FEATURES = len(FEATURES)
 FEATURE_TIERS: tuple[int, ...] = tuple(f.tier for f in FEATURES)
-MEDIUM_INDICES: tuple[int, ...] = tuple(i for i, f in enumerate(FEATURES) if f.tier == TIER_MEDIUM)
-SLOW_INDICES: tuple[int, ...] = tuple(i for i, f in enumerate(FEATURES) if f.tier == TIER_SLOW)
 CATEGORIES: tuple[str, ...] = ("book", "flow", "price", "volatility", "time", "derivatives", "meta")
 
 
@@ -861,6 +847,10 @@ class KernelState(NamedTuple):
     warm: FloatArray  # [2, REGIME_WARMUP_SECONDS] rv_1m and depth_l10_log samples for the regime terciles
     held: FloatArray  # [N_FEATURES] last evaluated medium/slow values
     held_app: BoolArray  # [N_FEATURES] whether each held value is applicable to the input
+    tier: IntArray  # [N_FEATURES] FEATURE_TIERS (an array: runtime tuple indexing is slow in numba)
+    covered: FloatArray  # scratch [N_WINDOWS]
+    ok: BoolArray  # scratch [N_WINDOWS]
+    sub: BoolArray  # scratch [N_WINDOWS]
     row: FloatArray  # scratch [N_COLS]
     vals: FloatArray  # scratch [N_FEATURES]
     app: BoolArray  # scratch [N_FEATURES]
@@ -888,6 +878,8 @@ def new_kernel_state(thresholds: tuple[float, float, float, float] | None = None
         min_x=np.full((MIN_SLOTS, N_MCOLS), NAN), cur_min=np.zeros(N_MCOLS, np.float64),
         warm=np.zeros((2, REGIME_WARMUP_SECONDS), np.float64),
         held=np.full(N_FEATURES, NAN), held_app=np.ones(N_FEATURES, np.bool_),
+        tier=np.array(FEATURE_TIERS, np.int64), covered=np.zeros(N_WINDOWS, np.float64),
+        ok=np.zeros(N_WINDOWS, np.bool_), sub=np.zeros(N_WINDOWS, np.bool_),
         row=np.zeros(N_COLS, np.float64), vals=np.full(N_FEATURES, NAN), app=np.ones(N_FEATURES, np.bool_),
     )
     _reset_minute(st.cur_min)
@@ -910,7 +902,7 @@ def _add_cols(dst: FloatArray, src: FloatArray, sign: float) -> None:
         dst[c] += sign * src[c]
 
 
-@_jit
+@_inline
 def _append(st: KernelState, t: int, seq: int, px: float, depth: float) -> None:
     """Append st.row as a ring sample and slide every fine window: O(1) amortised per sample."""
     si = st.si
@@ -980,29 +972,29 @@ def _reference(st: KernelState, w: int, now: int) -> int:
 
 
 @_jit
-def _sec_push(st: KernelState, sec: int, r2: float, cnt: float) -> None:
+def _sec_push(si: IntArray, sf: FloatArray, sec_id: IntArray, sec_r2: FloatArray, sec_cnt: FloatArray, sec: int,
+              r2: float, cnt: float) -> None:
     """Complete second ``sec`` (NaN: no return / no count) and slide the 60 s and 300 s sums."""
-    si, sf = st.si, st.sf
     old = sec - RV_WINDOW_SECONDS
     slot = old % SEC_SLOTS
-    if st.sec_id[slot] == old and not math.isnan(st.sec_r2[slot]):
-        sf[F_SUM_R2_60] -= st.sec_r2[slot]
+    if sec_id[slot] == old and not math.isnan(sec_r2[slot]):
+        sf[F_SUM_R2_60] -= sec_r2[slot]
         si[S_N60] -= 1
     old = sec - RV5_WINDOW_SECONDS
     slot = old % SEC_SLOTS
-    if st.sec_id[slot] == old:
-        if not math.isnan(st.sec_r2[slot]):
-            sf[F_SUM_R2_300] -= st.sec_r2[slot]
+    if sec_id[slot] == old:
+        if not math.isnan(sec_r2[slot]):
+            sf[F_SUM_R2_300] -= sec_r2[slot]
             si[S_N300] -= 1
-        if not math.isnan(st.sec_cnt[slot]):
-            sf[F_SUM_C] -= st.sec_cnt[slot]
-            sf[F_SUM_C2] -= st.sec_cnt[slot] * st.sec_cnt[slot]
+        if not math.isnan(sec_cnt[slot]):
+            sf[F_SUM_C] -= sec_cnt[slot]
+            sf[F_SUM_C2] -= sec_cnt[slot] * sec_cnt[slot]
             si[S_NCNT] -= 1
-        st.sec_id[slot] = -1
+        sec_id[slot] = -1
     slot = sec % SEC_SLOTS
-    st.sec_id[slot] = sec
-    st.sec_r2[slot] = r2
-    st.sec_cnt[slot] = cnt
+    sec_id[slot] = sec
+    sec_r2[slot] = r2
+    sec_cnt[slot] = cnt
     if not math.isnan(r2):
         sf[F_SUM_R2_60] += r2
         sf[F_SUM_R2_300] += r2
@@ -1035,7 +1027,7 @@ def _rv_1m(st: KernelState) -> float:
     return realized_vol(st.sf[F_SUM_R2_60], n, RV_WINDOW_SECONDS)
 
 
-@_jit
+@_inline
 def _sec_observe(st: KernelState, t: int, px: float, depth: float, broke: bool, trades: float) -> float:
     """Advance the 1 s grid to t; returns the depth close of the second just completed with a price, else NaN."""
     si, sf = st.si, st.sf
@@ -1049,7 +1041,7 @@ def _sec_observe(st: KernelState, t: int, px: float, depth: float, broke: bool, 
             r = log_return(sf[F_CUR_SEC_PX], sf[F_PREV_SEC_PX])
             r2 = r * r
         cnt = sf[F_CUR_SEC_TRADES] if has_close and si[S_CUR_SEC_BAD] == 0 else NAN
-        _sec_push(st, cur, r2, cnt)
+        _sec_push(si, sf, st.sec_id, st.sec_r2, st.sec_cnt, cur, r2, cnt)
         if has_close:
             si[S_PREV_SEC] = cur
             sf[F_PREV_SEC_PX] = sf[F_CUR_SEC_PX]
@@ -1058,7 +1050,7 @@ def _sec_observe(st: KernelState, t: int, px: float, depth: float, broke: bool, 
             _sec_reset(st)  # a gap longer than every window: nothing inside survives
         else:
             for empty in range(cur + 1, sec):
-                _sec_push(st, empty, NAN, NAN)
+                _sec_push(si, sf, st.sec_id, st.sec_r2, st.sec_cnt, empty, NAN, NAN)
         sf[F_CUR_SEC_PX] = sf[F_CUR_SEC_DEPTH] = NAN
         sf[F_CUR_SEC_TRADES] = 0.0
         si[S_CUR_SEC_BAD] = 0
@@ -1071,6 +1063,20 @@ def _sec_observe(st: KernelState, t: int, px: float, depth: float, broke: bool, 
         sf[F_CUR_SEC_DEPTH] = depth
     sf[F_CUR_SEC_TRADES] += trades
     return closed_depth
+
+
+@_jit
+def _sorted(values: FloatArray) -> FloatArray:
+    """Insertion sort of a copy: run once per symbol on 120 values, and far cheaper to compile than np.sort."""
+    out = values.copy()
+    for i in range(1, out.shape[0]):
+        v = out[i]
+        j = i - 1
+        while j >= 0 and out[j] > v:
+            out[j + 1] = out[j]
+            j -= 1
+        out[j + 1] = v
+    return out
 
 
 @_jit
@@ -1108,7 +1114,7 @@ def _min_close(st: KernelState) -> None:
     st.si[S_CUR_MIN_SEQ] = -1
 
 
-@_jit
+@_inline
 def _min_observe(st: KernelState, t: int, seq: int, px: float, broke: bool) -> None:
     """Fold a tick sample (st.row and the batch's buy notional) into its minute bucket."""
     si, sf = st.si, st.sf
@@ -1137,7 +1143,7 @@ def _min_observe(st: KernelState, t: int, seq: int, px: float, broke: bool) -> N
         cur[M_BAD] = 1.0
 
 
-@_jit
+@_inline
 def _on_trade(st: KernelState, t: int, price: float, qty: float, sell: bool) -> None:
     si, sf = st.si, st.sf
     notional = price * qty
@@ -1179,7 +1185,7 @@ def _on_trade(st: KernelState, t: int, price: float, qty: float, sell: bool) -> 
     si[S_LAST_TRADE_US] = max(si[S_LAST_TRADE_US], t)
 
 
-@_jit
+@_inline
 def _on_mark(st: KernelState, t: int, next_funding: int, mark: float, index: float, funding: float) -> None:
     st.sf[F_MARK] = mark
     st.sf[F_INDEX] = index
@@ -1195,7 +1201,7 @@ def _clear_batch(sf: FloatArray) -> None:
         sf[k] = 0.0
 
 
-@_jit
+@_inline
 def _on_batch(st: KernelState, t_raw: int, seq: int, book_t: int, x: FloatArray) -> None:
     """Fold the end of one TickBatch (its book and the trades folded before it) into every structure."""
     si, sf = st.si, st.sf
@@ -1380,7 +1386,7 @@ def _first_seq_minutes(min_id: IntArray, min_seq: IntArray, last: int, n: float)
     return -1
 
 
-@_jit
+@_inline
 def _fast(st: KernelState, x: FloatArray, t: int, px: float, bars: bool, covered: FloatArray, ok: BoolArray,
           sub: BoolArray) -> None:
     si, sf = st.si, st.sf
@@ -1442,12 +1448,16 @@ def _fast(st: KernelState, x: FloatArray, t: int, px: float, bars: bool, covered
     _put(vals, app, I_SELL_INT, trade_intensity(s5[C_NSELL], covered[W5] / 1e6) if ok[W5] else NAN, ticks)
     # Returns over fine windows.
     have_px = not math.isnan(px)
-    for w, i in ((W1, I_RET_1S), (W10, I_RET_10S), (W60, I_RET_60S)):
-        ref = _reference(st, w, t)
-        valid = ok[w] and have_px and ref >= 0 and not math.isnan(st.ring_px[ref])
-        _put(vals, app, i, log_return(px, st.ring_px[ref]) if valid else NAN, not sub[w])
+    r1 = _reference(st, W1, t)
     r10 = _reference(st, W10, t)
     r20 = _reference(st, W20, t)
+    r60 = _reference(st, W60, t)
+    valid = ok[W1] and have_px and r1 >= 0 and not math.isnan(st.ring_px[r1])
+    _put(vals, app, I_RET_1S, log_return(px, st.ring_px[r1]) if valid else NAN, not sub[W1])
+    valid = ok[W10] and have_px and r10 >= 0 and not math.isnan(st.ring_px[r10])
+    _put(vals, app, I_RET_10S, log_return(px, st.ring_px[r10]) if valid else NAN, not sub[W10])
+    valid = ok[W60] and have_px and r60 >= 0 and not math.isnan(st.ring_px[r60])
+    _put(vals, app, I_RET_60S, log_return(px, st.ring_px[r60]) if valid else NAN, not sub[W60])
     valid = (ok[W10] and ok[W20] and have_px and r10 >= 0 and r20 >= 0 and not math.isnan(st.ring_px[r10])
              and not math.isnan(st.ring_px[r20]))
     _put(vals, app, I_ACCEL_10S, acceleration(px, st.ring_px[r10], st.ring_px[r20]) if valid else NAN, not sub[W20])
@@ -1637,7 +1647,7 @@ def _slow(st: KernelState, t: int, bars: bool, ok: BoolArray) -> int:
     return _first_seq_minutes(mid, st.min_seq, last, 60.0)
 
 
-@_jit
+@_inline
 def _evaluate(st: KernelState, x: FloatArray, tiers_on: bool, out: FloatArray) -> tuple[float, int, int, int]:
     """Write one vector into ``out``; returns (price, status bits, regime index, first sequence)."""
     si = st.si
@@ -1647,9 +1657,7 @@ def _evaluate(st: KernelState, x: FloatArray, tiers_on: bool, out: FloatArray) -
     px = st.ring_px[(si[S_RING_END] - 1) & RING_MASK]
     vals[:] = NAN  # every feature is written below; a forgotten one would stay NaN, not stale
     app[:] = True
-    covered = np.empty(N_WINDOWS)
-    ok = np.empty(N_WINDOWS, np.bool_)
-    sub = np.empty(N_WINDOWS, np.bool_)
+    covered, ok, sub = st.covered, st.ok, st.sub
     brk = si[S_BREAK_T]
     for w in range(N_WINDOWS):
         width = WINDOWS_US[w]
@@ -1659,76 +1667,59 @@ def _evaluate(st: KernelState, x: FloatArray, tiers_on: bool, out: FloatArray) -
     _fast(st, x, t, px, bars, covered, ok, sub)
     medium_due = tiers_on and t // MEDIUM_EVERY_US != si[S_MED_BLOCK]
     slow_due = tiers_on and t // SLOW_EVERY_US != si[S_SLOW_BLOCK]
+    tier = st.tier
     if medium_due:
         si[S_MED_SEQ] = _medium(st, t, px, bars, covered, ok, sub)
         si[S_MED_BLOCK] = t // MEDIUM_EVERY_US
         si[S_MED_T] = t
-        for i in MEDIUM_INDICES:
-            st.held[i] = st.vals[i]
-            st.held_app[i] = st.app[i]
     if slow_due:
         si[S_SLOW_SEQ] = _slow(st, t, bars, ok)
         si[S_SLOW_BLOCK] = t // SLOW_EVERY_US
         si[S_SLOW_T] = t
-        for i in SLOW_INDICES:
-            st.held[i] = st.vals[i]
-            st.held_app[i] = st.app[i]
     if tiers_on:
-        for i in MEDIUM_INDICES:
-            st.vals[i] = st.held[i]
-            st.app[i] = st.held_app[i]
-        for i in SLOW_INDICES:
-            st.vals[i] = st.held[i]
-            st.app[i] = st.held_app[i]
         _put(vals, app, I_AGE_MED, seconds_since(t, si[S_MED_T]), True)
         _put(vals, app, I_AGE_SLOW, seconds_since(t, si[S_SLOW_T]), True)
     else:
-        # Dropped: NaN, and evaluated afresh on the first batch after the stage has caught up.
+        # Evaluated afresh on the first batch after the stage has caught up.
         si[S_MED_BLOCK] = si[S_SLOW_BLOCK] = -1
-        for i in MEDIUM_INDICES:
-            st.vals[i] = NAN
-            st.app[i] = st.held_app[i]
-        for i in SLOW_INDICES:
-            st.vals[i] = NAN
-            st.app[i] = st.held_app[i]
         _put(vals, app, I_AGE_MED, NAN, False)
         _put(vals, app, I_AGE_SLOW, NAN, False)
     regime = -1
     if not bars and si[S_HAVE_TH] == 1:
         sf = st.sf
-        regime = regime_index(st.vals[I_RV_1M], st.vals[I_DEPTH], sf[F_VQ1], sf[F_VQ2], sf[F_DQ1], sf[F_DQ2])
+        regime = regime_index(vals[I_RV_1M], vals[I_DEPTH], sf[F_VQ1], sf[F_VQ2], sf[F_DQ1], sf[F_DQ2])
     insufficient = not bars and regime < 0
     n_app = 0.0
     n_valid = 0.0
     for i in range(N_FEATURES):
-        if i == I_QUALITY or not st.app[i]:
+        tr = tier[i]
+        if tr != TIER_FAST:
+            if (medium_due and tr == TIER_MEDIUM) or (slow_due and tr == TIER_SLOW):
+                st.held[i] = vals[i]
+                st.held_app[i] = app[i]
+            # Between evaluations the held value; dropped: NaN (applicability as last known, for the quality score).
+            vals[i] = st.held[i] if tiers_on else NAN
+            app[i] = st.held_app[i]
+        value = vals[i]
+        out[i] = value
+        if i == I_QUALITY or not app[i]:
             continue
         n_app += 1.0
-        value = st.vals[i]
         if not math.isnan(value):
             n_valid += 1.0
-        elif tiers_on or FEATURE_TIERS[i] == TIER_FAST:
+        elif tiers_on or tr == TIER_FAST:
             insufficient = True
-    _put(vals, app, I_QUALITY, quality_score(n_valid, n_app), True)
-    out[:] = st.vals
+    quality = quality_score(n_valid, n_app)
+    _put(vals, app, I_QUALITY, quality, True)
+    out[I_QUALITY] = quality
     first = st.ring_seq[st.win_head[W60] & RING_MASK]
     if tiers_on:
-        for s in (si[S_MED_SEQ], si[S_SLOW_SEQ]):
-            if 0 <= s < first:
-                first = s
+        if 0 <= si[S_MED_SEQ] < first:
+            first = si[S_MED_SEQ]
+        if 0 <= si[S_SLOW_SEQ] < first:
+            first = si[S_SLOW_SEQ]
     status = (STATUS_INSUFFICIENT if insufficient else 0) | (0 if tiers_on else STATUS_TIERS_DROPPED)
     return px, status, regime, first
-
-
-@_jit
-def _emit(st: KernelState, xr: FloatArray, tiers_on: bool, n: int, out: FloatArray, out_px: FloatArray,
-          out_t: IntArray, out_status: IntArray, out_regime: IntArray, out_first_seq: IntArray) -> None:
-    px, status, regime, first = _evaluate(st, xr, tiers_on, out[n])
-    out_px[n] = px
-    out_t[n] = st.si[S_LAST_T]
-    out_status[n] = status
-    out_regime[n] = regime
-    out_first_seq[n] = first
 
 
 @_jit
@@ -1745,16 +1736,23 @@ def fold(st: KernelState, kinds: IntArray, times: IntArray, aux: IntArray, x: Fl
         xr = x[r]
         if kind == KIND_TRADE:
             _on_trade(st, times[r], xr[X_PRICE], xr[X_QTY], xr[X_SELL] > 0.5)
-        elif kind == KIND_MARK:
+            continue
+        if kind == KIND_MARK:
             _on_mark(st, times[r], aux[r, 0], xr[X_MARK], xr[X_INDEX], xr[X_FUNDING])
-        elif kind == KIND_BATCH:
+            continue
+        if kind == KIND_BATCH:
             _on_batch(st, times[r], aux[r, 0], aux[r, 1], xr)
-            _emit(st, xr, tiers_on, n_out, out, out_px, out_t, out_status, out_regime, out_first_seq)
-            n_out += 1
         elif kind == KIND_BAR:
             _on_bar(st, times[r], xr)
-            _emit(st, xr, tiers_on, n_out, out, out_px, out_t, out_status, out_regime, out_first_seq)
-            n_out += 1
+        else:
+            continue
+        px, status, regime, first = _evaluate(st, xr, tiers_on, out[n_out])  # the one call site: inlined once
+        out_px[n_out] = px
+        out_t[n_out] = st.si[S_LAST_T]
+        out_status[n_out] = status
+        out_regime[n_out] = regime
+        out_first_seq[n_out] = first
+        n_out += 1
     return n_out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -41,9 +42,18 @@ def warm_up_kernel() -> float:
     return time.perf_counter() - started
 
 
+def _warm_up_in_background() -> None:
+    def work() -> None:
+        log.info("features %s: %d features, kernel ready in %.1fs", d.FEATURE_VERSION, d.N_FEATURES,
+                 warm_up_kernel())
+
+    # A cold numba cache takes tens of seconds to compile: do it while the consumer joins its group rather than
+    # before (readiness stays prompt). A batch arriving earlier waits on numba's compiler lock, then runs.
+    threading.Thread(target=work, name="features-kernel-warm-up", daemon=True).start()
+
+
 def make_state(settings: Settings) -> FeatureState:
-    took = warm_up_kernel()
-    log.info("features %s: %d features, kernel ready in %.1fs", d.FEATURE_VERSION, d.N_FEATURES, took)
+    _warm_up_in_background()
     return FeatureState(backpressure=Backpressure(settings.features_backpressure_lag_s,
                                                   settings.features_resume_lag_s))
 

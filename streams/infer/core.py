@@ -226,28 +226,32 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
     serving = state.serving
     active = serving.active
     metrics = state.metrics
-    # (record, served by the canary?) in input order; refused vectors go to the DLQ at once.
-    plan: list[tuple[InRecord[features_pb2.FeatureVector], bool]] = []
+    # (record, served by the canary?, can the active model take it?) in input order; refused vectors go to
+    # the DLQ at once.
+    plan: list[tuple[InRecord[features_pb2.FeatureVector], bool, bool]] = []
     canary_refused = 0
     for rec in batch:
         vec = rec.value
+        problem = _check(vec, active)
         canary = serving.canary_for(vec.symbol)
+        if problem is not None and problem[0] == "malformed_vector":
+            out.rejects.append(Reject(rec, *problem))  # the input's fault, not the canary's
+            continue
         if canary is not None:
             if _check(vec, canary) is None:
-                plan.append((rec, True))
+                plan.append((rec, True, problem is None))
                 continue
             canary_refused += 1  # the canary cannot take it: the active model serves it, counted as invalid
-        problem = _check(vec, active)
         if problem is not None:
             out.rejects.append(Reject(rec, *problem))
         else:
-            plan.append((rec, False))
+            plan.append((rec, False, True))
     if not plan and not canary_refused:
         return out
 
     now_us = clock.now_us()
-    act_idx = [k for k, (rec, c) in enumerate(plan) if not c or _check(rec.value, active) is None]
-    can_idx = [k for k, (_, c) in enumerate(plan) if c]
+    act_idx = [k for k, (_, _, ok) in enumerate(plan) if ok]
+    can_idx = [k for k, (_, c, _) in enumerate(plan) if c]
     act = _score(state, active, [plan[k][0].value for k in act_idx], ACTIVE) if act_idx else None
     can = (_score(state, serving.canary, [plan[k][0].value for k in can_idx], CANARY)
            if can_idx and serving.canary is not None else None)
@@ -256,7 +260,7 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
     canary_invalid = canary_refused
     drift_sum, drift_n = 0.0, 0
     served = {ACTIVE: 0, CANARY: 0}
-    for k, (rec, use_canary) in enumerate(plan):
+    for k, (rec, use_canary, _) in enumerate(plan):
         vec = rec.value
         ai = act_pos.get(k)
         if use_canary and can is not None:

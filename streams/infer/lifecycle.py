@@ -39,6 +39,16 @@ class _Rollback:
     reason: str
 
 
+def warn_feature_version(model: Model, log: logging.Logger) -> None:
+    """Say loudly when the served model cannot take what this build's features stage emits."""
+    from streams.features.definitions import FEATURE_VERSION
+
+    if model.feature_version != FEATURE_VERSION:
+        log.error("model %s expects feature_version %s but this build's features stage emits %s: its vectors "
+                  "will be dead-lettered as feature_version_mismatch until a matching model is deployed",
+                  model.model_version, model.feature_version, FEATURE_VERSION)
+
+
 def canary_identity(rec: ModelRecord) -> str:
     """A canary deployment: the same version deployed again later is a new trial with a new symbol sample."""
     return f"{rec.model_version}@{rec.deployed_at_us}"
@@ -85,6 +95,8 @@ class RegistryWatcher:
                                 on_canary_failure=self.request_canary_rollback)
         if self.poll_once():
             self.log.info("serving %s from the registry", self.state.model.model_version)
+            if self.state.model is fallback:  # apply() warns on changes only
+                warn_feature_version(fallback, self.log)
         else:
             self.log.warning("registry unavailable: serving the bootstrap model %s from %s until it answers",
                              fallback.model_version, self.bootstrap_dir)
@@ -185,6 +197,7 @@ class RegistryWatcher:
             if active.feature_version != current.active.feature_version:
                 self.log.warning("feature_version changed %s -> %s: vectors of the old version are now refused",
                                  current.active.feature_version, active.feature_version)
+            warn_feature_version(active, self.log)
         self._cache = {m.model_version: m for m in (active, canary) if m is not None}
         return changed
 

@@ -46,11 +46,14 @@ def canary_policy(settings: Settings) -> CanaryPolicy:
 
 def make_state(settings: Settings, registry: CollectorRegistry | None = None, clock: Clock | None = None) -> InferState:
     metrics = InferMetrics.create(registry)
+    from streams.infer.lifecycle import RegistryWatcher, warn_feature_version
+
     if not settings.infer_registry:
-        return InferState(load_model(model_dir(settings)), metrics=metrics, policy=canary_policy(settings))
+        model = load_model(model_dir(settings))
+        warn_feature_version(model, log)
+        return InferState(model, metrics=metrics, policy=canary_policy(settings))
     from services.registry.registry import ModelRegistry
     from services.warehouse.client import apply_ddl, open_warehouse
-    from streams.infer.lifecycle import RegistryWatcher
 
     registry_clock = clock or LiveClock()
 

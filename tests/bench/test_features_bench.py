@@ -51,38 +51,41 @@ BASELINE_ROWS = 1_500
 
 
 def kernel_rate(rows: Rows, repeats: int = 5) -> dict[str, float]:
-    """Best of ``repeats`` full folds from a fresh state: rows/s and vectors/s."""
-    best = float("inf")
+    """Best of ``repeats`` full folds from a fresh state. Per core: the fold is single-threaded, so its process CPU
+    time is the time of one core, whatever else the (shared) machine runs; wall time is reported too."""
+    best_cpu = best_wall = float("inf")
     for _ in range(repeats):
         state = d.new_kernel_state()
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fold_rows(state, rows)
-        best = min(best, time.perf_counter() - started)
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+        best_wall = min(best_wall, time.perf_counter() - wall)
     n_rows = len(rows.kinds)
-    return {"rows": n_rows, "vectors": rows.n_vectors, "seconds": round(best, 4),
-            "updates_per_s": round(n_rows / best), "vectors_per_s": round(rows.n_vectors / best)}
+    return {"rows": n_rows, "vectors": rows.n_vectors, "cpu_seconds": round(best_cpu, 4),
+            "wall_seconds": round(best_wall, 4), "updates_per_s": round(n_rows / best_cpu),
+            "vectors_per_s": round(rows.n_vectors / best_cpu), "updates_per_s_wall": round(n_rows / best_wall)}
 
 
 def baseline_rate(batches: Sequence[market_pb2.TickBatch], rows_per_batch: float) -> dict[str, float]:
-    """Plain-numpy recompute of the fine windows at every batch of a prefix."""
+    """Plain-numpy recompute of the fine windows at every batch of a prefix (CPU time, as for the kernel)."""
     prefix = list(batches[:BASELINE_ROWS])
     tab = table_of(prefix)
-    started = time.perf_counter()
+    cpu = time.process_time()
     for k in range(len(prefix)):
         fine_features(tab, k)
-    took = time.perf_counter() - started
-    return {"vectors": len(prefix), "seconds": round(took, 4), "vectors_per_s": round(len(prefix) / took),
+    took = time.process_time() - cpu
+    return {"vectors": len(prefix), "cpu_seconds": round(took, 4), "vectors_per_s": round(len(prefix) / took),
             "updates_per_s": round(len(prefix) * rows_per_batch / took)}
 
 
 def in_process_rate(batches: Sequence[market_pb2.TickBatch]) -> dict[str, float]:
     state, clock = FeatureState(), ManualClock()
     records = [InRecord(value=b, key=b.symbol) for b in batches]
-    started = time.perf_counter()
+    cpu = time.process_time()
     for i in range(0, len(records), 500):
         process(records[i:i + 500], state, clock)
-    took = time.perf_counter() - started
-    return {"batches": len(batches), "seconds": round(took, 3), "batches_per_s": round(len(batches) / took)}
+    took = time.process_time() - cpu
+    return {"batches": len(batches), "cpu_seconds": round(took, 3), "batches_per_s": round(len(batches) / took)}
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +134,7 @@ def test_features_kernel_and_stage_throughput(shared_data: Path, bench_stack: St
             "stage_in_process": in_process_rate(batches),
         }
     results["stage_on_broker"] = broker_rate(bench_stack, real)
-    table = ["input                 kernel upd/s   vectors/s   numpy upd/s   speedup   in-process batches/s"]
+    table = ["per core (CPU time)   kernel upd/s   vectors/s   numpy upd/s   speedup   in-process batches/s"]
     for name in ("real_spot_btcusdt", "synthetic_10ms"):
         r = results[name]
         assert isinstance(r, dict)
@@ -154,3 +157,8 @@ def test_features_kernel_and_stage_throughput(shared_data: Path, bench_stack: St
     }
     (RESULTS / "features.json").write_text(json.dumps(out, indent=2))
     assert broker["vectors"] == broker["batches"]
+    for name in ("real_spot_btcusdt", "synthetic_10ms"):
+        r = results[name]
+        assert isinstance(r, dict)
+        if r["kernel"]["updates_per_s"] < TARGET_UPDATES_PER_S:
+            print(f"MISS: {name} kernel {r['kernel']['updates_per_s']:,} updates/s < target {TARGET_UPDATES_PER_S:,}")

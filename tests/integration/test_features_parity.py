@@ -30,7 +30,8 @@ from tests.integration.stack import StackProcesses, start_infrastructure
 
 pytestmark = pytest.mark.integration
 
-CAPTURE = ("ws_messages/hftbacktest/usdm/btcusdt_20230404.dat.gz", "ws_messages/hftbacktest/usdm/btcusdt_20230405.dat.gz")
+CAPTURE = ("ws_messages/hftbacktest/usdm/btcusdt_20230404.dat.gz",
+           "ws_messages/hftbacktest/usdm/btcusdt_20230405.dat.gz")
 READ_TIMEOUT_S = 90.0
 
 

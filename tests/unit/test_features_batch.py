@@ -86,7 +86,7 @@ def test_kline_features_are_exact(tmp_path: Path) -> None:
     assert list(frame.columns[2:2 + d.N_FEATURES]) == list(d.FEATURE_NAMES)
     assert list(frame.columns[2 + d.N_FEATURES:]) == ["feature_version", "open", "high", "low", "close", "volume",
                                                        "window_insufficient"]
-    o, h, lo, c, v = (raw[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
+    h, lo, c, v = (raw[k].to_numpy() for k in ("high", "low", "close", "volume"))
     q, cnt, tb = raw["quote_volume"].to_numpy(), raw["count"].to_numpy(), raw["taker_buy_volume"].to_numpy()
     np.testing.assert_array_equal(frame["close"].to_numpy(), c)
     k = n - 1

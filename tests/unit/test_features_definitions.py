@@ -37,7 +37,7 @@ def test_the_table_is_a_stable_contract() -> None:
                  "book_age_s", "feature_age_medium_s", "quality_score", "coverage_1m"):
         assert name in names
     assert len(d.REGIME_LABELS) == 9
-    assert d.MEDIUM_INDICES == tuple(i for i, f in enumerate(d.FEATURES) if f.tier == d.TIER_MEDIUM)
+    assert d.new_kernel_state().tier.tolist() == [f.tier for f in d.FEATURES]
 
 
 def test_original_formulas() -> None:

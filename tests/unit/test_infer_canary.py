@@ -188,6 +188,16 @@ def test_canary_refusing_the_feature_version_counts_as_invalid(models: dict[str,
         "surge_infer_invalid_outputs_total", {"model_version": "otherfv", "role": "canary"}) == 3
 
 
+def test_malformed_vector_is_not_held_against_the_canary(models: dict[str, Model]) -> None:
+    state = InferState(models["m1"], canary=models["m2"], canary_share=1.0, canary_id="m2@1",
+                       policy=CanaryPolicy(min_rows=1, rule="any"))
+    bad = feature_vector(0, "BTCUSDT")
+    del bad.values[-1]
+    out = run(state, [bad])
+    assert [r.error_type for r in out.rejects] == ["malformed_vector"] and not out.emits
+    assert state.serving.canary is not None and state.guard.snapshot() == (0, 0.0, None)
+
+
 def test_active_invalid_output_is_rejected_not_emitted(models: dict[str, Model]) -> None:
     state = InferState(models["nan"])
     out = run(state, [feature_vector(0, "BTCUSDT")])
