@@ -79,15 +79,14 @@ def stage(
     _override_env(source=source, venue=venue, symbols=symbols, top_n=top, replay_speed=speed)
     settings = _settings()
     configure_logging(settings, name)
-    if name == "ingest":
-        from streams.ingest.stage import run as run_ingest
-
-        raise typer.Exit(run_ingest(settings))
     import importlib
 
     from streams.runtime.runner import StageRunner
 
     stage_module = importlib.import_module(f"streams.{name}.stage")
+    # Ingest is source-driven, and infer's state needs the runner's metrics registry: those bring their own run().
+    if hasattr(stage_module, "run"):
+        raise typer.Exit(stage_module.run(settings))
     raise typer.Exit(StageRunner(stage_module.spec(settings), settings).run())
 
 

@@ -1,8 +1,8 @@
 """The infer stage: features.v1 -> predictions.v1, micro-batched for one ONNX Runtime call per batch and model.
 
-Models come from the registry (``streams.infer.lifecycle``) unless ``SURGE_INFER_REGISTRY=false``. Run it with
-``python -m streams.infer.stage`` (or ``run(settings)``) to get the per-model-version metrics on the stage's
-own ``/metrics``; the generic ``StageRunner(spec(settings), settings)`` serves the same predictions but keeps
+Models come from the registry (``streams.infer.lifecycle``) unless ``SURGE_INFER_REGISTRY=false``.
+``surge stage infer`` calls ``run(settings)``, which puts the per-model-version metrics on the stage's own
+``/metrics``; the generic ``StageRunner(spec(settings), settings)`` serves the same predictions but keeps
 those metrics in a private registry, because a StageSpec's state factory cannot see the runner's registry.
 """
 
