@@ -167,8 +167,15 @@ def tail(
 
 
 @app.command()
-def config() -> None:
+def config(
+    markdown: Annotated[bool, typer.Option(help="Print the README's settings table")] = False,
+) -> None:
     """List every SURGE_* setting with its default."""
+    from streams.runtime.settings import settings_markdown
+
+    if markdown:
+        sys.stdout.write(settings_markdown() + "\n")
+        return
     table = Table("variable", "default", "meaning")
     for name, default, desc in env_documentation():
         table.add_row(name, default, desc)

@@ -165,3 +165,12 @@ def env_documentation() -> list[tuple[str, str, str]]:
     for name, field in Settings.model_fields.items():
         rows.append((ENV_PREFIX + name.upper(), repr(field.default), field.description or ""))
     return rows
+
+
+def settings_markdown() -> str:
+    """The README's settings table, generated so it cannot drift from the model."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, default, desc in env_documentation():
+        escaped = desc.replace("|", "\\|")  # a bare pipe would split the table cell
+        lines.append(f"| `{name}` | `{default}` | {escaped} |")
+    return "\n".join(lines)
