@@ -8,7 +8,7 @@ PROTOS := $(wildcard schemas/*.proto)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-unit test-integration lint fmt schemas schemas-check bench clean
+.PHONY: help install system-deps run test test-unit test-integration lint fmt schemas schemas-check docs bench clean
 
 help: ## List every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -57,6 +57,10 @@ schemas-check: install ## Fail if the committed generated Python differs from a 
 	  diff -u schemas/$$(basename $$f) $$f || status=1; done; \
 	for f in schemas/*_pb2.py schemas/*_pb2.pyi; do [ -f $$tmp/schemas/$$(basename $$f) ] || { echo "stale: $$f"; status=1; }; done; \
 	rm -rf $$tmp; [ $$status = 0 ] && echo "schemas: generated code is up to date"; exit $$status
+
+docs: install ## Regenerate docs/features.md and the README settings table from the code
+	$(VENV)/bin/surge features docs
+	$(VENV)/bin/surge config --update-readme README.md
 
 bench: install ## Benchmarks; results go to bench/results/*.json
 	$(VENV)/bin/pytest -m bench -p no:cacheprovider -s $(PYTEST_ARGS)

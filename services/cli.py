@@ -169,10 +169,19 @@ def tail(
 @app.command()
 def config(
     markdown: Annotated[bool, typer.Option(help="Print the README's settings table")] = False,
+    update_readme: Annotated[Path | None, typer.Option(help="Rewrite the settings table in this README")] = None,
 ) -> None:
     """List every SURGE_* setting with its default."""
     from streams.runtime.settings import settings_markdown
 
+    if update_readme is not None:
+        text = update_readme.read_text()
+        head, rest = text.split("<!-- settings:start", 1)
+        marker_rest, _ = rest.split("-->", 1)
+        _, tail = rest.split("<!-- settings:end -->", 1)
+        update_readme.write_text(f"{head}<!-- settings:start{marker_rest}-->\n{settings_markdown()}\n"
+                                 f"<!-- settings:end -->{tail}")
+        return
     if markdown:
         sys.stdout.write(settings_markdown() + "\n")
         return
