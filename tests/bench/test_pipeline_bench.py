@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -47,7 +48,7 @@ def ingest_counter(stack: StackProcesses) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def measure_rate(stack: StackProcesses, rate: int, consumer: Consumer) -> dict[str, float]:
+def measure_rate(stack: StackProcesses, rate: int, consumer: Consumer) -> dict[str, Any]:
     stack.start_stage("ingest", {"SURGE_SIM_EVENTS_PER_S": str(rate), "SURGE_SYMBOLS":
                                  "BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT,XRPUSDT,ADAUSDT,DOGEUSDT,LTCUSDT"})
     latencies: list[float] = []
