@@ -102,6 +102,9 @@ def resolve_source(settings: Settings) -> str:
 def plan_children(settings: Settings, source: str) -> list[ChildSpec]:
     env = dict(os.environ)
     env["SURGE_SOURCE"] = source
+    if source.startswith("replay:"):
+        # Recorded exchange times are old, so wall-clock lag would always look like backpressure.
+        env.setdefault("SURGE_FEATURES_BACKPRESSURE_LAG_S", "0")
     data_dir = settings.data_dir.resolve()
     children: list[ChildSpec] = []
     if settings.embedded:
