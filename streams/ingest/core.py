@@ -238,6 +238,26 @@ def _level(entry: Any, key: str) -> Level:
     return _price(entry[0], f"{key} price"), _size(entry[1], f"{key} qty")
 
 
+def _checked_trade(data: Mapping[str, Any], ingest_us: int, *, id_key: str, price_key: str, qty_key: str,
+                   maker_key: str, time_key: str) -> market_pb2.MarketEvent:
+    """A trade with every field checked; the WebSocket and REST payloads differ only in their key names."""
+    event = market_pb2.MarketEvent()
+    trade = event.trade
+    trade.trade_id = _int(data, id_key)
+    trade.price = _price(_field(data, price_key), "trade price")
+    qty = _size(_field(data, qty_key), "trade qty")
+    if qty == 0.0:
+        raise BadFrame("invalid_size", "trade qty is zero")
+    trade.qty = qty
+    maker = _field(data, maker_key)
+    if type(maker) is not bool:
+        raise BadFrame("missing_field", f"field {maker_key!r} is not a boolean: {maker!r}")
+    trade.buyer_is_maker = maker
+    trade.exchange_us = _int(data, time_key) * 1000
+    trade.ingest_us = ingest_us
+    return event
+
+
 # --- parsers: one per event type ---------------------------------------------------------------------------------
 
 
@@ -257,21 +277,7 @@ def parse_trade(data: Mapping[str, Any], local_us: int) -> market_pb2.MarketEven
             return market_pb2.MarketEvent(trade={
                 "trade_id": trade_id, "price": price, "qty": qty, "buyer_is_maker": maker,
                 "exchange_us": at_ms * 1000, "ingest_us": local_us})
-    event = market_pb2.MarketEvent()
-    trade = event.trade
-    trade.trade_id = _int(data, "t")
-    trade.price = _price(_field(data, "p"), "trade price")
-    qty = _size(_field(data, "q"), "trade qty")
-    if qty == 0.0:
-        raise BadFrame("invalid_size", "trade qty is zero")
-    trade.qty = qty
-    maker = _field(data, "m")
-    if type(maker) is not bool:
-        raise BadFrame("missing_field", f"field 'm' is not a boolean: {maker!r}")
-    trade.buyer_is_maker = maker
-    trade.exchange_us = _int(data, "T") * 1000
-    trade.ingest_us = local_us
-    return event
+    return _checked_trade(data, local_us, id_key="t", price_key="p", qty_key="q", maker_key="m", time_key="T")
 
 
 def parse_depth(data: Mapping[str, Any], local_us: int) -> tuple[market_pb2.MarketEvent, DepthUpdate]:
@@ -370,21 +376,8 @@ def parse_rest_trade(data: Mapping[str, Any], ingest_us: int) -> market_pb2.Mark
         {"id":3735683259,"price":"61837.63000000","qty":"0.02000000","quoteQty":"1236.75260000",
          "time":1723161255342,"isBuyerMaker":true,"isBestMatch":true}
     """
-    event = market_pb2.MarketEvent()
-    trade = event.trade
-    trade.trade_id = _int(data, "id")
-    trade.price = _price(_field(data, "price"), "trade price")
-    qty = _size(_field(data, "qty"), "trade qty")
-    if qty == 0.0:
-        raise BadFrame("invalid_size", "trade qty is zero")
-    trade.qty = qty
-    maker = _field(data, "isBuyerMaker")
-    if type(maker) is not bool:
-        raise BadFrame("missing_field", f"field 'isBuyerMaker' is not a boolean: {maker!r}")
-    trade.buyer_is_maker = maker
-    trade.exchange_us = _int(data, "time") * 1000
-    trade.ingest_us = ingest_us
-    return event
+    return _checked_trade(data, ingest_us, id_key="id", price_key="price", qty_key="qty", maker_key="isBuyerMaker",
+                          time_key="time")
 
 
 # --- the core -------------------------------------------------------------------------------------------------
