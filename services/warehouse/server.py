@@ -73,6 +73,12 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
+async def _sql_body(request: Request) -> tuple[str, dict[str, Any] | None]:
+    """The {sql, parameters} body shared by /command and /query."""
+    body = await _body(request)
+    return _field(body, "sql", str), _field(body, "parameters", dict, optional=True)
+
+
 def create_app(warehouse: Warehouse) -> FastAPI:
     """The HTTP app around an already opened (usually chdb) warehouse; the caller owns and closes it."""
     app = FastAPI(title="surge warehouse", docs_url=None, redoc_url=None)
@@ -89,9 +95,7 @@ def create_app(warehouse: Warehouse) -> FastAPI:
     @app.post("/command")
     async def command(request: Request) -> Response:
         try:
-            body = await _body(request)
-            sql = _field(body, "sql", str)
-            params = _field(body, "parameters", dict, optional=True)
+            sql, params = await _sql_body(request)
         except BadRequest as exc:
             return _json({"error": str(exc)}, 422)
 
@@ -104,9 +108,7 @@ def create_app(warehouse: Warehouse) -> FastAPI:
     @app.post("/query")
     async def query(request: Request) -> Response:
         try:
-            body = await _body(request)
-            sql = _field(body, "sql", str)
-            params = _field(body, "parameters", dict, optional=True)
+            sql, params = await _sql_body(request)
         except BadRequest as exc:
             return _json({"error": str(exc)}, 422)
         return await run(lambda: {"rows": warehouse.query(sql, params)})
