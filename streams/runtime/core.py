@@ -73,4 +73,5 @@ class StageSpec(Generic[S]):
     process: Callable[[Sequence[InRecord[Any]], S, Clock], Outputs]
     batch_max: int | None = None        # overrides Settings.batch_max
     batch_timeout_ms: int | None = None  # fill window after the first record; overrides Settings.batch_timeout_ms
+    fetch_wait_max_ms: int | None = None  # overrides Settings.fetch_wait_max_ms for stages off the latency path
     on_close: Callable[[S], None] | None = None

@@ -113,6 +113,19 @@ class DeliveryFailed(RuntimeError):
 KafkaRecord = tuple[str, str | bytes, bytes, list[tuple[str, str | bytes | None]] | None]
 
 
+def produce_nowait(producer: Producer, records: Sequence[KafkaRecord], tracker: DeliveryTracker) -> None:
+    """Hand records to the producer; ``tracker`` counts their acknowledgements as callbacks are served."""
+    for topic, key, value, headers in records:
+        while True:
+            try:
+                tracker.expect()
+                producer.produce(topic, key=key, value=value, headers=headers, on_delivery=tracker.callback)
+                break
+            except BufferError:
+                tracker.expect(-1)
+                producer.poll(0.05)  # local queue full: serve callbacks to make room
+
+
 def produce_all(
     producer: Producer,
     records: Sequence[KafkaRecord],
@@ -123,15 +136,7 @@ def produce_all(
     this batch: the caller must not commit, and the records will be re-read after a restart.
     """
     tracker = DeliveryTracker()
-    for topic, key, value, headers in records:
-        while True:
-            try:
-                tracker.expect()
-                producer.produce(topic, key=key, value=value, headers=headers, on_delivery=tracker.callback)
-                break
-            except BufferError:
-                tracker.expect(-1)
-                producer.poll(0.05)  # local queue full: serve callbacks to make room
+    produce_nowait(producer, records, tracker)
     while tracker.pending > 0:
         producer.flush(1.0)
         if tracker.pending > 0:

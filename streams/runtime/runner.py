@@ -1,4 +1,10 @@
-"""The thin runner around a pure core: consume -> decode -> process -> produce -> await acks -> commit."""
+"""The thin runner around a pure core: consume -> decode -> process -> produce -> (acks) -> commit.
+
+Batches are pipelined: while batch N's outputs wait for the broker's acknowledgement, batch N+1 is consumed and
+processed. Offsets are still committed only after every output of a batch (and of every batch before it) is
+acknowledged, so delivery stays at-least-once; what changes is that a broker round trip no longer sits on
+every hop's critical path.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -20,7 +28,15 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from streams.runtime.clock import Clock, LiveClock
 from streams.runtime.core import FatalStageError, InRecord, Outputs, Reject, StageSpec
 from streams.runtime.dlq import dead_letter
-from streams.runtime.kafka import KafkaRecord, consumer_config, ensure_topics, produce_all, producer_config
+from streams.runtime.kafka import (
+    DeliveryFailed,
+    DeliveryTracker,
+    KafkaRecord,
+    consumer_config,
+    ensure_topics,
+    produce_nowait,
+    producer_config,
+)
 from streams.runtime.observability import (
     HealthState,
     StageMetrics,
@@ -31,6 +47,20 @@ from streams.runtime.settings import Settings
 from streams.runtime.topics import InvalidMessage, decode
 
 PROPAGATOR = TraceContextTextMapPropagator()
+# Batches produced but not yet fully acknowledged; beyond this the loop waits, bounding memory and redelivery.
+MAX_IN_FLIGHT = 16
+# While outputs await acks, the consumer is polled this briefly so acks are noticed (and committed) promptly.
+SETTLE_POLL_S = 0.002
+
+
+@dataclass(slots=True)
+class InFlightBatch:
+    """One batch's produced outputs and the input offsets to commit once all of them are acknowledged."""
+
+    tracker: DeliveryTracker
+    offsets: dict[tuple[str, int], int]
+    emit_exchange_us: list[int] = field(default_factory=list)
+    emit_topics: list[str] = field(default_factory=list)
 
 
 def exchange_us_of(message: Any) -> int:
@@ -81,6 +111,7 @@ class StageRunner:
         self.stop = StopFlag()
         self.tracer = make_tracer_provider(spec.name, settings).get_tracer(f"surge.{spec.name}")
         self.group_id = f"surge-{spec.name}"
+        self.in_flight: deque[InFlightBatch] = deque()
 
     def run(self) -> int:
         settings = self.settings
@@ -92,11 +123,14 @@ class StageRunner:
             if created:
                 self.log.info("created topics %s", created)
             producer = Producer(producer_config(settings, f"{self.group_id}-producer"))
-            consumer = Consumer(consumer_config(settings, self.group_id))
+            conf = {**consumer_config(settings, self.group_id), "on_commit": self._on_commit}
+            if self.spec.fetch_wait_max_ms is not None:
+                conf["fetch.wait.max.ms"] = self.spec.fetch_wait_max_ms
+            consumer = Consumer(conf)
             consumer.subscribe(
                 [t.value for t in self.spec.input_topics],
                 on_assign=self._on_assign,
-                on_revoke=lambda c, parts: self.log.info("revoked %d partition(s)", len(parts)),
+                on_revoke=lambda c, parts: self._on_revoke(c, producer, parts),
             )
             state = self.spec.make_state()
             self.health.set_live(True)
@@ -109,6 +143,10 @@ class StageRunner:
             finally:
                 self.health.set_ready(False, phase="draining")
                 producer.flush(30)
+                try:
+                    self._settle(consumer, asynchronous=False)
+                except DeliveryFailed as exc:
+                    self.log.error("not committing undelivered outputs: %s", exc)
                 consumer.close()  # leaves the group at once so a replacement gets the partitions quickly
                 if self.spec.on_close is not None:
                     self.spec.on_close(state)
@@ -122,12 +160,55 @@ class StageRunner:
         self.health.set_ready(True, phase="consuming")
         self.log.info("assigned %d partition(s)", len(partitions))
 
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None and err.code() != KafkaError._NO_OFFSET:
+            # Usually a rebalance: the records will be delivered again and de-duplicated by id downstream.
+            self.metrics.commit_failures.labels(self.spec.name).inc()
+            self.log.warning("offset commit failed (%s); records will be redelivered", err)
+
+    def _on_revoke(self, consumer: Consumer, producer: Producer, partitions: list[TopicPartition]) -> None:
+        # Commit what is acknowledged while the partitions are still ours, so the next owner re-reads little.
+        producer.flush(10)
+        try:
+            self._settle(consumer, asynchronous=False)
+        except DeliveryFailed:
+            self.log.exception("outputs lost during a rebalance; their inputs will be redelivered")
+        self.log.info("revoked %d partition(s)", len(partitions))
+
     def _loop(self, consumer: Consumer, producer: Producer, state: Any) -> None:
         while not self.stop.stopped:
             msgs = self._next_batch(consumer)
-            producer.poll(0)
             if msgs:
                 self.handle_batch(consumer, producer, state, msgs)
+            producer.poll(0)
+            self._settle(consumer)
+            while len(self.in_flight) >= MAX_IN_FLIGHT:
+                producer.poll(0.01)
+                self._settle(consumer)
+
+    def _settle(self, consumer: Consumer, *, asynchronous: bool = True) -> None:
+        """Commit the offsets of the oldest batches whose outputs are all acknowledged; stop at the first that
+        is not. A batch whose outputs failed is never committed: DeliveryFailed ends the stage for a restart."""
+        offsets: dict[tuple[str, int], int] = {}
+        acked_us = self.clock.now_us()
+        failed: InFlightBatch | None = None
+        while self.in_flight and self.in_flight[0].tracker.pending <= 0:
+            batch = self.in_flight.popleft()
+            if batch.tracker.failures:
+                failed = batch
+                break
+            for key, offset in batch.offsets.items():
+                offsets[key] = max(offsets.get(key, -1), offset)
+            for topic in batch.emit_topics:
+                self.metrics.events_out.labels(self.spec.name, topic).inc()
+            for exchange_us in batch.emit_exchange_us:
+                self.metrics.e2e_latency_seconds.labels(self.spec.name).observe(
+                    max(0.0, (acked_us - exchange_us) / 1e6))
+        if offsets:
+            self._commit(consumer, offsets, asynchronous=asynchronous)
+        if failed is not None:
+            failures = failed.tracker.failures
+            raise DeliveryFailed(f"{len(failures)} record(s) not delivered: {failures[:3]}")
 
     def _next_batch(self, consumer: Consumer) -> list[KafkaMessage]:
         """Wait for a first record, then take what is already queued, then fill for at most the fill window.
@@ -138,7 +219,8 @@ class StageRunner:
         batch_max = self.spec.batch_max or self.settings.batch_max
         fill_ms = self.spec.batch_timeout_ms if self.spec.batch_timeout_ms is not None else \
             self.settings.batch_timeout_ms
-        first = consumer.poll(self.settings.poll_timeout_ms / 1000.0)
+        timeout_s = SETTLE_POLL_S if self.in_flight else self.settings.poll_timeout_ms / 1000.0
+        first = consumer.poll(timeout_s)
         if first is None:
             return []
         msgs = [first]
@@ -226,13 +308,11 @@ class StageRunner:
                 reason=rej.reason, now_us=now_us))
             self.metrics.dlq.labels(name, rej.error_type).inc()
 
-        produce_all(producer, kafka_out)
-        acked_us = self.clock.now_us()
-        for emit in outputs.emits:
-            self.metrics.events_out.labels(name, emit.topic.value).inc()
-            if emit.exchange_us > 0:
-                self.metrics.e2e_latency_seconds.labels(name).observe(max(0.0, (acked_us - emit.exchange_us) / 1e6))
-        self._commit(consumer, offsets)
+        batch = InFlightBatch(DeliveryTracker(), offsets,
+                              [emit.exchange_us for emit in outputs.emits if emit.exchange_us > 0],
+                              [emit.topic.value for emit in outputs.emits])
+        produce_nowait(producer, kafka_out, batch.tracker)
+        self.in_flight.append(batch)
 
     def _process_isolating_failures(self, records: Sequence[InRecord[Any]], state: Any) -> Outputs:
         """Run the core on the batch; if it raises, retry record by record and dead-letter the culprits."""
@@ -252,10 +332,13 @@ class StageRunner:
                 merged.rejects.append(Reject(rec, "processing_error", f"{type(exc).__name__}: {exc}"))
         return merged
 
-    def _commit(self, consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
+    def _commit(self, consumer: Consumer, offsets: dict[tuple[str, int], int], *, asynchronous: bool) -> None:
         parts = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
         try:
-            consumer.commit(offsets=parts, asynchronous=False)
+            if asynchronous:
+                consumer.commit(offsets=parts, asynchronous=True)
+            else:
+                consumer.commit(offsets=parts, asynchronous=False)
         except Exception as exc:
             # Usually a rebalance: the records will be delivered again and de-duplicated by id downstream.
             self.metrics.commit_failures.labels(self.spec.name).inc()

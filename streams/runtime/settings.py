@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     )
     poll_timeout_ms: int = Field(100, ge=1, description="Max wait for a batch's first record before idling")
     linger_ms: int = Field(2, ge=0, description="Producer linger")
+    # The sink is off the signal path (consumers read signals.v1), so it batches for the warehouse's sake.
+    sink_flush_ms: int = Field(250, ge=0, description="Sink: fill window per batch; fewer, larger inserts")
+    sink_batch_max: int = Field(5000, ge=1, description="Sink: max records per batch")
+    sink_fetch_wait_max_ms: int = Field(100, ge=1, description="Sink: broker-side fetch wait (fewer idle fetches)")
 
     # Sources.
     source: str = Field("auto", description="auto | sim | live | replay:PATH")

@@ -153,4 +153,7 @@ def spec(settings: Settings) -> StageSpec[SinkRuntime]:
         make_state=lambda: make_runtime(settings),
         process=process,
         on_close=close_runtime,
+        batch_max=settings.sink_batch_max,
+        batch_timeout_ms=settings.sink_flush_ms,
+        fetch_wait_max_ms=settings.sink_fetch_wait_max_ms,
     )

@@ -83,9 +83,15 @@ def test_signals_flow_to_topic_clickhouse_and_gateway(surge_run: RunHandle) -> N
         match = traceparent.match(rec.headers.get("traceparent", ""))
         assert match, rec.headers
         signal_traces.add(match.group(1))
-    tick_traces = {m.group(1) for r in tail(s, Topic.TICKS, from_beginning=True, idle_timeout_s=2.0)
-                   if (m := traceparent.match(r.headers.get("traceparent", "")))}
-    assert signal_traces <= tick_traces
+    # ticks.v1 never goes idle while ingest runs, so read it until every signal's trace is found (or 60 s).
+    tick_traces: set[str] = set()
+    deadline = time.monotonic() + 60
+    for rec in tail(s, Topic.TICKS, from_beginning=True, idle_timeout_s=5.0):
+        if match := traceparent.match(rec.headers.get("traceparent", "")):
+            tick_traces.add(match.group(1))
+        if signal_traces <= tick_traces or time.monotonic() > deadline:
+            break
+    assert signal_traces <= tick_traces, f"{len(signal_traces - tick_traces)} signal trace(s) not started by ingest"
 
     health = httpx.get(f"{gateway}/health", timeout=5)
     assert health.status_code == 200
