@@ -23,7 +23,7 @@ from services.stack.binaries import redis_command, tansu_command
 from services.stack.supervisor import port_open
 from streams.runtime.kafka import ensure_topics, produce_all, producer_config
 from streams.runtime.settings import Settings
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, ephemeral_port_range, free_port
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
@@ -129,7 +129,7 @@ def stack_env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
     base = free_port()
     # Stage ports are base..base+5; pick a base whose whole range is free.
-    while any(port_open(base + i) for i in range(7)):
+    while base + 7 >= ephemeral_port_range()[0] or any(port_open(base + i) for i in range(7)):
         base = free_port()
     env.update({
         "SURGE_BROKER_PORT": str(free_port()),
