@@ -8,16 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HorizonProbability(_message.Message):
-    __slots__ = ("horizon_min", "p_up", "ci_low", "ci_high")
+    __slots__ = ("horizon_min", "p_up", "ci_low", "ci_high", "upper_barrier_bps", "lower_barrier_bps", "timeout_counts_as_not_up")
     HORIZON_MIN_FIELD_NUMBER: _ClassVar[int]
     P_UP_FIELD_NUMBER: _ClassVar[int]
     CI_LOW_FIELD_NUMBER: _ClassVar[int]
     CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    UPPER_BARRIER_BPS_FIELD_NUMBER: _ClassVar[int]
+    LOWER_BARRIER_BPS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_COUNTS_AS_NOT_UP_FIELD_NUMBER: _ClassVar[int]
     horizon_min: int
     p_up: float
     ci_low: float
     ci_high: float
-    def __init__(self, horizon_min: _Optional[int] = ..., p_up: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ...) -> None: ...
+    upper_barrier_bps: float
+    lower_barrier_bps: float
+    timeout_counts_as_not_up: bool
+    def __init__(self, horizon_min: _Optional[int] = ..., p_up: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., upper_barrier_bps: _Optional[float] = ..., lower_barrier_bps: _Optional[float] = ..., timeout_counts_as_not_up: _Optional[bool] = ...) -> None: ...
 
 class FeatureContribution(_message.Message):
     __slots__ = ("name", "value", "contribution")

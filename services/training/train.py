@@ -519,9 +519,10 @@ def limitations(cfg: TrainConfig, eval_metrics: dict[str, Any], training: dict[s
         streaming_note(training),
         f"Labels: upper barrier +{cfg.theta_up:.2%} vs lower -{cfg.theta_dn:.2%} from the bar close; a bar "
         "touching both counts as DOWN and a timeout as not-up, so P(up) is small by construction.",
-        "P(up) here is P(+up barrier before -down barrier or timeout), NOT P(up) vs P(down): the decision "
-        "stage's expected return |2p - 1| x B assumes symmetric barriers without timeouts and would read a small "
-        "p_up as a confident SHORT. Do not activate this model for the decision stage without adapting it.",
+        "P(up) here is P(+up barrier before -down barrier or timeout), NOT P(up) vs P(down). model.json states "
+        "the labels, so every prediction carries the barriers and timeout_counts_as_not_up: the decision stage "
+        "(cost-v2) prices only LONGs from it, charging a timeout as a full loss, and never reads a small p_up as "
+        "a SHORT.",
         "One evaluation month; calibration can drift with the volatility regime. Monitor ECE live and retrain.",
         "Hyper-parameters were fixed a priori; nothing was tuned on the evaluation month.",
         "With rare positives an ECE in percentage points is small by construction; compare the mean forecast "

@@ -3,9 +3,12 @@
 Pure: no I/O, time only from the injected clock. Rules, on the horizon ``decision_horizon_min`` (or the first
 horizon of the prediction when that one is absent):
 
-* expected_return_bps = |2p - 1| x B(horizon); net_utility_bps = expected - round-trip cost (see ``cost.py``).
-* LONG when p_up - 0.5 >= min_edge and net >= tier B threshold; SHORT when 0.5 - p_up >= min_edge and the same
-  net condition; otherwise WAIT. Tier A when net >= tier A threshold, else B (WAIT has no tier).
+* expected_return_bps of each side from p_up and the label's barriers (``cost.expected_moves``; |2p - 1| x B for
+  symmetric barriers); net_utility_bps = expected - round-trip cost (see ``cost.py``).
+* LONG when p_up - p* >= min_edge and the LONG's net >= tier B threshold, with p* the break-even probability
+  (0.5 for symmetric barriers); SHORT when p* - p_up >= min_edge, the SHORT can be priced (the model's
+  "not up" is "down first", not "down or timeout") and its net clears the same threshold; otherwise WAIT.
+  Tier A when net >= tier A threshold, else B (WAIT has no tier).
 * After a LONG/SHORT the symbol cools down for ``cooldown_s``: no new LONG/SHORT is emitted until it ends.
 * WAIT is emitted only as the transition to flat: the symbol's last emitted decision was LONG/SHORT, its
   cooldown has expired, and the current decision is WAIT. Repeated WAITs are never emitted.
@@ -106,19 +109,26 @@ def evaluate(prediction: prediction_pb2.Prediction, config: DecisionConfig, cost
     horizon = pick_horizon(prediction, config.horizon_min)
     assert horizon is not None  # validate() guarantees a horizon
     p = horizon.p_up
-    expected = cost.expected_return_bps(p, horizon.horizon_min)
+    moves = cost.expected_moves(p, horizon.horizon_min, upper_bps=horizon.upper_barrier_bps,
+                                lower_bps=horizon.lower_barrier_bps,
+                                timeout_counts_as_not_up=horizon.timeout_counts_as_not_up)
     estimated = cost.round_trip_cost_bps(prediction.regime, prediction.spread_bps)
-    net = expected - estimated
-    worth_it = net >= config.tier_b_utility_bps
     edge = config.min_edge - EDGE_EPSILON
+    long_ok = p - moves.breakeven_p >= edge and moves.long_bps - estimated >= config.tier_b_utility_bps
+    short_ok = (moves.short_bps is not None and moves.breakeven_p - p >= edge
+                and moves.short_bps - estimated >= config.tier_b_utility_bps)
     decision: signal_pb2.Decision
-    tier: signal_pb2.Tier
-    if worth_it and p - 0.5 >= edge:
-        decision = LONG
-    elif worth_it and 0.5 - p >= edge:
-        decision = SHORT
+    if long_ok:
+        decision, expected = LONG, moves.long_bps
+    elif short_ok and moves.short_bps is not None:
+        decision, expected = SHORT, moves.short_bps
     else:
+        # WAIT reports the favoured side's expectation: the SHORT's only when a SHORT can be priced.
+        favour_short = moves.short_bps is not None and p < moves.breakeven_p
         decision = WAIT
+        expected = moves.short_bps if favour_short and moves.short_bps is not None else moves.long_bps
+    net = expected - estimated
+    tier: signal_pb2.Tier
     if decision == WAIT:
         tier = signal_pb2.TIER_NONE
     elif net >= config.tier_a_utility_bps:

@@ -19,10 +19,19 @@ volatility (the book moves while we trade) and shrinks with depth (more size at 
 
 An unknown or empty regime is charged the worst entry (5.0): when we do not know the market, assume it is bad.
 
-Expected move: the model predicts the probability ``p`` that the upper triple barrier (+B bps) is hit before
-the lower one (-B bps) within the horizon, so the expected return of a position in the favoured direction is
-``|2p - 1| x B``. B per horizon (minutes -> bps) is ``HORIZON_MOVE_BPS``; other horizons scale B from the
-5-minute value by sqrt(h / 5), as a random walk's typical move does.
+Expected move: the model gives ``p``, the probability that the upper barrier (+U bps) is hit before the lower
+one (-D bps) within the horizon. U and D come with the prediction when the model states its labels; otherwise
+both are the table value B(horizon) (``HORIZON_MOVE_BPS``; other horizons scale the 5-minute B by sqrt(h / 5),
+as a random walk's typical move does).
+
+* LONG:  ``p x U - (1 - p) x D``. When the model counts timeouts as "not up", a timeout is charged as a full
+  loss of D: conservative, since a timed-out position usually closes nearer its entry.
+* SHORT: ``(1 - p) x D - p x U``, only when ``1 - p`` is the probability of the lower barrier first. A model
+  whose "not up" includes timeouts says nothing about how often the lower barrier comes first, so it prices
+  no SHORT at all (reading its small p_up as a confident SHORT is exactly the error to avoid).
+* Break-even ``p* = D / (U + D)``: the p at which the LONG's expectation is zero (0.5 for symmetric barriers).
+
+With symmetric barriers both reduce to ``|2p - 1| x B`` for the favoured side (cost-v1's formula).
 
 Any change to these numbers must bump ``COST_MODEL_VERSION``: it is stamped on every signal so outcomes can be
 attributed to the model that priced them.
@@ -36,7 +45,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-COST_MODEL_VERSION: Final = "cost-v1"
+COST_MODEL_VERSION: Final = "cost-v2"
 
 REGIMES: Final = tuple(
     f"vol_{vol}_depth_{depth}" for vol in ("low", "medium", "high") for depth in ("thin", "medium", "thick")
@@ -68,6 +77,15 @@ _REFERENCE_HORIZON_MIN: Final = 5
 
 
 @dataclass(frozen=True, slots=True)
+class ExpectedMoves:
+    """Expected return (bps) of each side for one probability; ``short_bps`` is None when it cannot be priced."""
+
+    long_bps: float
+    short_bps: float | None
+    breakeven_p: float
+
+
+@dataclass(frozen=True, slots=True)
 class CostModel:
     """Round-trip cost and expected move; immutable so a running stage prices every signal the same way."""
 
@@ -93,6 +111,13 @@ class CostModel:
         reference = self.move_bps.get(_REFERENCE_HORIZON_MIN, HORIZON_MOVE_BPS[_REFERENCE_HORIZON_MIN])
         return reference * math.sqrt(max(horizon_min, 1) / _REFERENCE_HORIZON_MIN)
 
-    def expected_return_bps(self, p_up: float, horizon_min: int) -> float:
-        """Expected return of a position in the favoured direction: |2p - 1| x B(horizon)."""
-        return abs(2.0 * p_up - 1.0) * self.horizon_move_bps(horizon_min)
+    def expected_moves(self, p_up: float, horizon_min: int, *, upper_bps: float = 0.0, lower_bps: float = 0.0,
+                       timeout_counts_as_not_up: bool = False) -> ExpectedMoves:
+        """Expected LONG and SHORT returns (bps) for ``p_up`` under the label's barriers; see the module doc."""
+        if upper_bps > 0.0 and lower_bps > 0.0:
+            up, down = upper_bps, lower_bps
+        else:
+            up = down = self.horizon_move_bps(horizon_min)
+        long_bps = p_up * up - (1.0 - p_up) * down
+        short_bps = None if timeout_counts_as_not_up else (1.0 - p_up) * down - p_up * up
+        return ExpectedMoves(long_bps, short_bps, down / (up + down))

@@ -199,7 +199,9 @@ def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: boo
     )
     for j, h in enumerate(model.horizons):
         p.horizons.add(horizon_min=h, p_up=float(s.pred.p_up[i, j]), ci_low=float(s.pred.ci_low[i, j]),
-                       ci_high=float(s.pred.ci_high[i, j]))
+                       ci_high=float(s.pred.ci_high[i, j]), upper_barrier_bps=model.barriers.upper_bps,
+                       lower_barrier_bps=model.barriers.lower_bps,
+                       timeout_counts_as_not_up=model.barriers.timeout_counts_as_not_up)
     # Missing inputs cannot be a reason; they sort last.
     row = s.x[i]
     rank_key = np.where(np.isnan(row), -1.0, np.abs(s.contrib[i]))

@@ -18,8 +18,14 @@ A model folder holds:
                             "bin_edges": [...], "bin_counts": [...],  # calibration samples per raw-p bin
                             "z": 1.96}, ...},
       "attribution": {"mean": [...], "std": [...], "importance": [...]},
+      "labels": {"theta_up": 0.006, "theta_dn": 0.004, "timeout": "not up", ...},  # optional
       "training": {...provenance...}
     }
+
+``labels`` (optional) states the triple barrier the model was trained on; it travels with every prediction
+(``upper_barrier_bps``, ``lower_barrier_bps``, ``timeout_counts_as_not_up``) so the decision stage prices
+the probability the model actually gives. Without it the barriers are unstated (0) and ``1 - p_up`` is
+taken as P(lower barrier first).
 
 Confidence interval: the Wilson score interval of the calibrated p with n = the number of out-of-fold
 calibration samples whose raw probability fell in the same raw-p bin: wide where calibration data is scarce.
@@ -159,6 +165,27 @@ class Prediction:
     ci_high: FloatArray
 
 
+@dataclass(frozen=True, slots=True)
+class Barriers:
+    """The triple barrier behind p_up, in bps of the entry price; 0 = not stated by the model."""
+
+    upper_bps: float = 0.0
+    lower_bps: float = 0.0
+    timeout_counts_as_not_up: bool = False
+
+    @classmethod
+    def from_labels(cls, labels: Mapping[str, Any] | None) -> Barriers:
+        if not labels:
+            return cls()
+        try:
+            upper, lower = float(labels["theta_up"]) * 1e4, float(labels["theta_dn"]) * 1e4
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"labels must give numeric theta_up and theta_dn: {exc}") from None
+        if not (0.0 < upper < 1e4 and 0.0 < lower < 1e4):
+            raise ModelError(f"label barriers must be in (0, 1): theta_up {upper / 1e4}, theta_dn {lower / 1e4}")
+        return cls(upper, lower, labels.get("timeout") == "not up")
+
+
 class Model:
     """A loaded model folder: the ONNX Runtime session and everything model.json says about it."""
 
@@ -179,6 +206,7 @@ class Model:
         if missing:
             raise ModelError(f"no calibration for horizon(s) {missing}")
         self.calibrations = tuple(Calibration.from_json(h, cal[str(h)]) for h in self.horizons)
+        self.barriers = Barriers.from_labels(meta.get("labels"))
         att = meta["attribution"]
         nf = len(self.feature_names)
         arrays = [np.asarray(att[k], dtype=np.float64) for k in ("mean", "std", "importance")]

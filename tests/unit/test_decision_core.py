@@ -8,7 +8,7 @@ import pytest
 
 from schemas import SCHEMA_VERSION, common_pb2, prediction_pb2, signal_pb2
 from streams.decision import stage
-from streams.decision.core import DecisionState, process
+from streams.decision.core import DecisionState, evaluate, process
 from streams.decision.cost import COST_MODEL_VERSION, REGIMES, SLIPPAGE_BPS, CostModel
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord, Outputs
@@ -103,12 +103,65 @@ def test_unknown_regime_is_charged_the_worst_slippage(regime: str) -> None:
 
 def test_expected_move_table_and_sqrt_scaling() -> None:
     model = CostModel(fee_bps=0.0)
-    assert model.expected_return_bps(0.9, 5) == pytest.approx(16.0)    # |2*0.9-1| * 20
-    assert model.expected_return_bps(0.1, 5) == pytest.approx(16.0)    # symmetric
-    assert model.expected_return_bps(0.5, 60) == 0.0
-    assert model.expected_return_bps(0.75, 10) == pytest.approx(14.0)  # 0.5 * 28
-    assert model.horizon_move_bps(20) == pytest.approx(40.0)           # 20 * sqrt(20 / 5)
-    assert model.version == COST_MODEL_VERSION == "cost-v1"
+    assert model.expected_moves(0.9, 5).long_bps == pytest.approx(16.0)     # (2*0.9-1) * 20
+    assert model.expected_moves(0.1, 5).short_bps == pytest.approx(16.0)    # symmetric
+    assert model.expected_moves(0.1, 5).long_bps == pytest.approx(-16.0)
+    assert model.expected_moves(0.5, 60).long_bps == 0.0
+    assert model.expected_moves(0.75, 10).long_bps == pytest.approx(14.0)  # 0.5 * 28
+    assert model.expected_moves(0.3, 5).breakeven_p == 0.5
+    assert model.horizon_move_bps(20) == pytest.approx(40.0)                # 20 * sqrt(20 / 5)
+    assert model.version == COST_MODEL_VERSION == "cost-v2"
+
+
+def test_expected_moves_under_asymmetric_barriers() -> None:
+    model = CostModel(fee_bps=0.0)
+    # +60 / -40 bps, "not up" = lower barrier first: p* = 40 / 100.
+    moves = model.expected_moves(0.5, 5, upper_bps=60.0, lower_bps=40.0)
+    assert moves.breakeven_p == pytest.approx(0.4)
+    assert moves.long_bps == pytest.approx(0.5 * 60 - 0.5 * 40)   # 10
+    assert moves.short_bps == pytest.approx(0.5 * 40 - 0.5 * 60)  # -10
+    assert model.expected_moves(0.4, 5, upper_bps=60.0, lower_bps=40.0).long_bps == pytest.approx(0.0)
+    # Timeouts inside "not up": the LONG charges them as full losses, and no SHORT can be priced.
+    moves = model.expected_moves(0.05, 5, upper_bps=60.0, lower_bps=40.0, timeout_counts_as_not_up=True)
+    assert moves.long_bps == pytest.approx(0.05 * 60 - 0.95 * 40)
+    assert moves.short_bps is None
+    # Barriers not stated (0): the table's symmetric B.
+    assert model.expected_moves(0.9, 5, upper_bps=0.0, lower_bps=40.0).long_bps == pytest.approx(16.0)
+
+
+def barrier_pred(p_up: float, upper: float, lower: float, timeout_not_up: bool) -> prediction_pb2.Prediction:
+    p = pred(p_up, horizons=(5,))
+    h = p.horizons[0]
+    h.upper_barrier_bps, h.lower_barrier_bps, h.timeout_counts_as_not_up = upper, lower, timeout_not_up
+    return p
+
+
+def test_a_not_up_model_never_reads_a_small_p_up_as_a_short(clock: ManualClock) -> None:
+    """The klines model's p_up is P(+0.6 % before -0.4 % or timeout): small by construction. cost-v1 read
+    p = 0.03 as a confident SHORT; now it is a WAIT-worthy LONG with a negative expectation."""
+    state = DecisionState.from_settings(settings(cooldown_s=0))
+    assert run(state, clock, barrier_pred(0.03, 60.0, 40.0, True)).emits == []
+    ev = evaluate(barrier_pred(0.03, 60.0, 40.0, True), state.config, state.cost)
+    assert ev.decision == signal_pb2.WAIT
+    assert ev.expected_return_bps == pytest.approx(0.03 * 60 - 0.97 * 40)
+    # The same p from a model whose "not up" is "down first" is a SHORT worth 0.97*40 - 0.03*60 = 37 bps.
+    (emit,) = run(state, clock, barrier_pred(0.03, 60.0, 40.0, False)).emits
+    assert isinstance(emit.value, signal_pb2.Signal)
+    assert emit.value.decision == signal_pb2.SHORT
+    assert emit.value.expected_return_bps == pytest.approx(0.97 * 40 - 0.03 * 60)
+
+
+def test_long_edge_is_measured_from_the_break_even_probability(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings(cooldown_s=0, min_edge=0.04))
+    # p* = 0.4 with +60/-40: p = 0.45 is a LONG edge of 0.05 (>= 0.04) worth 0.45*60 - 0.55*40 = 5 bps,
+    # minus 4 (fees) + 1 (spread) + 0.5 (slippage) = 5.5 bps of cost: net -0.5, below tier B, so WAIT.
+    assert evaluate(barrier_pred(0.45, 60.0, 40.0, True), state.config, state.cost).decision == signal_pb2.WAIT
+    # p = 0.5: 0.5*60 - 0.5*40 = 10 bps, net 4.5 >= tier A (4): LONG tier A, though p - 0.5 is 0 < min_edge.
+    ev = evaluate(barrier_pred(0.5, 60.0, 40.0, True), state.config, state.cost)
+    assert (ev.decision, ev.tier) == (signal_pb2.LONG, signal_pb2.TIER_A)
+    assert ev.net_utility_bps == pytest.approx(10.0 - 5.5)
+    # p = 0.42 clears the cost nowhere and its edge (0.02) is below min_edge.
+    assert evaluate(barrier_pred(0.42, 60.0, 40.0, False), state.config, state.cost).decision == signal_pb2.WAIT
 
 
 def test_signal_carries_cost_for_its_regime(clock: ManualClock) -> None:
@@ -181,7 +234,7 @@ def test_signal_fields_are_copied_and_stamped(clock: ManualClock) -> None:
     assert s.estimated_cost_bps == pytest.approx(5.5)
     assert s.net_utility_bps == pytest.approx(10.5)
     assert (s.regime, s.model_version, s.feature_version) == ("vol_low_depth_thick", "m7", "f3")
-    assert s.cost_model_version == "cost-v1"
+    assert s.cost_model_version == "cost-v2"
     assert s.data_window_id == "BTCUSDT:10-12"
     assert list(s.quality_flags) == [common_pb2.SIMULATED, common_pb2.SEQUENCE_GAP]
     assert [(f.name, f.value, f.contribution) for f in s.top_features] == [("ofi_1s", 0.7, 0.12)]

@@ -107,7 +107,7 @@ def make_signal(
         decision=decision, tier=tier, p_up=p_up, horizon_min=5,  # type: ignore[arg-type]
         expected_return_bps=8.0, estimated_cost_bps=5.5, net_utility_bps=2.5 + i, regime="vol_low_depth_thick",
         top_features=[prediction_pb2.FeatureContribution(name="spread", value=1.0, contribution=0.1)],
-        model_version="m1", feature_version="f1", cost_model_version="cost-v1", data_window_id=f"{symbol}:{i}",
+        model_version="m1", feature_version="f1", cost_model_version="cost-v2", data_window_id=f"{symbol}:{i}",
         quality_flags=[common_pb2.SIMULATED],
         ts=common_pb2.Timestamps(exchange_us=decision_us - latency_ms * 1000, ingest_us=decision_us - 3000,
                                  features_us=decision_us - 2000, infer_us=decision_us - 1000, decision_us=decision_us),
@@ -196,7 +196,7 @@ def test_latest_signals_from_redis_newest_first_and_filtered(env: Env) -> None:
         "tier": "TIER_B", "p_up": 0.7, "horizon_min": 5, "expected_return_bps": 8.0, "estimated_cost_bps": 5.5,
         "net_utility_bps": 7.5, "regime": "vol_low_depth_thick",
         "top_features": [{"name": "spread", "value": 1.0, "contribution": 0.1}], "model_version": "m1",
-        "feature_version": "f1", "cost_model_version": "cost-v1", "data_window_id": "BTCUSDT:5",
+        "feature_version": "f1", "cost_model_version": "cost-v2", "data_window_id": "BTCUSDT:5",
         "quality_flags": ["SIMULATED"], "price": 105.0, "exchange_us": T + 5 * SECOND - 50_000,
         "ingest_us": T + 5 * SECOND - 3000, "infer_us": T + 5 * SECOND - 1000, "decision_us": T + 5 * SECOND,
         "cooldown_until_us": T + 35 * SECOND, "stored_us": T + 10 * SECOND, "latency_ms": 50.0,

@@ -192,6 +192,19 @@ def test_outputs_are_deterministic(state: InferState, tmp_path: Path) -> None:
     assert first == again == [p.SerializeToString() for p in predictions(run(vecs, other))]
 
 
+def test_label_barriers_travel_with_every_horizon(state: InferState, tmp_path: Path) -> None:
+    for h in predictions(run([vector(1)], state))[0].horizons:  # the toy model states no labels
+        assert (h.upper_barrier_bps, h.lower_barrier_bps, h.timeout_counts_as_not_up) == (0.0, 0.0, False)
+    labels = {"kind": "triple_barrier_1m_bars", "theta_up": 0.006, "theta_dn": 0.004, "timeout": "not up"}
+    stated = InferState(load_model(write_model(tmp_path / "labelled", labels=labels), intra_op_threads=1))
+    for h in predictions(run([vector(1)], stated))[0].horizons:
+        assert (h.upper_barrier_bps, h.lower_barrier_bps, h.timeout_counts_as_not_up) == (60.0, 40.0, True)
+    with pytest.raises(ModelError, match="theta_up and theta_dn"):
+        load_model(write_model(tmp_path / "bad", labels={"theta_up": "wide"}))
+    with pytest.raises(ModelError, match="must be in"):
+        load_model(write_model(tmp_path / "neg", labels={"theta_up": -0.01, "theta_dn": 0.004}))
+
+
 def test_load_model_refuses_inconsistent_artifacts(tmp_path: Path) -> None:
     folder = write_model(tmp_path / "m")
     (folder / "model.onnx").write_bytes((folder / "model.onnx").read_bytes() + b"\0")

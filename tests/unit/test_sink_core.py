@@ -54,7 +54,7 @@ def sig(i: int = 1, symbol: str = "BTCUSDT") -> signal_pb2.Signal:
         top_features=[prediction_pb2.FeatureContribution(name="ofi_1s", value=-0.5, contribution=-0.25)],
         model_version="m7",
         feature_version="f3",
-        cost_model_version="cost-v1",
+        cost_model_version="cost-v2",
         data_window_id=f"{symbol}:1-3",
         quality_flags=[common_pb2.SIMULATED, common_pb2.STALE_INPUT],
         ts=common_pb2.Timestamps(exchange_us=NOW - 42_000, ingest_us=NOW - 41_000, features_us=NOW - 40_000,
@@ -113,7 +113,7 @@ def test_signal_row() -> None:
     assert state.pending["outcomes"] == [] and state.pending["dead_letters"] == []
     assert state.pending["signals"] == [[
         "BTCUSDT:1:m7:5", "BINANCE_SPOT", "BTCUSDT", "SHORT", "TIER_B", 0.3, 5, 8.0, 5.5, 2.5,
-        "vol_low_depth_thick", '[{"name":"ofi_1s","value":-0.5,"contribution":-0.25}]', "m7", "f3", "cost-v1",
+        "vol_low_depth_thick", '[{"name":"ofi_1s","value":-0.5,"contribution":-0.25}]', "m7", "f3", "cost-v2",
         "BTCUSDT:1-3", ["SIMULATED", "STALE_INPUT"], 64_000.5, NOW - 42_000, NOW - 41_000, NOW - 39_000,
         NOW - 38_500, NOW + 30_000_000, NOW,
     ]]

@@ -4,13 +4,17 @@ its card names (sha256 as in ../shared/data/binance/PROVENANCE.md), and still ma
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from schemas import prediction_pb2, signal_pb2
 from services.registry.registry import record_from_artifact
+from streams.decision.core import DecisionState, evaluate
 from streams.features.definitions import FEATURE_VERSION
 from streams.infer.model import load_model
+from streams.runtime.settings import Settings
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.unit
@@ -72,3 +76,20 @@ def test_scores_real_may_klines(shared_data: Path, tmp_path: Path) -> None:
     ev = card()["metrics"]["eval"]  # type: ignore[index]
     later = scored.iloc[360:]
     assert later["p_up_30"].mean() == pytest.approx(ev["30"]["mean_p"], rel=0.05)
+    # Through the decision core, as served: the predictions carry the model's barriers (+60 / -40 bps, timeouts
+    # "not up"), so not one of May's small p_up values becomes a SHORT; symmetric cost-v1 made nearly all SHORTs.
+    barriers = load_model(FOLDER).barriers
+    assert (barriers.upper_bps, barriers.lower_bps, barriers.timeout_counts_as_not_up) == (60.0, 40.0, True)
+    state = DecisionState.from_settings(Settings(cooldown_s=0.0, decision_horizon_min=5))
+    decided: Counter[int] = Counter()
+    for p_up in scored["p_up_5"]:
+        horizon = prediction_pb2.HorizonProbability(
+            horizon_min=5, p_up=float(p_up), upper_barrier_bps=barriers.upper_bps,
+            lower_barrier_bps=barriers.lower_bps, timeout_counts_as_not_up=barriers.timeout_counts_as_not_up)
+        prediction = prediction_pb2.Prediction(symbol="BTCUSDT", horizons=[horizon], regime="vol_low_depth_thick",
+                                               spread_bps=0.1)
+        decided[evaluate(prediction, state.config, state.cost).decision] += 1
+    assert (scored["p_up_5"] < 0.5 - state.config.min_edge).mean() > 0.99  # what cost-v1 would have shorted
+    # May's p_up_5 never comes near the break-even p* = 0.4 (the card's mean forecast is ~0.4 %): all WAIT.
+    assert scored["p_up_5"].max() < 0.4
+    assert decided == Counter({signal_pb2.WAIT: len(scored)})
