@@ -134,3 +134,50 @@ def test_runner_does_not_isolate_fatal_errors() -> None:
     rec = InRecord(prediction_pb2.Prediction(prediction_id="a", symbol="X"), "X", "predictions.v1", 0, 0)
     with pytest.raises(FatalStageError):
         runner._process_isolating_failures([rec], None)
+
+
+class RecordingConsumer:
+    """Stands in for confluent_kafka.Consumer in _settle: records what would be committed."""
+
+    def __init__(self) -> None:
+        self.commits: list[list[tuple[str, int, int]]] = []
+
+    def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
+        self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+
+
+def test_offsets_are_committed_only_for_the_acknowledged_prefix_of_batches() -> None:
+    from typing import cast
+
+    from confluent_kafka import Consumer
+
+    from streams.runtime.kafka import DeliveryFailed, DeliveryTracker
+    from streams.runtime.runner import InFlightBatch
+
+    runner = StageRunner(StageSpec("t", (Topic.PREDICTIONS,), list, lambda b, s, c: Outputs()), Settings(),
+                         ManualClock(1))
+    consumer = RecordingConsumer()
+
+    def settle() -> None:
+        runner._settle(cast(Consumer, consumer))
+
+    batches = [InFlightBatch(DeliveryTracker(), {("ticks.v1", 0): 10 * (n + 1), ("ticks.v1", 1): 5 + n})
+               for n in range(3)]
+    for batch in batches:
+        batch.tracker.expect(2)  # two outputs each, not yet acknowledged
+        runner.in_flight.append(batch)
+    settle()
+    assert consumer.commits == []  # nothing acknowledged: nothing committed
+    batches[1].tracker.pending = 0  # the second batch's acks arrive first
+    settle()
+    assert consumer.commits == []  # the first still waits, so neither may be committed
+    batches[0].tracker.pending = 0
+    settle()
+    # Both, as one commit of the highest offsets + 1; the third stays in flight.
+    assert consumer.commits == [[("ticks.v1", 0, 21), ("ticks.v1", 1, 7)]]
+    assert list(runner.in_flight) == [batches[2]]
+    batches[2].tracker.pending = 0
+    batches[2].tracker.failures.append("signals.v1: Local: Message timed out")
+    with pytest.raises(DeliveryFailed, match="timed out"):
+        settle()
+    assert len(consumer.commits) == 1  # the failed batch's input is never committed: it will be re-read
