@@ -114,19 +114,16 @@ def evaluate(prediction: prediction_pb2.Prediction, config: DecisionConfig, cost
                                 timeout_counts_as_not_up=horizon.timeout_counts_as_not_up)
     estimated = cost.round_trip_cost_bps(prediction.regime, prediction.spread_bps)
     edge = config.min_edge - EDGE_EPSILON
-    long_ok = p - moves.breakeven_p >= edge and moves.long_bps - estimated >= config.tier_b_utility_bps
-    short_ok = (moves.short_bps is not None and moves.breakeven_p - p >= edge
-                and moves.short_bps - estimated >= config.tier_b_utility_bps)
+    short = moves.short_bps  # None: this model's p_up cannot price a SHORT
     decision: signal_pb2.Decision
-    if long_ok:
+    if p - moves.breakeven_p >= edge and moves.long_bps - estimated >= config.tier_b_utility_bps:
         decision, expected = LONG, moves.long_bps
-    elif short_ok and moves.short_bps is not None:
-        decision, expected = SHORT, moves.short_bps
+    elif short is not None and moves.breakeven_p - p >= edge and short - estimated >= config.tier_b_utility_bps:
+        decision, expected = SHORT, short
     else:
         # WAIT reports the favoured side's expectation: the SHORT's only when a SHORT can be priced.
-        favour_short = moves.short_bps is not None and p < moves.breakeven_p
         decision = WAIT
-        expected = moves.short_bps if favour_short and moves.short_bps is not None else moves.long_bps
+        expected = short if short is not None and p < moves.breakeven_p else moves.long_bps
     net = expected - estimated
     tier: signal_pb2.Tier
     if decision == WAIT:

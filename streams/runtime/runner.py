@@ -162,9 +162,12 @@ class StageRunner:
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is not None and err.code() != KafkaError._NO_OFFSET:
-            # Usually a rebalance: the records will be delivered again and de-duplicated by id downstream.
-            self.metrics.commit_failures.labels(self.spec.name).inc()
-            self.log.warning("offset commit failed (%s); records will be redelivered", err)
+            self._commit_failed(err)
+
+    def _commit_failed(self, cause: object) -> None:
+        # Usually a rebalance: the records will be delivered again and de-duplicated by id downstream.
+        self.metrics.commit_failures.labels(self.spec.name).inc()
+        self.log.warning("offset commit failed (%s); records will be redelivered", cause)
 
     def _on_revoke(self, consumer: Consumer, producer: Producer, partitions: list[TopicPartition]) -> None:
         # Commit what is acknowledged while the partitions are still ours, so the next owner re-reads little.
@@ -179,7 +182,7 @@ class StageRunner:
         while not self.stop.stopped:
             msgs = self._next_batch(consumer)
             if msgs:
-                self.handle_batch(consumer, producer, state, msgs)
+                self.handle_batch(producer, state, msgs)
             producer.poll(0)
             self._settle(consumer)
             while len(self.in_flight) >= MAX_IN_FLIGHT:
@@ -235,9 +238,8 @@ class StageRunner:
                 msgs.extend(consumer.consume(num_messages=batch_max - len(msgs), timeout=remaining))
         return msgs
 
-    def handle_batch(
-        self, consumer: Consumer, producer: Producer, state: Any, msgs: list[KafkaMessage]
-    ) -> None:
+    def handle_batch(self, producer: Producer, state: Any, msgs: list[KafkaMessage]) -> None:
+        """Decode, process and produce one batch; it stays in flight until ``_settle`` sees it acknowledged."""
         name = self.spec.name
         now_us = self.clock.now_us()
         records: list[InRecord[Any]] = []
@@ -340,6 +342,4 @@ class StageRunner:
             else:
                 consumer.commit(offsets=parts, asynchronous=False)
         except Exception as exc:
-            # Usually a rebalance: the records will be delivered again and de-duplicated by id downstream.
-            self.metrics.commit_failures.labels(self.spec.name).inc()
-            self.log.warning("offset commit failed (%s); records will be redelivered", exc)
+            self._commit_failed(exc)
