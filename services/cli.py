@@ -43,14 +43,15 @@ def run(
     """Run the whole pipeline: embedded broker, ClickHouse (chdb), Redis, five stages and the gateway."""
     import logging
 
-    from services.stack.supervisor import Supervisor, plan_children, resolve_source
+    from services.stack.supervisor import RecyclePolicy, Supervisor, plan_children, resolve_source
 
     _override_env(source=source, symbols=symbols, sim_events_per_s=rate, data_dir=data_dir)
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s [supervisor] %(message)s")
     chosen = resolve_source(settings)
     children = plan_children(settings, chosen)
-    supervisor = Supervisor(settings, children, settings.data_dir.resolve() / "logs")
+    supervisor = Supervisor(settings, children, settings.data_dir.resolve() / "logs",
+                            recycle=RecyclePolicy.for_run(settings, chosen))
 
     def ready() -> None:
         console.print(f"[green]surge is running[/green] (source: [bold]{chosen}[/bold]). "

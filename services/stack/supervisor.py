@@ -1,9 +1,17 @@
-"""`surge run`: start the embedded services and the five stages as child processes, restart what dies."""
+"""`surge run`: start the embedded services and the five stages as child processes, restart what dies.
+
+The embedded broker is special. Tansu's memory store keeps nothing across a restart, so the stages' idempotent
+producers are fenced (unknown producer id) and their topics are gone: when the broker dies, the stages are
+restarted with it. The same "recycle" is done on purpose when the pipeline falls behind, because the memory
+store gets slower the more it holds (README, "Embedded broker caveats"): what was in flight is lost, which is
+acceptable for the development broker and said loudly in the log.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +30,9 @@ from streams.runtime.settings import STAGES, Settings
 log = logging.getLogger("surge.supervisor")
 
 STOP_GRACE_S = 15.0  # SIGINT must stop everything within 20 s; the rest is margin for SIGKILL
+RECYCLE_STOP_S = 5.0  # per stage; their broker is gone, so there is little left to drain
+LAG_POLL_S = 1.0
+LAG_METRIC = re.compile(r'^surge_event_time_lag_seconds\{stage="features"\} ([0-9.eE+-]+)$', re.M)
 RESTART_BACKOFF_MAX_S = 8.0
 
 
@@ -129,12 +140,62 @@ def plan_children(settings: Settings, source: str) -> list[ChildSpec]:
     return children
 
 
+@dataclass(frozen=True, slots=True)
+class RecyclePolicy:
+    """When to recycle the embedded broker: the features stage's event-time lag above ``lag_s`` for
+    ``sustained_s``, and not within ``grace_s`` of the stages' last (re)start."""
+
+    lag_s: float
+    sustained_s: float
+    grace_s: float
+
+    @classmethod
+    def for_run(cls, settings: Settings, source: str) -> RecyclePolicy | None:
+        # Replayed captures carry old exchange times, so their lag says nothing about the broker.
+        if not settings.embedded or settings.broker_recycle_lag_s <= 0 or source.startswith("replay:"):
+            return None
+        return cls(settings.broker_recycle_lag_s, settings.broker_recycle_sustained_s, settings.broker_recycle_grace_s)
+
+
+@dataclass(slots=True)
+class LagWatch:
+    """Decides from lag samples (monotonic seconds) whether the policy calls for a recycle."""
+
+    policy: RecyclePolicy
+    stages_started_at: float
+    above_since: float | None = None
+
+    def observe(self, now: float, lag_s: float | None) -> bool:
+        if lag_s is None or lag_s <= self.policy.lag_s or now - self.stages_started_at < self.policy.grace_s:
+            self.above_since = None
+            return False
+        if self.above_since is None:
+            self.above_since = now
+        return now - self.above_since >= self.policy.sustained_s
+
+    def restarted(self, now: float) -> None:
+        self.stages_started_at, self.above_since = now, None
+
+
+def features_lag_s(settings: Settings) -> float | None:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{settings.stage_port('features')}/metrics", timeout=1.0).text
+    except httpx.HTTPError:
+        return None
+    match = LAG_METRIC.search(text)
+    return float(match.group(1)) if match else None
+
+
 class Supervisor:
-    def __init__(self, settings: Settings, children: list[ChildSpec], log_dir: Path) -> None:
+    def __init__(self, settings: Settings, children: list[ChildSpec], log_dir: Path,
+                 recycle: RecyclePolicy | None = None) -> None:
         self.settings = settings
         self.children = [Child(spec) for spec in children]
         self.log_dir = log_dir
         self.stopping = False
+        self.lag_watch = LagWatch(recycle, time.monotonic()) if recycle is not None else None
+        self.next_lag_poll = 0.0
+        self.recycles = 0
 
     def _start(self, child: Child) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -181,8 +242,11 @@ class Supervisor:
                 self._wait_ready(child)
             if not self.stopping and on_ready is not None:
                 on_ready()
+            if self.lag_watch is not None:
+                self.lag_watch.restarted(time.monotonic())
             while not self.stopping:
                 self._watch()
+                self._watch_lag()
                 time.sleep(0.2)
         finally:
             self.stop_all()
@@ -199,6 +263,9 @@ class Supervisor:
             code = proc.poll()
             if code is None:
                 continue
+            if child.spec.name == "broker" and self.settings.embedded:
+                self.recycle_broker(f"the broker exited with code {code}")
+                return
             child.restarts += 1
             # Backoff grows for a child that keeps dying quickly, and resets after it ran a while.
             ran_s = now - child.started_at
@@ -208,21 +275,52 @@ class Supervisor:
             child.proc = None
             child.next_start_at = now + delay
 
+    def _watch_lag(self) -> None:
+        now = time.monotonic()
+        if self.lag_watch is None or now < self.next_lag_poll:
+            return
+        self.next_lag_poll = now + LAG_POLL_S
+        lag = features_lag_s(self.settings)
+        if self.lag_watch.observe(now, lag):
+            self.recycle_broker(f"the features stage has lagged {lag:.1f}s behind the market for "
+                                f"{self.lag_watch.policy.sustained_s:.0f}s")
+
+    def recycle_broker(self, reason: str) -> None:
+        """Restart the embedded broker empty, and the stages with it (see the module docstring)."""
+        self.recycles += 1
+        log.warning("RECYCLE broker #%d: %s. Tansu's memory store loses everything on restart, so the stages are "
+                    "restarted too and records in flight are lost (README, embedded broker caveats).",
+                    self.recycles, reason)
+        stages = [c for c in self.children if c.spec.name in STAGES]
+        broker = next(c for c in self.children if c.spec.name == "broker")
+        for child in reversed(stages):  # the source first, so less is in flight when the consumers go
+            self._stop(child, RECYCLE_STOP_S)
+        self._stop(broker, RECYCLE_STOP_S)
+        for child in [broker, *stages]:
+            if self.stopping:
+                return
+            self._start(child)
+            self._wait_ready(child)
+        if self.lag_watch is not None:
+            self.lag_watch.restarted(time.monotonic())
+
+    def _stop(self, child: Child, timeout_s: float) -> None:
+        proc = child.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=max(0.1, timeout_s))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in time; killing it", child.spec.name)
+            proc.kill()
+            proc.wait(timeout=2)
+        # uvicorn re-raises SIGTERM after its graceful shutdown, so -SIGTERM is a clean stop too.
+        clean = proc.returncode in (0, -signal.SIGTERM)
+        log.info("stopped %s (%s)", child.spec.name, "cleanly" if clean else f"exit code {proc.returncode}")
+
     def stop_all(self) -> None:
         """Stop children in reverse start order: stages drain and commit before the broker goes away."""
         deadline = time.monotonic() + STOP_GRACE_S
         for child in reversed(self.children):
-            proc = child.proc
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=max(0.1, min(8.0, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", child.spec.name)
-                proc.kill()
-                proc.wait(timeout=2)
-            # uvicorn re-raises SIGTERM after its graceful shutdown, so -SIGTERM is a clean stop too.
-            clean = proc.returncode in (0, -signal.SIGTERM)
-            log.info("stopped %s (%s)", child.spec.name,
-                     "cleanly" if clean else f"exit code {proc.returncode}")
+            self._stop(child, min(8.0, deadline - time.monotonic()))

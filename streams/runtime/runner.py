@@ -112,6 +112,7 @@ class StageRunner:
         self.tracer = make_tracer_provider(spec.name, settings).get_tracer(f"surge.{spec.name}")
         self.group_id = f"surge-{spec.name}"
         self.in_flight: deque[InFlightBatch] = deque()
+        self.fatal_client_error: KafkaError | None = None
 
     def run(self) -> int:
         settings = self.settings
@@ -122,7 +123,8 @@ class StageRunner:
             created = ensure_topics(settings)
             if created:
                 self.log.info("created topics %s", created)
-            producer = Producer(producer_config(settings, f"{self.group_id}-producer"))
+            producer = Producer({**producer_config(settings, f"{self.group_id}-producer"),
+                                 "error_cb": self._on_client_error})
             conf = {**consumer_config(settings, self.group_id), "on_commit": self._on_commit}
             if self.spec.fetch_wait_max_ms is not None:
                 conf["fetch.wait.max.ms"] = self.spec.fetch_wait_max_ms
@@ -178,6 +180,11 @@ class StageRunner:
             self.log.exception("outputs lost during a rebalance; their inputs will be redelivered")
         self.log.info("revoked %d partition(s)", len(partitions))
 
+    def _on_client_error(self, err: KafkaError) -> None:
+        # e.g. a fenced idempotent producer (a broker that lost its state): nothing more can be delivered.
+        if err.fatal():
+            self.fatal_client_error = err
+
     def _loop(self, consumer: Consumer, producer: Producer, state: Any) -> None:
         while not self.stop.stopped:
             msgs = self._next_batch(consumer)
@@ -185,9 +192,15 @@ class StageRunner:
                 self.handle_batch(producer, state, msgs)
             producer.poll(0)
             self._settle(consumer)
-            while len(self.in_flight) >= MAX_IN_FLIGHT:
+            warn_at = time.monotonic() + 5.0
+            while len(self.in_flight) >= MAX_IN_FLIGHT and not self.stop.stopped:
                 producer.poll(0.01)
                 self._settle(consumer)
+                if time.monotonic() >= warn_at:
+                    self.log.warning("%d batches await acknowledgement; broker may be down", len(self.in_flight))
+                    warn_at = time.monotonic() + 5.0
+            if self.fatal_client_error is not None:
+                raise FatalStageError(f"fatal Kafka client error: {self.fatal_client_error}")
 
     def _settle(self, consumer: Consumer, *, asynchronous: bool = True) -> None:
         """Commit the offsets of the oldest batches whose outputs are all acknowledged; stop at the first that

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     )
     poll_timeout_ms: int = Field(100, ge=1, description="Max wait for a batch's first record before idling")
     linger_ms: int = Field(2, ge=0, description="Producer linger")
+    # Tansu's memory store slows as it fills (README); `surge run` restarts it empty when the pipeline falls behind.
+    broker_recycle_lag_s: float = Field(5.0, ge=0, description="Embedded broker only: restart it (and the stages) "
+                                        "when the features stage's event-time lag stays above this; 0 disables")
+    broker_recycle_sustained_s: float = Field(10.0, gt=0, description="Embedded broker recycle: how long the lag "
+                                              "must stay above the threshold")
+    broker_recycle_grace_s: float = Field(90.0, gt=0, description="Embedded broker recycle: no recycle this soon "
+                                          "after the stages (re)started (covers a cold numba compile)")
     # The sink is off the signal path (consumers read signals.v1), so it batches for the warehouse's sake.
     sink_flush_ms: int = Field(250, ge=0, description="Sink: fill window per batch; fewer, larger inserts")
     sink_batch_max: int = Field(5000, ge=1, description="Sink: max records per batch")

@@ -139,6 +139,29 @@ def test_a_killed_stage_is_restarted_and_logged(surge_run: tuple[subprocess.Pope
              if _port_up(port) else False, 60, "restarted features healthy")
 
 
+def test_a_lost_broker_is_recycled_with_the_stages_and_signals_resume(surge_run: RunHandle) -> None:
+    """Tansu's memory store comes back empty: without restarting the stages their idempotent producers stay
+    fenced (unknown producer id) and their topics are gone, and the pipeline stalls for good."""
+    proc, handle = surge_run
+    match = re.findall(r"started broker \(pid (\d+)\)", run_log(handle))
+    assert match, run_log(handle)[-3000:]
+    killed_us = time.time_ns() // 1000
+    psutil.Process(int(match[-1])).kill()
+    wait_for(lambda: "RECYCLE broker #1: the broker exited with code -9" in run_log(handle), 30,
+             "the supervisor's recycle log line")
+    def since_recycle() -> str:
+        return run_log(handle).split("RECYCLE broker #1", 1)[1]
+
+    stages = ("broker", "ingest", "features", "infer", "decision", "sink")
+    wait_for(lambda: all(f"started {stage} (pid" in since_recycle() for stage in stages), 90,
+             "the broker and every stage started again")
+    # The new broker started empty, so every signal on it was made after the kill.
+    wait_for(lambda: any(r.value and int(r.value["ts"]["decision_us"]) > killed_us for r in tail(
+        handle.settings, Topic.SIGNALS, from_beginning=True, idle_timeout_s=1.0, max_messages=20)), 120,
+        "signals after the broker was recycled", interval_s=1)
+    assert proc.poll() is None
+
+
 def _port_up(port: int) -> bool:
     try:
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
