@@ -263,7 +263,7 @@ class Supervisor:
             code = proc.poll()
             if code is None:
                 continue
-            if child.spec.name == "broker" and self.settings.embedded:
+            if child.spec.name == "broker":  # planned only for the embedded broker
                 self.recycle_broker(f"the broker exited with code {code}")
                 return
             child.restarts += 1
