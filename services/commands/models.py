@@ -10,16 +10,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.registry.registry import ModelRegistry, RegistryError
+from streams.storage.registry import ModelRegistry, RegistryError
 
 models_app = typer.Typer(help="Model registry: versions, deploys, canaries, rollbacks (audited).",
                          no_args_is_help=True)
 
 
 def _registry() -> ModelRegistry:
-    from services.warehouse.client import apply_ddl, open_warehouse
     from streams.runtime.clock import LiveClock
     from streams.runtime.settings import Settings
+    from streams.storage.warehouse import apply_ddl, open_warehouse
 
     settings = Settings()
     warehouse = open_warehouse(settings.warehouse_url(), settings.clickhouse_database)

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 
 from services.gateway.deps import Resources
 from services.gateway.routers import dashboard, dead_letters, health, signals
-from services.warehouse.client import WarehouseError
 from streams.runtime.settings import Settings
+from streams.storage.warehouse import WarehouseError
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -8,9 +8,9 @@ from typing import Annotated
 import redis
 from fastapi import Depends, Request
 
-from services.warehouse.client import Warehouse, WarehouseError, open_warehouse
 from streams.runtime.settings import Settings
-from streams.sink.stage import open_redis
+from streams.storage.cache import open_redis
+from streams.storage.warehouse import Warehouse, WarehouseError, open_warehouse
 
 
 class Resources:

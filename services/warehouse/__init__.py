@@ -1,21 +1,2 @@
-"""The warehouse: one ``Warehouse`` API over ClickHouse (HTTP), embedded chdb, or the chdb-owning service."""
-
-from services.warehouse.client import (
-    ClickHouseWarehouse,
-    RemoteWarehouse,
-    Warehouse,
-    WarehouseError,
-    apply_ddl,
-    ddl_statements,
-    open_warehouse,
-)
-
-__all__ = [
-    "ClickHouseWarehouse",
-    "RemoteWarehouse",
-    "Warehouse",
-    "WarehouseError",
-    "apply_ddl",
-    "ddl_statements",
-    "open_warehouse",
-]
+"""The warehouse service: the process that owns the embedded chdb folder and serves it over HTTP
+(``server.py``). The client API every process uses lives in ``streams.storage.warehouse``."""

@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from services.warehouse.client import Warehouse, WarehouseError, apply_ddl, open_warehouse
+from streams.storage.warehouse import Warehouse, WarehouseError, apply_ddl, open_warehouse
 
 log = logging.getLogger("surge.warehouse")
 

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.registry.registry import ModelRecord, ModelRegistry, RegistryError
 from streams.infer.canary import CanaryPolicy
 from streams.infer.core import InferState, Serving
 from streams.infer.metrics import InferMetrics
 from streams.infer.model import Model, ModelError, load_model
+from streams.storage.registry import ModelRecord, ModelRegistry, RegistryError
 
 AUTO_ACTOR = "infer-auto"
 BOOTSTRAP_ACTOR = "infer-bootstrap"

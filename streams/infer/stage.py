@@ -52,8 +52,8 @@ def make_state(settings: Settings, registry: CollectorRegistry | None = None, cl
         model = load_model(model_dir(settings))
         warn_feature_version(model, log)
         return InferState(model, metrics=metrics, policy=canary_policy(settings))
-    from services.registry.registry import ModelRegistry
-    from services.warehouse.client import apply_ddl, open_warehouse
+    from streams.storage.registry import ModelRegistry
+    from streams.storage.warehouse import apply_ddl, open_warehouse
 
     registry_clock = clock or LiveClock()
 

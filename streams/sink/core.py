@@ -51,12 +51,6 @@ TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     DEAD_LETTERS: DEAD_LETTER_COLUMNS,
 })
 
-# Redis layout shared with the gateway.
-LATEST_KEY: Final = "surge:signals:latest"   # hash: symbol -> JSON of that symbol's latest signal
-RECENT_KEY: Final = "surge:signals:recent"   # list: JSON signals, newest first
-RECENT_MAX: Final = 1000
-CHANNEL: Final = "surge:signals"             # pub/sub: every new signal, for live dashboards
-
 DEFAULT_LRU_CAPACITY: Final = 200_000
 
 

@@ -21,19 +21,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import orjson
 import redis
 from google.protobuf.message import Message
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from services.warehouse.client import Warehouse, apply_ddl, open_warehouse
 from streams.runtime.clock import Clock
 from streams.runtime.core import FatalStageError, InRecord, Outputs, StageSpec
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 from streams.sink import core
-from streams.sink.core import CHANNEL, LATEST_KEY, RECENT_KEY, RECENT_MAX, TABLE_COLUMNS, SinkState
+from streams.sink.core import TABLE_COLUMNS, SinkState
+from streams.storage.cache import SignalCache, open_redis
+from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
 
 log = logging.getLogger("surge.sink")
 
@@ -82,14 +80,7 @@ def publish_signals(rt: SinkRuntime, docs: Sequence[dict[str, Any]]) -> None:
     if not docs:
         return
     try:
-        pipe = rt.redis.pipeline(transaction=False)
-        for doc in docs:
-            payload = orjson.dumps(doc)
-            pipe.hset(LATEST_KEY, doc["symbol"], payload)
-            pipe.lpush(RECENT_KEY, payload)  # pushed in arrival order, so the head is the newest
-            pipe.publish(CHANNEL, payload)
-        pipe.ltrim(RECENT_KEY, 0, RECENT_MAX - 1)
-        pipe.execute()
+        SignalCache(rt.redis).publish(docs)
     except redis.RedisError as exc:
         rt.redis_failures += 1
         log.warning("redis update of %d signal(s) failed: %s", len(docs), exc)
@@ -118,14 +109,6 @@ def process(batch: Sequence[InRecord[Message]], rt: SinkRuntime, clock: Clock) -
         raise
     flush(rt)
     return outputs
-
-
-def open_redis(url: str, timeout_s: float = 2.0) -> redis.Redis:
-    """A Redis client that fails fast: one immediate retry (a pooled connection gone stale after a Redis
-    restart), no backoff, short timeouts, so a Redis outage costs each batch milliseconds, not seconds."""
-    return redis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
-    )
 
 
 def make_runtime(settings: Settings) -> SinkRuntime:

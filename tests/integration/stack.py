@@ -116,7 +116,7 @@ class StackProcesses:
         produce_all(self.producer(), [(t, k, v, None) for t, k, v in records])
 
     def warehouse_rows(self, sql: str) -> list[dict[str, Any]]:
-        from services.warehouse.client import open_warehouse
+        from streams.storage.warehouse import open_warehouse
 
         wh = open_warehouse(self.settings.warehouse_url(), self.settings.clickhouse_database)
         try:

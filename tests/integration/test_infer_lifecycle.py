@@ -17,13 +17,13 @@ import pytest
 from confluent_kafka import Consumer
 
 from schemas import prediction_pb2
-from services.registry.registry import ModelRegistry
-from services.warehouse.client import open_warehouse
 from streams.infer.canary import is_canary_symbol
 from streams.infer.lifecycle import AUTO_ACTOR, BOOTSTRAP_ACTOR
 from streams.runtime.clock import LiveClock
 from streams.runtime.kafka import consumer_config
 from streams.runtime.topics import Topic
+from streams.storage.registry import ModelRegistry
+from streams.storage.warehouse import open_warehouse
 from tests.conftest import REPO_ROOT
 from tests.integration.stack import StackProcesses, http_ok, wait_for
 from tests.unit.test_infer_canary import feature_vector, toy_model

@@ -17,13 +17,13 @@ from fastapi.testclient import TestClient
 
 from schemas import SCHEMA_VERSION, common_pb2, dlq_pb2, prediction_pb2, signal_pb2
 from services.gateway.app import create_app
-from services.warehouse.client import Warehouse, apply_ddl, open_warehouse
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord
 from streams.runtime.settings import Settings
 from streams.sink import stage
-from streams.sink.core import CHANNEL, RECENT_KEY
 from streams.sink.stage import SinkRuntime
+from streams.storage.cache import CHANNEL, RECENT_KEY, open_redis
+from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
 
 pytestmark = pytest.mark.unit
 
@@ -79,7 +79,7 @@ class Env:
     folder: Path
 
     def sink(self) -> SinkRuntime:
-        return SinkRuntime(warehouse=self.warehouse, redis=stage.open_redis(self.redis_url))
+        return SinkRuntime(warehouse=self.warehouse, redis=open_redis(self.redis_url))
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from services.registry.registry import ModelRegistry
-from services.warehouse.client import Warehouse, apply_ddl, open_warehouse
 from streams.infer.canary import CanaryPolicy, is_canary_symbol
 from streams.infer.lifecycle import AUTO_ACTOR, BOOTSTRAP_ACTOR, RegistryWatcher
 from streams.infer.model import load_model
 from streams.runtime.clock import ManualClock
+from streams.storage.registry import ModelRegistry
+from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
 from tests.unit.test_infer_canary import SYMBOLS, feature_vector, preds, run, toy_model
 
 pytestmark = pytest.mark.unit

@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.registry.registry import ModelRegistry, RegistryError
-from services.warehouse.client import Warehouse, apply_ddl, open_warehouse
 from streams.runtime.clock import ManualClock
+from streams.storage.registry import ModelRegistry, RegistryError
+from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
 
 pytestmark = pytest.mark.unit
 

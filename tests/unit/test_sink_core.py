@@ -14,7 +14,6 @@ import pytest
 import redis
 
 from schemas import SCHEMA_VERSION, common_pb2, dlq_pb2, outcome_pb2, prediction_pb2, signal_pb2
-from services.warehouse.client import Warehouse, apply_ddl, open_warehouse
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import FatalStageError, InRecord
 from streams.runtime.settings import Settings
@@ -30,6 +29,8 @@ from streams.sink.core import (
     process,
 )
 from streams.sink.stage import SinkRuntime, SinkWriteError
+from streams.storage.cache import open_redis
+from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.unit
@@ -250,7 +251,7 @@ class FakeWarehouse:
 
 
 def dead_redis(tmp_path: Path) -> redis.Redis:
-    return stage.open_redis(f"unix://{tmp_path / 'nobody-listens.sock'}")
+    return open_redis(f"unix://{tmp_path / 'nobody-listens.sock'}")
 
 
 def runtime(wh: Warehouse, r: redis.Redis) -> SinkRuntime:

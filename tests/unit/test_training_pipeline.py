@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from services.registry.registry import record_from_artifact
 from services.training.dataset import DataError, kline_time_range
 from services.training.metrics import (
     probability_metrics,
@@ -31,6 +30,7 @@ from services.training.metrics import (
 from services.training.score import detect_kind, score
 from services.training.train import TrainConfig, train
 from streams.infer.model import load_model
+from streams.storage.registry import record_from_artifact
 
 pytestmark = pytest.mark.unit
 

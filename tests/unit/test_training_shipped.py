@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from schemas import prediction_pb2, signal_pb2
-from services.registry.registry import record_from_artifact
 from streams.decision.core import DecisionState, evaluate
 from streams.features.definitions import FEATURE_VERSION
 from streams.infer.model import load_model
 from streams.runtime.settings import Settings
+from streams.storage.registry import record_from_artifact
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.unit

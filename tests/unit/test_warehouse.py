@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.warehouse.client import (
+from streams.storage.warehouse import (
     ClickHouseWarehouse,
     RemoteWarehouse,
     Warehouse,

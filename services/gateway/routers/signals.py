@@ -13,7 +13,8 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
 from services.gateway.deps import RedisDep, WarehouseDep
-from streams.sink.core import LATEST_KEY, RECENT_KEY, RECENT_MAX, SIGNAL_COLUMNS
+from streams.sink.core import SIGNAL_COLUMNS
+from streams.storage.cache import RECENT_MAX, SignalCache
 
 router = APIRouter(prefix="/signals", tags=["signals"])
 
@@ -131,18 +132,8 @@ def latest_signals(
 ) -> list[SignalOut]:
     """The most recent signals, newest first, from the sink's Redis list (the last 1000 signals)."""
     want_symbol, want_decision, want_tier = norm_symbol(symbol), norm_decision(decision), norm_tier(tier)
-    raw: list[bytes] = cache.lrange(RECENT_KEY, 0, RECENT_MAX - 1)  # type: ignore[assignment]
-    seen: set[str] = set()
     out: list[SignalOut] = []
-    for item in raw:
-        try:
-            doc = orjson.loads(item)
-        except orjson.JSONDecodeError:
-            continue
-        sid = doc.get("signal_id")
-        if sid in seen:  # a sink restart can re-push a redelivered signal
-            continue
-        seen.add(sid)
+    for doc in SignalCache(cache).recent():
         if want_symbol and doc.get("symbol") != want_symbol:
             continue
         if want_decision and doc.get("decision") != want_decision:
@@ -158,9 +149,7 @@ def latest_signals(
 @router.get("/latest", response_model=list[SignalOut])
 def latest_per_symbol(cache: RedisDep) -> list[SignalOut]:
     """The latest signal of every symbol, by symbol."""
-    raw: dict[bytes, bytes] = cache.hgetall(LATEST_KEY)  # type: ignore[assignment]
-    docs = sorted((orjson.loads(v) for v in raw.values()), key=lambda d: str(d.get("symbol", "")))
-    return [SignalOut.model_validate(_clean(d)) for d in docs]
+    return [SignalOut.model_validate(_clean(d)) for d in SignalCache(cache).latest()]
 
 
 def _where(symbol: str | None, since_us: int | None) -> tuple[str, dict[str, Any]]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from services.warehouse.client import Warehouse
 from streams.runtime.clock import Clock
+from streams.storage.warehouse import Warehouse
 
 COLUMNS = (
     "model_version", "feature_version", "horizons", "metrics", "config", "calibration_ece", "artifact_path",

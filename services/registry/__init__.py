@@ -1,1 +1,0 @@
-"""Model registry: versions, deploys, canaries and rollbacks in ClickHouse, artifacts on disk, audited."""

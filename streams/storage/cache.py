@@ -1,0 +1,73 @@
+"""Redis access shared by the sink (writer) and the gateway (reader): one key layout, one client factory.
+
+Redis is a cache for the live dashboard and "latest" reads, never the record: the warehouse is. Layout:
+
+* ``LATEST_KEY``: hash, symbol -> JSON of that symbol's latest signal
+* ``RECENT_KEY``: list of JSON signals, newest first, at most ``RECENT_MAX``
+* ``CHANNEL``: pub/sub, every new signal, for live dashboards
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import orjson
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+LATEST_KEY: Final = "surge:signals:latest"
+RECENT_KEY: Final = "surge:signals:recent"
+RECENT_MAX: Final = 1000
+CHANNEL: Final = "surge:signals"
+
+
+def open_redis(url: str, timeout_s: float = 2.0) -> redis.Redis:
+    """A Redis client that fails fast: one immediate retry (a pooled connection gone stale after a Redis
+    restart), no backoff, short timeouts, so a Redis outage costs each batch milliseconds, not seconds."""
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
+    )
+
+
+class SignalCache:
+    """The signal documents in Redis (``streams.sink.core.signal_doc`` shape), written by the sink."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def publish(self, docs: Sequence[dict[str, Any]]) -> None:
+        """Latest per symbol, the recent list and pub/sub in one pipelined round trip; raises RedisError."""
+        if not docs:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for doc in docs:
+            payload = orjson.dumps(doc)
+            pipe.hset(LATEST_KEY, doc["symbol"], payload)
+            pipe.lpush(RECENT_KEY, payload)  # pushed in arrival order, so the head is the newest
+            pipe.publish(CHANNEL, payload)
+        pipe.ltrim(RECENT_KEY, 0, RECENT_MAX - 1)
+        pipe.execute()
+
+    def recent(self) -> list[dict[str, Any]]:
+        """The recent list, newest first, each signal once (a sink restart can re-push a redelivered one)."""
+        raw: list[bytes] = self.client.lrange(RECENT_KEY, 0, RECENT_MAX - 1)  # type: ignore[assignment]  # sync client
+        seen: set[str] = set()
+        docs: list[dict[str, Any]] = []
+        for item in raw:
+            try:
+                doc = orjson.loads(item)
+            except orjson.JSONDecodeError:
+                continue
+            sid = doc.get("signal_id")
+            if sid in seen:
+                continue
+            seen.add(sid)
+            docs.append(doc)
+        return docs
+
+    def latest(self) -> list[dict[str, Any]]:
+        """The latest signal of every symbol, sorted by symbol."""
+        raw: dict[bytes, bytes] = self.client.hgetall(LATEST_KEY)  # type: ignore[assignment]  # sync client
+        return sorted((orjson.loads(v) for v in raw.values()), key=lambda d: str(d.get("symbol", "")))
