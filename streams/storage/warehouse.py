@@ -26,6 +26,11 @@ class WarehouseError(RuntimeError):
     """A statement the warehouse rejected or could not run (bad SQL, unreachable server, ...)."""
 
 
+class WarehouseUnavailable(WarehouseError):
+    """The warehouse could not be reached or answered as down (connection refused, timeout, 5xx): the same
+    statement may succeed later. Any other ``WarehouseError`` means the statement itself was refused."""
+
+
 @runtime_checkable
 class Warehouse(Protocol):
     """What the rest of surge needs from ClickHouse. Unqualified table names resolve to ``database``."""
@@ -70,13 +75,15 @@ class ClickHouseWarehouse:
         self._lock: threading.Lock | None = threading.Lock() if serialise else None
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from clickhouse_connect.driver.exceptions import ClickHouseError
+        from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
         try:
             if self._lock is None:
                 return fn(*args, **kwargs)
             with self._lock:
                 return fn(*args, **kwargs)
+        except OperationalError as exc:  # connection-level: the server is down or unreachable
+            raise WarehouseUnavailable(str(exc)) from exc
         except ClickHouseError as exc:
             raise WarehouseError(str(exc)) from exc
 
@@ -109,7 +116,9 @@ class RemoteWarehouse:
         try:
             resp = self._http.post(path, content=orjson.dumps(body), headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
-            raise WarehouseError(f"warehouse service {self.base_url} unreachable: {exc}") from exc
+            raise WarehouseUnavailable(f"warehouse service {self.base_url} unreachable: {exc}") from exc
+        if resp.status_code >= 500:
+            raise WarehouseUnavailable(_error_text(resp))
         if resp.status_code != 200:
             raise WarehouseError(_error_text(resp))
         return orjson.loads(resp.content)
