@@ -20,6 +20,12 @@ class FatalStageError(Exception):
     the batch or commit its offsets; the stage exits and is restarted, and the batch is read again."""
 
 
+class DownstreamUnavailable(Exception):
+    """Raised by a stage's ``flush`` when the store it writes is down (not the data's fault). The runner pauses
+    the consumer, reports unhealthy, and retries the same flush with backoff, without limit; nothing is
+    committed, dropped or dead-lettered meanwhile. ``flush`` must keep what it has not yet written."""
+
+
 @dataclass(frozen=True, slots=True)
 class InRecord(Generic[M]):
     """One decoded input message and where it came from."""
@@ -75,3 +81,10 @@ class StageSpec(Generic[S]):
     batch_timeout_ms: int | None = None  # fill window after the first record; overrides Settings.batch_timeout_ms
     fetch_wait_max_ms: int | None = None  # overrides Settings.fetch_wait_max_ms for stages off the latency path
     on_close: Callable[[S], None] | None = None
+    # A batching sink: called after ``process`` and before the batch's offsets can be committed, so the core
+    # stays pure and the I/O happens at commit time. Returns the records the store refused (dead-lettered);
+    # raises DownstreamUnavailable while the store is down.
+    flush: Callable[[S], list[Reject]] | None = None
+    # Captures the state before a batch and returns the function that puts it back, so that after a failed batch
+    # the record-by-record retry starts from the state the batch found, not one the batch half changed.
+    checkpoint: Callable[[S], Callable[[], None]] | None = None

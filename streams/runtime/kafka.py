@@ -113,9 +113,17 @@ class DeliveryFailed(RuntimeError):
 KafkaRecord = tuple[str, str | bytes, bytes, list[tuple[str, str | bytes | None]] | None]
 
 
-def produce_nowait(producer: Producer, records: Sequence[KafkaRecord], tracker: DeliveryTracker) -> None:
-    """Hand records to the producer; ``tracker`` counts their acknowledgements as callbacks are served."""
-    for topic, key, value, headers in records:
+def produce_nowait(
+    producer: Producer, records: Sequence[KafkaRecord], tracker: DeliveryTracker
+) -> list[tuple[KafkaRecord, str]]:
+    """Hand records to the producer; ``tracker`` counts their acknowledgements as callbacks are served.
+
+    Returns the records the producer refused outright (e.g. larger than ``message.max.bytes``), with the reason,
+    so the caller can dead-letter them: retrying such a record can never succeed.
+    """
+    refused: list[tuple[KafkaRecord, str]] = []
+    for record in records:
+        topic, key, value, headers = record
         while True:
             try:
                 tracker.expect()
@@ -124,6 +132,14 @@ def produce_nowait(producer: Producer, records: Sequence[KafkaRecord], tracker: 
             except BufferError:
                 tracker.expect(-1)
                 producer.poll(0.05)  # local queue full: serve callbacks to make room
+            except KafkaException as exc:
+                tracker.expect(-1)
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                refused.append((record, f"{topic} record of {len(value)} bytes exceeds the producer's "
+                                        "message.max.bytes"))
+                break
+    return refused
 
 
 def produce_all(
@@ -136,7 +152,9 @@ def produce_all(
     this batch: the caller must not commit, and the records will be re-read after a restart.
     """
     tracker = DeliveryTracker()
-    produce_nowait(producer, records, tracker)
+    refused = produce_nowait(producer, records, tracker)
+    if refused:
+        raise DeliveryFailed(f"{len(refused)} record(s) refused by the producer: {[r for _, r in refused[:3]]}")
     while tracker.pending > 0:
         producer.flush(1.0)
         if tracker.pending > 0:

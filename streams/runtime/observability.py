@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,13 +72,25 @@ class StageMetrics:
 
 
 class HealthState:
-    """Liveness and readiness flags a stage flips; read by the HTTP server thread."""
+    """Liveness and readiness a stage reports; read by the HTTP server thread.
 
-    def __init__(self) -> None:
+    Readiness also needs progress: the loop calls ``beat()`` whenever it completes a batch or an idle poll, and a
+    stage that has not beaten for ``stall_after_s`` (a hung core, a wait for acks that never come) is not ready,
+    whatever its flag says.
+    """
+
+    def __init__(self, stall_after_s: float = 30.0, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._ready = False
         self._live = True
         self._detail: dict[str, str] = {}
+        self._stall_after_s = stall_after_s
+        self._monotonic = monotonic
+        self._last_beat = monotonic()
+
+    def beat(self) -> None:
+        with self._lock:
+            self._last_beat = self._monotonic()
 
     def set_ready(self, ready: bool, **detail: str) -> None:
         with self._lock:
@@ -91,7 +104,13 @@ class HealthState:
 
     def snapshot(self) -> tuple[bool, bool, dict[str, str]]:
         with self._lock:
-            return self._live, self._ready, dict(self._detail)
+            detail = dict(self._detail)
+            idle_s = self._monotonic() - self._last_beat
+            ready = self._ready
+            if ready and idle_s > self._stall_after_s:
+                ready = False
+                detail["stalled_s"] = f"{idle_s:.1f}"
+            return self._live, ready, detail
 
 
 def serve_health(

@@ -24,9 +24,10 @@ from opentelemetry import context as otel_context
 from opentelemetry.propagate import inject
 from opentelemetry.trace import Link, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import Gauge
 
 from streams.runtime.clock import Clock, LiveClock
-from streams.runtime.core import FatalStageError, InRecord, Outputs, Reject, StageSpec
+from streams.runtime.core import DownstreamUnavailable, FatalStageError, InRecord, Outputs, Reject, StageSpec
 from streams.runtime.dlq import dead_letter
 from streams.runtime.kafka import (
     DeliveryFailed,
@@ -51,6 +52,14 @@ PROPAGATOR = TraceContextTextMapPropagator()
 MAX_IN_FLIGHT = 16
 # While outputs await acks, the consumer is polled this briefly so acks are noticed (and committed) promptly.
 SETTLE_POLL_S = 0.002
+# A flush that finds its store down is retried after this, doubling up to Settings.sink_backoff_max_s.
+BACKOFF_START_S = 0.1
+# Bytes of an unproducible output kept in its dead letter, well below any broker's message limit.
+REFUSED_PAYLOAD_HEAD = 64 * 1024
+
+
+class StopDuringBackpressure(Exception):
+    """SIGTERM arrived while a flush waited for its store; the batch is left uncommitted."""
 
 
 @dataclass(slots=True)
@@ -107,12 +116,16 @@ class StageRunner:
         self.clock: Clock = clock or LiveClock()
         self.log = logging.getLogger(f"surge.{spec.name}")
         self.metrics = StageMetrics.create(spec.name)
-        self.health = HealthState()
+        self.health = HealthState(stall_after_s=settings.stall_readiness_s)
         self.stop = StopFlag()
         self.tracer = make_tracer_provider(spec.name, settings).get_tracer(f"surge.{spec.name}")
         self.group_id = f"surge-{spec.name}"
         self.in_flight: deque[InFlightBatch] = deque()
         self.fatal_client_error: KafkaError | None = None
+        # Records polled while the consumer is paused for backpressure; they lead the next batch, never dropped.
+        self.stash: list[KafkaMessage] = []
+        self.backpressure_active = Gauge("surge_backpressure_active", "1 while the stage's store is down and its "
+                                          "consumer paused", ["stage"], registry=self.metrics.registry)
 
     def run(self) -> int:
         settings = self.settings
@@ -139,6 +152,9 @@ class StageRunner:
             self.log.info("stage %s consuming %s", self.spec.name, [t.value for t in self.spec.input_topics])
             try:
                 self._loop(consumer, producer, state)
+            except StopDuringBackpressure:
+                self.log.warning("stopped while the store was down: the unflushed batch is not committed and will "
+                                 "be read again")
             except FatalStageError as exc:
                 self.log.error("fatal: %s; exiting without committing the batch, to be restarted", exc)
                 return 1
@@ -189,9 +205,11 @@ class StageRunner:
         while not self.stop.stopped:
             msgs = self._next_batch(consumer)
             if msgs:
-                self.handle_batch(producer, state, msgs)
+                self.handle_batch(consumer, producer, state, msgs)
             producer.poll(0)
             self._settle(consumer)
+            if len(self.in_flight) < MAX_IN_FLIGHT:
+                self.health.beat()  # a batch done or an idle poll: the loop is making progress
             warn_at = time.monotonic() + 5.0
             while len(self.in_flight) >= MAX_IN_FLIGHT and not self.stop.stopped:
                 producer.poll(0.01)
@@ -235,6 +253,9 @@ class StageRunner:
         batch_max = self.spec.batch_max or self.settings.batch_max
         fill_ms = self.spec.batch_timeout_ms if self.spec.batch_timeout_ms is not None else \
             self.settings.batch_timeout_ms
+        if self.stash:
+            msgs, self.stash = self.stash, []
+            return msgs
         timeout_s = SETTLE_POLL_S if self.in_flight else self.settings.poll_timeout_ms / 1000.0
         first = consumer.poll(timeout_s)
         if first is None:
@@ -251,7 +272,7 @@ class StageRunner:
                 msgs.extend(consumer.consume(num_messages=batch_max - len(msgs), timeout=remaining))
         return msgs
 
-    def handle_batch(self, producer: Producer, state: Any, msgs: list[KafkaMessage]) -> None:
+    def handle_batch(self, consumer: Consumer, producer: Producer, state: Any, msgs: list[KafkaMessage]) -> None:
         """Decode, process and produce one batch; it stays in flight until ``_settle`` sees it acknowledged."""
         name = self.spec.name
         now_us = self.clock.now_us()
@@ -305,6 +326,8 @@ class StageRunner:
                 started = time.perf_counter()
                 outputs = self._process_isolating_failures(records, state)
                 self.metrics.processing_seconds.labels(name).observe(time.perf_counter() - started)
+                if self.spec.flush is not None:
+                    outputs.rejects.extend(self._flush_with_backpressure(consumer, producer, state))
                 span.set_attribute("surge.emits", len(outputs.emits))
                 carrier: dict[str, str] = {}
                 inject(carrier)
@@ -326,24 +349,93 @@ class StageRunner:
         batch = InFlightBatch(DeliveryTracker(), offsets,
                               [emit.exchange_us for emit in outputs.emits if emit.exchange_us > 0],
                               [emit.topic.value for emit in outputs.emits])
-        produce_nowait(producer, kafka_out, batch.tracker)
+        refused = produce_nowait(producer, kafka_out, batch.tracker)
+        if refused:
+            produce_nowait(producer, [self._refused_letter(rec, why, now_us) for rec, why in refused], batch.tracker)
         self.in_flight.append(batch)
 
+    def _refused_letter(self, record: KafkaRecord, reason: str, now_us: int) -> KafkaRecord:
+        """A dead letter for an output the producer cannot send (too large): its head is kept, so the DLQ
+        record itself fits, and the reason says how large it was."""
+        topic, key, value, _ = record
+        self.metrics.dlq.labels(self.spec.name, "output_too_large").inc()
+        self.log.error("dead-lettering an unproducible output: %s", reason)
+        return dead_letter(stage=self.spec.name, source_topic=topic, source_partition=-1, source_offset=-1,
+                           key=key if isinstance(key, bytes) else key.encode(), payload=value[:REFUSED_PAYLOAD_HEAD],
+                           error_type="output_too_large", reason=f"{reason}; payload truncated to its first "
+                           f"{min(len(value), REFUSED_PAYLOAD_HEAD)} bytes", now_us=now_us)
+
+    def _flush_with_backpressure(self, consumer: Consumer, producer: Producer, state: Any) -> list[Reject]:
+        """Run the stage's flush; while its store is down, pause the consumer and retry with capped exponential
+        backoff for as long as it takes, reporting unhealthy. Nothing is committed or dropped meanwhile."""
+        assert self.spec.flush is not None
+        delay_s = BACKOFF_START_S
+        paused: list[TopicPartition] = []
+        try:
+            while True:
+                try:
+                    return self.spec.flush(state)
+                except DownstreamUnavailable as exc:
+                    if not paused:
+                        paused = list(consumer.assignment())
+                        consumer.pause(paused)
+                        self.backpressure_active.labels(self.spec.name).set(1)
+                        self.log.warning("store unavailable, consumer paused, retrying with backoff: %s", exc)
+                    self.health.set_live(False, phase="backpressure", downstream="unavailable")
+                    self.health.set_ready(False, phase="backpressure")
+                    self._wait_paused(consumer, producer, delay_s, paused)
+                    delay_s = min(delay_s * 2, self.settings.sink_backoff_max_s)
+        finally:
+            if paused:
+                current = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+                consumer.resume([tp for tp in paused if (tp.topic, tp.partition) in current])
+                self.backpressure_active.labels(self.spec.name).set(0)
+                self.health.set_live(True, downstream="ok")
+                self.health.set_ready(True, phase="consuming")
+                self.log.info("store reachable again; consumer resumed")
+
+    def _wait_paused(self, consumer: Consumer, producer: Producer, seconds: float,
+                     paused: list[TopicPartition]) -> None:
+        """Keep group membership and earlier acks moving while paused; stop promptly on SIGTERM."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.stopped:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            msg = consumer.poll(min(remaining, 0.2))  # paused partitions yield nothing; a new assignment might
+            if msg is not None:
+                self.stash.append(msg)
+                newly = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in
+                         {(p.topic, p.partition) for p in paused}]
+                consumer.pause(newly)
+                paused.extend(newly)
+            producer.poll(0)
+            self._settle(consumer)
+        raise StopDuringBackpressure
+
     def _process_isolating_failures(self, records: Sequence[InRecord[Any]], state: Any) -> Outputs:
-        """Run the core on the batch; if it raises, retry record by record and dead-letter the culprits."""
+        """Run the core on the batch; if it raises, roll the state back to before the batch (when the stage can
+        checkpoint), then retry record by record, each from its own checkpoint, and dead-letter the culprits."""
+        checkpoint = self.spec.checkpoint
+        restore = checkpoint(state) if checkpoint is not None else None
         try:
             return self.spec.process(records, state, self.clock)
         except FatalStageError:
             raise
         except Exception:
             self.log.exception("process() failed on a batch of %d; isolating the bad record(s)", len(records))
+        if restore is not None:
+            restore()
         merged = Outputs()
         for rec in records:
+            restore = checkpoint(state) if checkpoint is not None else None
             try:
                 merged.extend(self.spec.process([rec], state, self.clock))
             except FatalStageError:
                 raise
             except Exception as exc:
+                if restore is not None:
+                    restore()
                 merged.rejects.append(Reject(rec, "processing_error", f"{type(exc).__name__}: {exc}"))
         return merged
 

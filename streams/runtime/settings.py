@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     sink_flush_ms: int = Field(250, ge=0, description="Sink: fill window per batch; fewer, larger inserts")
     sink_batch_max: int = Field(5000, ge=1, description="Sink: max records per batch")
     sink_fetch_wait_max_ms: int = Field(100, ge=1, description="Sink: broker-side fetch wait (fewer idle fetches)")
+    sink_backoff_max_s: float = Field(5.0, gt=0, description="Sink: longest pause between retries while the "
+                                      "warehouse is down (retries never stop; the consumer is paused meanwhile)")
+    stall_readiness_s: float = Field(30.0, gt=0, description="A stage whose loop has made no progress (no batch "
+                                     "done, no idle poll) for this long reports /readyz 503")
 
     # Sources.
     source: str = Field("auto", description="auto | sim | live | replay:PATH")
@@ -137,6 +141,13 @@ class Settings(BaseSettings):
                                                "old captures)")
     features_resume_lag_s: float = Field(1.0, ge=0, description="Features: dropped tiers come back once the "
                                          "event-time lag is at or below this")
+
+    # Input validation (streams/runtime/validate.py), against each stage's clock.
+    max_clock_skew_s: float = Field(60.0, ge=0, description="All stages: an event time (or stage stamp) more "
+                                    "than this ahead of the stage's clock is dead-lettered (0: no bound)")
+    max_event_age_s: float = Field(315_360_000.0, ge=0, description="All stages: an event time older than this "
+                                   "by the stage's clock is dead-lettered; 10 years, so replays of old captures "
+                                   "pass (0: no bound)")
 
     @model_validator(mode="before")
     @classmethod

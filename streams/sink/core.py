@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
+import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -25,6 +27,7 @@ from google.protobuf.message import Message
 from schemas import common_pb2, dlq_pb2, outcome_pb2, prediction_pb2, signal_pb2
 from streams.runtime.clock import Clock
 from streams.runtime.core import InRecord, Outputs, Reject
+from streams.storage.schema import insertable_columns
 
 SIGNALS: Final = "signals"
 OUTCOMES: Final = "outcomes"
@@ -50,6 +53,9 @@ TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     OUTCOMES: OUTCOME_COLUMNS,
     DEAD_LETTERS: DEAD_LETTER_COLUMNS,
 })
+# Types of the inserted columns, read from the DDL itself so the pre-insert check cannot drift from the tables.
+COLUMN_TYPES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
+    {table: insertable_columns(table) for table in TABLE_COLUMNS})
 
 DEFAULT_LRU_CAPACITY: Final = 200_000
 
@@ -85,27 +91,52 @@ def _empty_tables() -> dict[str, list[Any]]:
 
 @dataclass(slots=True)
 class SinkState:
+    """Rows waiting for the stage's flush. Per table, ``pending``, ``pending_keys`` and ``pending_records`` are
+    parallel lists (row, its dedup key, the input it came from, for dead-lettering a row the warehouse refuses);
+    ``pending_signals`` runs parallel to the signals rows (their Redis documents)."""
+
     written: RecentIds = field(default_factory=RecentIds)
     pending: dict[str, list[list[Any]]] = field(default_factory=_empty_tables)
-    # Dedup keys of the pending rows, per table, so they can be marked written once that table's insert succeeds.
     pending_keys: dict[str, list[str]] = field(default_factory=_empty_tables)
-    # JSON-ready documents of the pending signals, in arrival order, for Redis.
+    pending_records: dict[str, list[InRecord[Any]]] = field(default_factory=_empty_tables)
     pending_signals: list[dict[str, Any]] = field(default_factory=list)
+    # Within a flush that has not finished yet (kept across its retries after an outage): the indices of the
+    # pending rows already stored or refused, and the refused rows' dead letters.
+    done: dict[str, set[int]] = field(default_factory=lambda: {table: set() for table in TABLE_COLUMNS})
+    refused: list[Reject] = field(default_factory=list)
     duplicates_skipped: int = 0
 
     def has_pending(self) -> bool:
         return any(self.pending.values())
 
-    def mark_written(self, table: str) -> None:
-        for key in self.pending_keys[table]:
-            self.written.add(key)
-        self.pending[table] = []
-        self.pending_keys[table] = []
+    def mark_written(self, table: str, indices: Collection[int] | None = None) -> None:
+        """Record the keys of the rows at ``indices`` (default: all pending rows of ``table``) as written and
+        take those rows out of the pending lists."""
+        rows = self.pending[table]
+        done = set(range(len(rows))) if indices is None else set(indices)
+        for i in sorted(done):
+            self.written.add(self.pending_keys[table][i])
+        self.drop_pending(table, done)
+
+    def drop_pending(self, table: str, indices: Collection[int]) -> None:
+        gone = set(indices)
+
+        def keep(values: list[Any]) -> list[Any]:
+            return [v for i, v in enumerate(values) if i not in gone]
+
+        self.pending[table] = keep(self.pending[table])
+        self.pending_keys[table] = keep(self.pending_keys[table])
+        self.pending_records[table] = keep(self.pending_records[table])
+        if table == SIGNALS:
+            self.pending_signals = keep(self.pending_signals)
 
     def clear_pending(self) -> None:
         self.pending = _empty_tables()
         self.pending_keys = _empty_tables()
+        self.pending_records = _empty_tables()
         self.pending_signals = []
+        self.done = {table: set() for table in TABLE_COLUMNS}
+        self.refused = []
 
 
 def enum_name(enum: Any, number: int) -> str:
@@ -242,16 +273,70 @@ def process(batch: Sequence[InRecord[Message]], state: SinkState, clock: Clock) 
         if key in batch_keys or key in state.written:
             state.duplicates_skipped += 1
             continue
+        doc: dict[str, Any] | None = None
         if isinstance(value, signal_pb2.Signal):
             doc = signal_doc(value, stored_us)
             row = signal_row(doc)
-            state.pending_signals.append(doc)
         elif isinstance(value, outcome_pb2.Outcome):
             row = outcome_row(value, stored_us)
         else:
             assert isinstance(value, dlq_pb2.DeadLetter)
             row = dead_letter_row(value, stored_us)
+        problem = row_problem(table, row)
+        if problem is not None:
+            out.rejects.append(Reject(record, "invalid_row", f"{table}: {problem}"))
+            continue
+        if doc is not None:
+            state.pending_signals.append(doc)
         state.pending[table].append(row)
         state.pending_keys[table].append(key)
+        state.pending_records[table].append(record)
         batch_keys.add(key)
     return out
+
+
+def row_problem(table: str, row: Sequence[Any]) -> str | None:
+    """Why the warehouse could not store ``row`` faithfully (a NaN Float64, an out-of-range integer...), or None.
+
+    Checked before insert, against the column types of the DDL, so one bad value is dead-lettered on its own
+    instead of failing the whole insert (JSON has no NaN: it would arrive as null and the insert would fail).
+    """
+    for name, value in zip(TABLE_COLUMNS[table], row, strict=True):
+        problem = value_problem(COLUMN_TYPES[table][name], value)
+        if problem is not None:
+            return f"{name} = {value!r:.80}: {problem}"
+    return None
+
+
+_INT_TYPE = re.compile(r"^(U?)Int(8|16|32|64)$")
+
+
+def value_problem(column_type: str, value: Any) -> str | None:
+    base = column_type
+    if base.startswith("LowCardinality(") and base.endswith(")"):
+        base = base[len("LowCardinality("):-1]
+    if base.startswith("Array(") and base.endswith(")"):
+        if not isinstance(value, list):
+            return f"{column_type} needs a list"
+        return next((f"item {v!r:.40}: {p}" for v in value if (p := value_problem(base[6:-1], v)) is not None), None)
+    if base in ("Float64", "Float32"):
+        return _float_problem(column_type, value)
+    match = _INT_TYPE.match(base)
+    if match is not None:
+        return _int_problem(column_type, value, unsigned=bool(match.group(1)), bits=int(match.group(2)))
+    if base == "String":
+        return None if isinstance(value, str) else f"{column_type} needs a string"
+    return f"no check for column type {column_type}"
+
+
+def _float_problem(column_type: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{column_type} needs a number"
+    return None if math.isfinite(value) else f"{column_type} must be finite"
+
+
+def _int_problem(column_type: str, value: Any, *, unsigned: bool, bits: int) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{column_type} needs an integer"
+    low, high = (0, 2**bits - 1) if unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return None if low <= value <= high else f"outside {column_type} [{low}, {high}]"

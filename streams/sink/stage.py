@@ -1,47 +1,38 @@
-"""Sink stage: run the pure core, then write its rows to the warehouse and Redis before offsets are committed.
+"""Sink stage: the pure core turns records into rows; ``flush`` writes them at commit time.
 
-Order inside one ``process`` call: core -> insert signals -> Redis (latest hash, recent list, pub/sub) ->
-insert outcomes -> insert dead letters. The runner commits offsets only after ``process`` returns, so a batch
-is committed only once everything in it is stored.
+The runner calls ``process`` (pure: rows are validated against the DDL's column types and queued, bad ones
+rejected to dlq.v1) and then ``flush``, before the batch's offsets can be committed. Order inside a flush:
+insert signals -> Redis (latest hash, recent list, pub/sub) -> insert outcomes -> insert dead letters.
 
 Failure policy:
 
-* Warehouse: each insert is retried with backoff; if it still fails, ``SinkWriteError`` is raised. It is a
-  ``FatalStageError``: the runner would otherwise isolate the failure by dead-lettering records one by one,
-  which during a warehouse outage would divert every good record to the DLQ. Instead nothing is committed,
-  the stage exits, the supervisor restarts it, and the batch is read again.
+* Warehouse down (``WarehouseUnavailable``: connection refused, timeout, 5xx): ``DownstreamUnavailable`` is raised,
+  the runner pauses the consumer, reports unhealthy, and retries the same flush with backoff for as long as the
+  outage lasts. What a flush already wrote stays written (and de-duplicated); nothing is dropped or committed.
+* Warehouse refuses an insert (any other ``WarehouseError``): the batch is bisected until the refused rows are
+  found; they go to dlq.v1 with the warehouse's reason and every other row is stored.
 * Redis is a cache for the live dashboard, not the record: a failure is logged and counted, never raised.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
 
 import redis
 from google.protobuf.message import Message
 
 from streams.runtime.clock import Clock
-from streams.runtime.core import FatalStageError, InRecord, Outputs, StageSpec
+from streams.runtime.core import DownstreamUnavailable, InRecord, Outputs, Reject, StageSpec
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 from streams.sink import core
 from streams.sink.core import TABLE_COLUMNS, SinkState
 from streams.storage.cache import SignalCache, open_redis
-from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
+from streams.storage.warehouse import Warehouse, WarehouseError, WarehouseUnavailable, apply_ddl, open_warehouse
 
 log = logging.getLogger("surge.sink")
-
-# Seconds to wait before each retry: rides out a warehouse restart (~8 s in all) before giving up on a batch.
-RETRY_DELAYS_S: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-class SinkWriteError(FatalStageError):
-    """The warehouse did not take a batch; see the module docstring."""
-
 
 @dataclass
 class SinkRuntime:
@@ -50,35 +41,11 @@ class SinkRuntime:
     warehouse: Warehouse
     redis: redis.Redis
     state: SinkState = field(default_factory=SinkState)
-    retry_delays_s: Sequence[float] = RETRY_DELAYS_S
-    sleep: Callable[[float], None] = time.sleep
     redis_failures: int = 0
+    database: str | None = None  # set: the schema is created (idempotently) before the first insert
 
 
-def with_retries(rt: SinkRuntime, what: str, fn: Callable[[], Any]) -> Any:
-    """Call ``fn``; on failure wait ``retry_delays_s[i]`` and try again; raise SinkWriteError when all fail."""
-    attempts = len(rt.retry_delays_s) + 1
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt == attempts - 1:
-                raise SinkWriteError(f"{what} failed after {attempts} attempt(s): {exc}") from exc
-            log.warning("%s failed (attempt %d/%d): %s", what, attempt + 1, attempts, exc)
-            rt.sleep(rt.retry_delays_s[attempt])
-    raise AssertionError("unreachable")
-
-
-def write_table(rt: SinkRuntime, table: str) -> None:
-    rows = rt.state.pending[table]
-    if rows:
-        with_retries(rt, f"insert into {table}", lambda: rt.warehouse.insert(table, rows, TABLE_COLUMNS[table]))
-    rt.state.mark_written(table)
-
-
-def publish_signals(rt: SinkRuntime, docs: Sequence[dict[str, Any]]) -> None:
-    if not docs:
-        return
+def publish_signals(rt: SinkRuntime, docs: Sequence[dict[str, object]]) -> None:
     try:
         SignalCache(rt.redis).publish(docs)
     except redis.RedisError as exc:
@@ -86,42 +53,85 @@ def publish_signals(rt: SinkRuntime, docs: Sequence[dict[str, Any]]) -> None:
         log.warning("redis update of %d signal(s) failed: %s", len(docs), exc)
 
 
-def flush(rt: SinkRuntime) -> None:
-    """Write everything pending; raises SinkWriteError (pending dropped, to be re-read) if the warehouse fails."""
+def insert_rows(rt: SinkRuntime, table: str, indices: list[int]) -> None:
+    """Insert the pending rows at ``indices``; bisect a refused insert down to the rows the warehouse refuses,
+    which are queued on ``state.refused``. Rows written are marked at once, so a retry after an outage
+    resumes where this one stopped."""
     state = rt.state
+    rows = [state.pending[table][i] for i in indices]
     try:
-        docs = state.pending_signals
-        state.pending_signals = []
-        write_table(rt, core.SIGNALS)
-        publish_signals(rt, docs)  # only after the signals are stored: Redis never shows an unsaved signal
-        write_table(rt, core.OUTCOMES)
-        write_table(rt, core.DEAD_LETTERS)
-    except Exception:
-        state.clear_pending()
-        raise
+        rt.warehouse.insert(table, rows, TABLE_COLUMNS[table])
+    except WarehouseUnavailable as exc:
+        raise DownstreamUnavailable(f"insert into {table}: {exc}") from exc
+    except WarehouseError as exc:
+        if len(indices) == 1:
+            record = state.pending_records[table][indices[0]]
+            state.refused.append(Reject(record, "warehouse_rejected", f"{table}: {exc}"[:2000]))
+            state.done[table].add(indices[0])
+            return
+        mid = len(indices) // 2
+        insert_rows(rt, table, indices[:mid])
+        insert_rows(rt, table, indices[mid:])
+        return
+    for i in indices:
+        state.written.add(state.pending_keys[table][i])
+    state.done[table].update(indices)
+    if table == core.SIGNALS:  # only after the signals are stored: Redis never shows an unsaved signal
+        publish_signals(rt, [state.pending_signals[i] for i in indices])
+
+
+def write_table(rt: SinkRuntime, table: str) -> None:
+    state = rt.state
+    todo = [i for i in range(len(state.pending[table])) if i not in state.done[table]]
+    try:
+        if todo:
+            insert_rows(rt, table, todo)
+    finally:
+        state.drop_pending(table, state.done[table])
+        state.done[table] = set()
+
+
+def ensure_schema(rt: SinkRuntime) -> None:
+    if rt.database is None:
+        return
+    try:
+        apply_ddl(rt.warehouse, rt.database)
+    except WarehouseUnavailable as exc:
+        raise DownstreamUnavailable(f"schema set-up: {exc}") from exc
+    rt.database = None
+
+
+def flush(rt: SinkRuntime) -> list[Reject]:
+    """Write everything pending (see the module docstring); returns the rows the warehouse refused."""
+    ensure_schema(rt)
+    for table in (core.SIGNALS, core.OUTCOMES, core.DEAD_LETTERS):
+        write_table(rt, table)
+    refused, rt.state.refused = rt.state.refused, []
+    return refused
 
 
 def process(batch: Sequence[InRecord[Message]], rt: SinkRuntime, clock: Clock) -> Outputs:
-    try:
-        outputs = core.process(batch, rt.state, clock)
-    except Exception:
-        rt.state.clear_pending()  # the runner retries record by record; start those retries clean
-        raise
-    flush(rt)
-    return outputs
+    return core.process(batch, rt.state, clock)
+
+
+def checkpoint(rt: SinkRuntime) -> Callable[[], None]:
+    """Flush empties the pending rows after every batch, so undoing a failed batch means dropping its rows."""
+    before = {table: len(rows) for table, rows in rt.state.pending.items()}
+
+    def restore() -> None:
+        for table, n in before.items():
+            rt.state.drop_pending(table, range(n, len(rt.state.pending[table])))
+
+    return restore
 
 
 def make_runtime(settings: Settings) -> SinkRuntime:
-    """Open the warehouse (creating the schema if missing) and Redis; called in the stage process."""
+    """Open the warehouse and Redis clients (nothing is contacted yet); called in the stage process."""
     warehouse = open_warehouse(settings.warehouse_url(), settings.clickhouse_database)
     client = open_redis(settings.redis_connection_url())
-    rt = SinkRuntime(warehouse=warehouse, redis=client)
-    try:
-        with_retries(rt, "schema set-up", lambda: apply_ddl(warehouse, settings.clickhouse_database))
-    except Exception:
-        close_runtime(rt)
-        raise
-    return rt
+    # The schema is applied by the first flush, so a warehouse that is down at start is ridden out like any
+    # other outage (consumer paused, retried without limit) instead of failing the stage.
+    return SinkRuntime(warehouse=warehouse, redis=client, database=settings.clickhouse_database)
 
 
 def close_runtime(rt: SinkRuntime) -> None:
@@ -136,6 +146,8 @@ def spec(settings: Settings) -> StageSpec[SinkRuntime]:
         make_state=lambda: make_runtime(settings),
         process=process,
         on_close=close_runtime,
+        flush=flush,
+        checkpoint=checkpoint,
         batch_max=settings.sink_batch_max,
         batch_timeout_ms=settings.sink_flush_ms,
         fetch_wait_max_ms=settings.sink_fetch_wait_max_ms,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas import SCHEMA_VERSION, common_pb2, prediction_pb2
+from schemas import SCHEMA_VERSION, common_pb2, prediction_pb2, signal_pb2
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT")
 
@@ -23,4 +23,29 @@ def prediction(i: int, now_us: int, *, p_up: float = 0.9, symbol: str | None = N
         spread_bps=1.0,
         data_window_id=f"{sym}:{i}-{i}",
         ts=common_pb2.Timestamps(exchange_us=now_us, ingest_us=now_us, features_us=now_us, infer_us=now_us),
+    )
+
+
+def signal(i: int, now_us: int, *, symbol: str | None = None) -> signal_pb2.Signal:
+    sym = symbol or SYMBOLS[i % len(SYMBOLS)]
+    return signal_pb2.Signal(
+        schema_version=SCHEMA_VERSION,
+        signal_id=f"test:{sym}:{i}:m1:5",
+        venue=common_pb2.SIMULATOR,
+        symbol=sym,
+        decision=signal_pb2.LONG,
+        tier=signal_pb2.TIER_A,
+        p_up=0.9,
+        horizon_min=5,
+        expected_return_bps=20.0,
+        estimated_cost_bps=5.0,
+        net_utility_bps=15.0,
+        regime="vol_low_depth_thick",
+        model_version="m1",
+        feature_version="f1",
+        cost_model_version="cost-v2",
+        data_window_id=f"{sym}:{i}-{i}",
+        price=100.0 + i * 0.01,
+        ts=common_pb2.Timestamps(exchange_us=now_us, ingest_us=now_us, features_us=now_us, infer_us=now_us,
+                                 decision_us=now_us + 1_000),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import redis
 
 from schemas import SCHEMA_VERSION, common_pb2, dlq_pb2, outcome_pb2, prediction_pb2, signal_pb2
 from streams.runtime.clock import ManualClock
-from streams.runtime.core import FatalStageError, InRecord
+from streams.runtime.core import DownstreamUnavailable, InRecord, Outputs, Reject
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 from streams.sink import stage
@@ -27,10 +28,11 @@ from streams.sink.core import (
     RecentIds,
     SinkState,
     process,
+    value_problem,
 )
-from streams.sink.stage import SinkRuntime, SinkWriteError
+from streams.sink.stage import SinkRuntime
 from streams.storage.cache import open_redis
-from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
+from streams.storage.warehouse import Warehouse, WarehouseError, apply_ddl, open_warehouse
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.unit
@@ -222,80 +224,15 @@ def test_lru_bounds_memory_and_forgets_the_oldest() -> None:
     assert [r[0] for r in state.pending["signals"]] == ["BTCUSDT:1:m7:5"]
 
 
-# --- the stage: writes, retries, failure policy ---------------------------------------------------------------
-
-class FakeWarehouse:
-    """Records inserts; fails the first ``fail_times`` calls."""
-
-    database = "surge"
-
-    def __init__(self, fail_times: int = 0) -> None:
-        self.fail_times = fail_times
-        self.calls = 0
-        self.inserts: list[tuple[str, list[list[Any]], list[str]]] = []
-
-    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
-        return None
-
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        return []
-
-    def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
-        self.calls += 1
-        if self.calls <= self.fail_times:
-            raise ConnectionError("warehouse down")
-        self.inserts.append((table, [list(r) for r in rows], list(column_names)))
-
-    def close(self) -> None:
-        return None
-
+# --- the stage: flush, outages, refused rows -------------------------------------------------------------------
 
 def dead_redis(tmp_path: Path) -> redis.Redis:
     return open_redis(f"unix://{tmp_path / 'nobody-listens.sock'}")
 
 
-def runtime(wh: Warehouse, r: redis.Redis) -> SinkRuntime:
-    slept: list[float] = []
-    rt = SinkRuntime(warehouse=wh, redis=r, sleep=slept.append)
-    return rt
-
-
-def test_flush_writes_each_table_and_marks_ids(tmp_path: Path) -> None:
-    wh = FakeWarehouse()
-    rt = runtime(wh, dead_redis(tmp_path))
-    stage.process([rec(sig(1)), rec(outcome()), rec(letter())], rt, ManualClock(NOW))
-    assert [(t, len(rows), cols) for t, rows, cols in wh.inserts] == [
-        ("signals", 1, list(SIGNAL_COLUMNS)), ("outcomes", 1, list(OUTCOME_COLUMNS)),
-        ("dead_letters", 1, list(DEAD_LETTER_COLUMNS))]
-    assert not rt.state.has_pending() and rt.state.pending_signals == []
-    assert rt.redis_failures == 1  # Redis is down: counted, not raised; the warehouse has the data
-    stage.process([rec(sig(1)), rec(outcome()), rec(letter())], rt, ManualClock(NOW))  # redelivery
-    assert len(wh.inserts) == 3
-
-
-def test_transient_warehouse_failures_are_retried(tmp_path: Path) -> None:
-    wh = FakeWarehouse(fail_times=2)
-    slept: list[float] = []
-    rt = SinkRuntime(warehouse=wh, redis=dead_redis(tmp_path), sleep=slept.append)
-    stage.process([rec(sig(1))], rt, ManualClock(NOW))
-    assert slept == [0.1, 0.25]
-    assert [t for t, _, _ in wh.inserts] == ["signals"]
-
-
-def test_lasting_warehouse_failure_is_fatal_and_keeps_nothing(tmp_path: Path) -> None:
-    wh = FakeWarehouse(fail_times=100)
-    slept: list[float] = []
-    rt = SinkRuntime(warehouse=wh, redis=dead_redis(tmp_path), sleep=slept.append)
-    with pytest.raises(SinkWriteError, match="insert into signals failed after 7 attempt"):
-        stage.process([rec(sig(1)), rec(outcome())], rt, ManualClock(NOW))
-    # Fatal: the runner re-raises it instead of isolating records (which would dead-letter and commit).
-    assert issubclass(SinkWriteError, FatalStageError)
-    assert slept == list(stage.RETRY_DELAYS_S)
-    assert not rt.state.has_pending() and len(rt.state.written) == 0
-    # Once the warehouse is back, the redelivered batch is written in full.
-    wh.fail_times = 0
-    stage.process([rec(sig(1)), rec(outcome())], rt, ManualClock(NOW))
-    assert [t for t, _, _ in wh.inserts] == ["signals", "outcomes"]
+def run_batch(rt: SinkRuntime, batch: Sequence[InRecord[Any]], clock: ManualClock) -> tuple[Outputs, list[Reject]]:
+    """What the runner does with a batch: the pure core, then the flush at commit time."""
+    return stage.process(batch, rt, clock), stage.flush(rt)
 
 
 @pytest.fixture
@@ -308,17 +245,133 @@ def chdb(tmp_path: Path) -> Iterator[Warehouse]:
         wh.close()
 
 
+def count(wh: Warehouse, table: str, final: bool = False) -> int:
+    return int(wh.query(f"SELECT count() AS n FROM surge.{table}{' FINAL' if final else ''}")[0]["n"])
+
+
+def test_process_is_pure_and_flush_writes_each_table(chdb: Warehouse, tmp_path: Path) -> None:
+    rt = SinkRuntime(warehouse=chdb, redis=dead_redis(tmp_path))
+    out = stage.process([rec(sig(1)), rec(outcome()), rec(letter())], rt, ManualClock(NOW))
+    assert (out.emits, out.rejects) == ([], [])
+    assert [count(chdb, t) for t in TABLE_COLUMNS] == [0, 0, 0]  # process did no I/O
+    assert stage.flush(rt) == []
+    assert [count(chdb, t) for t in TABLE_COLUMNS] == [1, 1, 1]
+    assert not rt.state.has_pending() and rt.state.pending_signals == []
+    assert rt.redis_failures == 1  # Redis is down: counted, not raised; the warehouse has the data
+    run_batch(rt, [rec(sig(1)), rec(outcome()), rec(letter())], ManualClock(NOW))  # redelivery: skipped
+    assert [count(chdb, t) for t in TABLE_COLUMNS] == [1, 1, 1]
+
+
+def test_non_finite_and_out_of_range_values_are_rejected_before_insert(chdb: Warehouse, tmp_path: Path) -> None:
+    """Tried: signals with price NaN, +inf and p_up -inf (JSON would carry them as null and fail the whole
+    insert) beside a good signal and a good outcome."""
+    nan_price, inf_price, bad_p = sig(2), sig(3), sig(4)
+    nan_price.price, inf_price.price, bad_p.p_up = float("nan"), float("inf"), float("-inf")
+    rt = SinkRuntime(warehouse=chdb, redis=dead_redis(tmp_path))
+    out, refused = run_batch(rt, [rec(sig(1)), rec(nan_price), rec(inf_price), rec(bad_p), rec(outcome())],
+                             ManualClock(NOW))
+    assert refused == []
+    assert [(r.error_type, r.record.value.signal_id, r.reason) for r in out.rejects] == [
+        ("invalid_row", "BTCUSDT:2:m7:5", "signals: price = nan: Float64 must be finite"),
+        ("invalid_row", "BTCUSDT:3:m7:5", "signals: price = inf: Float64 must be finite"),
+        ("invalid_row", "BTCUSDT:4:m7:5", "signals: p_up = -inf: Float64 must be finite"),
+    ]
+    assert chdb.query("SELECT signal_id FROM surge.signals") == [{"signal_id": "BTCUSDT:1:m7:5"}]
+    assert count(chdb, "outcomes") == 1
+
+
+def test_column_checks_follow_the_ddl_types() -> None:
+    assert value_problem("UInt32", -1) == "outside UInt32 [0, 4294967295]"
+    assert value_problem("Int64", 2**63) == "outside Int64 [-9223372036854775808, 9223372036854775807]"
+    assert value_problem("Int64", True) == "Int64 needs an integer"
+    assert value_problem("Array(LowCardinality(String))", ["A", 3]) == "item 3: LowCardinality(String) needs a string"
+    assert value_problem("Float64", 1e308) is None
+    assert value_problem("LowCardinality(String)", "x") is None
+
+
+class RefusingWarehouse:
+    """A real chdb warehouse whose inserts are refused for rows carrying a marker, as a server refuses a row it
+    cannot parse: the sink must find exactly those rows by bisection and store the rest."""
+
+    def __init__(self, inner: Warehouse, marker: str) -> None:
+        self.inner, self.marker, self.database = inner, marker, inner.database
+        self.inserts = 0
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
+        self.inner.command(sql, parameters)
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self.inner.query(sql, parameters)
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
+        self.inserts += 1
+        if any(self.marker in str(r[0]) for r in rows):
+            raise WarehouseError(f"Code: 27. Cannot parse input: row {self.marker}")
+        self.inner.insert(table, rows, column_names)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_rows_the_warehouse_refuses_are_dead_lettered_and_the_rest_stored(chdb: Warehouse, tmp_path: Path) -> None:
+    """Tried: a batch of 8 signals of which #3 and #6 are refused by the warehouse itself (valid to our checks)."""
+    batch = [rec(sig(i, "POISON" if i in (3, 6) else "BTCUSDT"), "signals.v1", i) for i in range(8)]
+    rt = SinkRuntime(warehouse=RefusingWarehouse(chdb, "POISON"), redis=dead_redis(tmp_path))
+    out, refused = run_batch(rt, batch, ManualClock(NOW))
+    assert out.rejects == []
+    assert [(r.error_type, r.record.offset) for r in refused] == [("warehouse_rejected", 3), ("warehouse_rejected", 6)]
+    assert all("Cannot parse input" in r.reason for r in refused)
+    stored = [r["signal_id"] for r in chdb.query("SELECT signal_id FROM surge.signals ORDER BY signal_id")]
+    assert stored == sorted(f"BTCUSDT:{i}:m7:5" for i in (0, 1, 2, 4, 5, 7))
+    assert not rt.state.has_pending()
+
+
+def test_an_outage_raises_downstream_unavailable_and_keeps_what_is_not_written(chdb: Warehouse, tmp_path: Path) -> None:
+    """Tried: a flush while the warehouse service is unreachable (nothing listens on its port), then the same
+    flush again once the warehouse is back: every row is written exactly once, nothing is dead-lettered."""
+    port = free_port()
+    rt = SinkRuntime(warehouse=open_warehouse(f"surge+http://127.0.0.1:{port}", "surge"), redis=dead_redis(tmp_path),
+                     database="surge")
+    out = stage.process([rec(sig(1)), rec(sig(2)), rec(outcome())], rt, ManualClock(NOW))
+    assert out.rejects == []
+    for _ in range(3):
+        with pytest.raises(DownstreamUnavailable, match="unreachable"):
+            stage.flush(rt)
+        assert [len(rt.state.pending[t]) for t in TABLE_COLUMNS] == [2, 1, 0]
+    rt.warehouse = chdb  # the warehouse is back
+    assert stage.flush(rt) == []
+    assert (count(chdb, "signals"), count(chdb, "outcomes")) == (2, 1)
+    assert not rt.state.has_pending()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_failed_batch_is_undone_before_the_record_by_record_retry(chdb: Warehouse, tmp_path: Path) -> None:
+    """The checkpoint drops the rows a half-processed batch queued, so the retry does not see them as duplicates."""
+    rt = SinkRuntime(warehouse=chdb, redis=dead_redis(tmp_path))
+    restore = stage.checkpoint(rt)
+    stage.process([rec(sig(1)), rec(sig(2))], rt, ManualClock(NOW))
+    restore()
+    assert not rt.state.has_pending() and rt.state.pending_signals == []
+    run_batch(rt, [rec(sig(1)), rec(sig(2))], ManualClock(NOW))
+    assert count(chdb, "signals") == 2
+
+
 def test_sink_to_chdb_deduplicates_in_memory_and_with_final(chdb: Warehouse, tmp_path: Path) -> None:
     clock = ManualClock(NOW)
     batch = [rec(sig(1)), rec(sig(2, "ETHUSDT")), rec(outcome()), rec(letter())]
     first = SinkRuntime(warehouse=chdb, redis=dead_redis(tmp_path))
-    stage.process(batch, first, clock)
-    stage.process(batch, first, clock)  # redelivered: the LRU skips every id
+    run_batch(first, batch, clock)
+    run_batch(first, batch, clock)  # redelivered: the LRU skips every id
     assert chdb.query("SELECT count() AS n FROM surge.signals") == [{"n": 2}]
 
     # A restarted sink has an empty LRU: rows are inserted again, and FINAL still counts each id once.
     clock.advance_us(1_000)
-    stage.process(batch, SinkRuntime(warehouse=chdb, redis=dead_redis(tmp_path)), clock)
+    run_batch(SinkRuntime(warehouse=chdb, redis=dead_redis(tmp_path)), batch, clock)
     assert chdb.query("SELECT count() AS n FROM surge.signals") == [{"n": 4}]
     for table, n in (("signals", 2), ("outcomes", 1), ("dead_letters", 1)):
         assert chdb.query(f"SELECT count() AS n FROM surge.{table} FINAL") == [{"n": n}]
