@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
+from services.gateway import errors
 from services.gateway.deps import Resources
 from services.gateway.routers import dashboard, dead_letters, health, signals
 from streams.runtime.settings import Settings
-from streams.storage.warehouse import WarehouseError
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -32,16 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(signals.router)
     app.include_router(dead_letters.router)
     app.include_router(dashboard.router)
-
-    # A dependency that is down is a 503 (retry later), not a 500 (our bug).
-    @app.exception_handler(WarehouseError)
-    async def warehouse_down(_: Request, exc: WarehouseError) -> JSONResponse:
-        return JSONResponse({"detail": f"warehouse unavailable: {exc}"}, status_code=503)
-
-    @app.exception_handler(redis.RedisError)
-    async def redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
-        return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
-
+    errors.install(app)  # a dependency down is a 503 naming it, without the exception text (that is logged)
     return app
 
 

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 
 from streams.runtime.settings import Settings
 from streams.storage.cache import open_redis
-from streams.storage.warehouse import Warehouse, WarehouseError, open_warehouse
+from streams.storage.warehouse import Warehouse, WarehouseUnavailable, open_warehouse
 
 
 class Resources:
@@ -27,17 +27,18 @@ class Resources:
             if self._warehouse is None:
                 try:
                     self._warehouse = open_warehouse(self.settings.warehouse_url(), self.settings.clickhouse_database)
-                except WarehouseError:
-                    raise
-                except Exception as exc:  # connection failures of any client kind read as "warehouse down"
-                    raise WarehouseError(f"cannot open warehouse: {exc}") from exc
+                except Exception as exc:  # a warehouse that cannot be opened, for whatever reason, is down to us
+                    raise WarehouseUnavailable(f"cannot open warehouse: {exc}") from exc
             return self._warehouse
 
     def redis(self) -> redis.Redis:
         with self._lock:
             if self._redis is None:
                 # Fails fast: a dead Redis must fail /health quickly, not hang a worker thread in retries.
-                self._redis = open_redis(self.settings.redis_connection_url())
+                try:
+                    self._redis = open_redis(self.settings.redis_connection_url())
+                except Exception as exc:  # an unusable URL (nothing is connected yet): down to us, too
+                    raise redis.ConnectionError(f"cannot open redis: {exc}") from exc
             return self._redis
 
     def close(self) -> None:

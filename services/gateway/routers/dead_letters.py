@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from services.gateway.deps import WarehouseDep
+from services.gateway.errors import WAREHOUSE_ERRORS
 
 router = APIRouter(prefix="/dead-letters", tags=["dead-letters"])
 
@@ -32,7 +33,7 @@ class DeadLetterCount(BaseModel):
     example_reason: str
 
 
-@router.get("", response_model=list[DeadLetterOut])
+@router.get("", response_model=list[DeadLetterOut], responses=WAREHOUSE_ERRORS)
 def list_dead_letters(
     warehouse: WarehouseDep,
     stage: Annotated[str | None, Query(max_length=32)] = None,
@@ -51,7 +52,7 @@ def list_dead_letters(
     return [DeadLetterOut.model_validate(r) for r in rows]
 
 
-@router.get("/stats", response_model=list[DeadLetterCount])
+@router.get("/stats", response_model=list[DeadLetterCount], responses=WAREHOUSE_ERRORS)
 def dead_letter_stats(warehouse: WarehouseDep) -> list[DeadLetterCount]:
     """Counts per stage and reason class, most frequent first."""
     rows = warehouse.query(

@@ -1,4 +1,8 @@
-"""Health of the gateway's dependencies: 200 when all answer, 503 (same body) when any does not."""
+"""Health of the gateway's dependencies: 200 when all answer, 503 (same body) when any does not.
+
+A dependency's ``detail`` is ``unavailable: <exception class>``; the exception text (hosts, ports, paths,
+URLs) is logged, never returned.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from services.gateway.deps import ResourcesDep
+from services.gateway.errors import log
 
 router = APIRouter(tags=["health"])
 
@@ -23,19 +28,20 @@ class HealthResponse(BaseModel):
     dependencies: dict[str, DependencyStatus]
 
 
-def _check(probe: Callable[[], object]) -> DependencyStatus:
+def _check(name: str, probe: Callable[[], object]) -> DependencyStatus:
     try:
         probe()
-    except Exception as exc:  # any failure means "down"; the message is for the operator
-        return DependencyStatus(ok=False, detail=f"{type(exc).__name__}: {exc}"[:500])
+    except Exception as exc:  # any failure means "down"
+        log.warning("health: %s unavailable: %s: %s", name, type(exc).__name__, exc)
+        return DependencyStatus(ok=False, detail=f"unavailable: {type(exc).__name__}")
     return DependencyStatus(ok=True)
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 def health(resources: ResourcesDep, response: Response) -> HealthResponse:
     deps = {
-        "warehouse": _check(lambda: resources.warehouse().query("SELECT 1 AS ok")),
-        "redis": _check(lambda: resources.redis().ping()),
+        "warehouse": _check("warehouse", lambda: resources.warehouse().query("SELECT 1 AS ok")),
+        "redis": _check("redis", lambda: resources.redis().ping()),
     }
     healthy = all(d.ok for d in deps.values())
     if not healthy:

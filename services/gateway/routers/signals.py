@@ -1,25 +1,28 @@
 """Signals: the live view from Redis (written by the sink) and history / stats from the warehouse.
 
-Filters accept the stored names case-insensitively; tiers may be given short: ``A`` means ``TIER_A``.
+Filters are enums of the stored (protobuf) names, parsed case-insensitively; tiers may be given short: ``A``
+means ``TIER_A`` (see ``services.gateway.enums``). An empty filter means "any". Anything else is a 422 with
+FastAPI's documented validation body, as is an integer outside its bounds.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, BeforeValidator, Field
 
 from services.gateway.deps import RedisDep, WarehouseDep
+from services.gateway.enums import Decision, Tier, Venue, describe
+from services.gateway.errors import REDIS_ERRORS, WAREHOUSE_ERRORS
 from streams.sink.core import SIGNAL_COLUMNS
 from streams.storage.cache import RECENT_MAX, SignalCache
 
 router = APIRouter(prefix="/signals", tags=["signals"])
 
-DECISIONS = frozenset({"LONG", "SHORT", "WAIT"})
-TIERS = frozenset({"TIER_A", "TIER_B", "TIER_NONE"})
+INT64_MAX: Final = 2**63 - 1  # the warehouse's µs columns are Int64: a larger bound would not fit the parameter
 
 
 class FeatureContributionOut(BaseModel):
@@ -30,10 +33,10 @@ class FeatureContributionOut(BaseModel):
 
 class SignalOut(BaseModel):
     signal_id: str
-    venue: str
+    venue: Annotated[str, Field(description=describe(Venue))]
     symbol: str
-    decision: str
-    tier: str
+    decision: Annotated[str, Field(description=describe(Decision))]
+    tier: Annotated[str, Field(description=describe(Tier))]
     p_up: float | None
     horizon_min: int
     expected_return_bps: float | None
@@ -58,8 +61,8 @@ class SignalOut(BaseModel):
 
 class StatsBucket(BaseModel):
     symbol: str
-    decision: str
-    tier: str
+    decision: Annotated[str, Field(description=describe(Decision))]
+    tier: Annotated[str, Field(description=describe(Tier))]
     count: int
 
 
@@ -94,51 +97,44 @@ def _clean(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def norm_decision(decision: str | None) -> str | None:
-    if decision is None or decision == "":
-        return None
-    value = decision.strip().upper()
-    if value not in DECISIONS:
-        raise HTTPException(422, f"decision must be one of {sorted(DECISIONS)}")
-    return value
-
-
-def norm_tier(tier: str | None) -> str | None:
-    if tier is None or tier == "":
-        return None
-    value = tier.strip().upper()
-    if not value.startswith("TIER_"):
-        value = f"TIER_{value}"
-    if value not in TIERS:
-        raise HTTPException(422, "tier must be A, B or NONE")
-    return value
-
-
 def norm_symbol(symbol: str | None) -> str | None:
     return symbol.strip().upper() or None if symbol else None
 
 
+def _blank_is_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 SymbolQ = Annotated[str | None, Query(max_length=32, description="e.g. BTCUSDT")]
-SinceQ = Annotated[int | None, Query(ge=0, description="only signals with decision_us >= this (epoch µs)")]
+SinceQ = Annotated[
+    int | None, Query(ge=0, le=INT64_MAX, description="only signals with decision_us >= this (epoch µs)")
+]
+DecisionQ = Annotated[
+    Decision | None, BeforeValidator(_blank_is_none), Query(description="case-insensitive; empty: any")
+]
+TierQ = Annotated[
+    Tier | None, BeforeValidator(_blank_is_none),
+    Query(description="case-insensitive, the TIER_ prefix optional (A means TIER_A); empty: any"),
+]
 
 
-@router.get("", response_model=list[SignalOut])
+@router.get("", response_model=list[SignalOut], responses=REDIS_ERRORS)
 def latest_signals(
     cache: RedisDep,
     symbol: SymbolQ = None,
     limit: Annotated[int, Query(ge=1, le=RECENT_MAX)] = 50,
-    decision: Annotated[str | None, Query(description="LONG, SHORT or WAIT")] = None,
-    tier: Annotated[str | None, Query(description="A, B or NONE")] = None,
+    decision: DecisionQ = None,
+    tier: TierQ = None,
 ) -> list[SignalOut]:
     """The most recent signals, newest first, from the sink's Redis list (the last 1000 signals)."""
-    want_symbol, want_decision, want_tier = norm_symbol(symbol), norm_decision(decision), norm_tier(tier)
+    want_symbol = norm_symbol(symbol)
     out: list[SignalOut] = []
     for doc in SignalCache(cache).recent():
         if want_symbol and doc.get("symbol") != want_symbol:
             continue
-        if want_decision and doc.get("decision") != want_decision:
+        if decision and doc.get("decision") != decision:  # a StrEnum member equals its stored name
             continue
-        if want_tier and doc.get("tier") != want_tier:
+        if tier and doc.get("tier") != tier:
             continue
         out.append(SignalOut.model_validate(_clean(doc)))
         if len(out) >= limit:
@@ -146,7 +142,7 @@ def latest_signals(
     return out
 
 
-@router.get("/latest", response_model=list[SignalOut])
+@router.get("/latest", response_model=list[SignalOut], responses=REDIS_ERRORS)
 def latest_per_symbol(cache: RedisDep) -> list[SignalOut]:
     """The latest signal of every symbol, by symbol."""
     return [SignalOut.model_validate(_clean(d)) for d in SignalCache(cache).latest()]
@@ -164,7 +160,7 @@ def _where(symbol: str | None, since_us: int | None) -> tuple[str, dict[str, Any
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-@router.get("/history", response_model=list[SignalOut])
+@router.get("/history", response_model=list[SignalOut], responses=WAREHOUSE_ERRORS)
 def history(
     warehouse: WarehouseDep,
     symbol: SymbolQ = None,
@@ -183,7 +179,7 @@ def history(
     return [SignalOut.model_validate(_clean(r)) for r in rows]
 
 
-@router.get("/stats", response_model=StatsResponse)
+@router.get("/stats", response_model=StatsResponse, responses=WAREHOUSE_ERRORS)
 def stats(warehouse: WarehouseDep, symbol: SymbolQ = None, since_us: SinceQ = None) -> StatsResponse:
     """Signal counts per symbol / decision / tier, and latency quantiles, from the warehouse."""
     where, params = _where(norm_symbol(symbol), since_us)
