@@ -13,7 +13,7 @@
   and buffers, then takes over when the old one closes, so nothing is lost or resynced (the core drops the
   overlap as duplicates).
 * ``LiveFeed`` drives the pure core: frames are processed every few milliseconds on the asyncio loop, snapshot
-  and backfill requests become REST tasks, and outputs go to a publisher thread. After a reconnect the
+  and backfill requests become REST tasks, and outputs go to the runtime's source runner. After a reconnect the
   connection's books are marked resyncing and re-snapshotted once, and trades since the last one seen are
   backfilled, so a dropped connection loses no trade.
 """
@@ -39,12 +39,12 @@ from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketExcepti
 
 from schemas import common_pb2
 from streams.ingest import core
-from streams.ingest.core import Frame, IngestOutputs, TradeGap
-from streams.ingest.publish import STAGE, PublisherThread
+from streams.ingest.core import STAGE, Frame, IngestOutputs, TradeGap
 from streams.ingest.quality import IngestQuality, health_detail
 from streams.runtime.clock import Clock
 from streams.runtime.observability import HealthState, StageMetrics
 from streams.runtime.settings import Settings
+from streams.runtime.source import SourceRunner
 
 log = logging.getLogger("surge.ingest.binance")
 
@@ -587,10 +587,10 @@ def new_state(venue: common_pb2.Venue, futures: bool, options: LiveOptions, sequ
 
 
 class LiveFeed:
-    """Binance WebSocket connections + REST -> the ingest core -> the publisher thread."""
+    """Binance WebSocket connections + REST -> the ingest core -> the source runner."""
 
     def __init__(self, spec: VenueSpec, ws_base: str, symbols: Sequence[str], options: LiveOptions, clock: Clock, *,
-                 rest: BinanceRest, publisher: PublisherThread, metrics: StageMetrics, quality: IngestQuality,
+                 rest: BinanceRest, publisher: SourceRunner, metrics: StageMetrics, quality: IngestQuality,
                  health: HealthState, rng: random.Random | None = None) -> None:
         self.spec = spec
         self.options = options
@@ -674,13 +674,15 @@ class LiveFeed:
                 task.cancel()
             await asyncio.gather(*self._snapshot_tasks.values(), *self._backfill_tasks, return_exceptions=True)
             self._process_pending()
-            self.publisher.submit(core.flush(self.state, self.clock, force=True), 0)
+            flushed = core.flush(self.state, self.clock, force=True)
+            self.publisher.submit(flushed.emits, flushed.rejects(), raw_events=0)
             self.quality.export(self.state)
 
     async def _process_loop(self, stop: asyncio.Event) -> None:
         next_export = self.clock.now_us()
         while not stop.is_set():
             await asyncio.sleep(LOOP_S)
+            self.publisher.service()
             if self.publisher.failed:
                 log.error("the bus refused our output; stopping so the supervisor restarts ingest")
                 self.fatal = True
@@ -712,7 +714,7 @@ class LiveFeed:
             task = asyncio.create_task(self._backfill(gap))
             self._backfill_tasks.add(task)
             task.add_done_callback(self._backfill_tasks.discard)
-        self.publisher.submit(out, raw_events)
+        self.publisher.submit(out.emits, out.rejects(), raw_events=raw_events)
 
     def _overload(self) -> None:
         dropped = len(self.frames)
@@ -801,7 +803,7 @@ async def resolve_symbols(rest: BinanceRest, settings: Settings) -> list[str]:
     return [s for s in wanted if s in trading]
 
 
-async def run_live(settings: Settings, clock: Clock, stop: threading.Event, *, publisher: PublisherThread,
+async def run_live(settings: Settings, clock: Clock, stop: threading.Event, *, publisher: SourceRunner,
                    metrics: StageMetrics, quality: IngestQuality, health: HealthState) -> int:
     """Run the live Binance source until ``stop``; 0 on a clean stop, 1 when the bus failed, 2 on bad config."""
     spec = venue_spec(settings.venue)

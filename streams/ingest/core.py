@@ -23,7 +23,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -31,6 +31,7 @@ from schemas import SCHEMA_VERSION, common_pb2, market_pb2
 from streams.ingest.book import BookState, DepthUpdate, Level, OrderBook, SyncStatus
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit
+from streams.runtime.source import SourceReject
 from streams.runtime.topics import Topic
 
 # (symbol hint or stream name such as "btcusdt@depth@100ms", raw JSON bytes or decoded dict, local receive µs)
@@ -50,6 +51,8 @@ RESYNC_CROSSED = "crossed"
 RESYNC_RECONNECT = "reconnect"
 RESYNC_DIVERGENCE = "ticker_divergence"
 RESYNC_BAD_DEPTH = "bad_depth"
+
+STAGE: Final = "ingest"
 
 
 class BadFrame(ValueError):
@@ -87,6 +90,10 @@ class IngestOutputs:
     resync_requests: list[str] = field(default_factory=list)   # symbols that need a fresh REST snapshot
     trade_gaps: list[TradeGap] = field(default_factory=list)   # trade ids to backfill from REST
     frames_in: int = 0
+
+    def rejects(self) -> list[SourceReject]:
+        """The dead letters in the source runner's shape (a frame has no Kafka position, only its bytes)."""
+        return [SourceReject(d.symbol, d.raw_bytes, d.error_type, d.reason) for d in self.dead_letters]
 
     def extend(self, other: IngestOutputs) -> None:
         self.emits.extend(other.emits)

@@ -32,12 +32,12 @@ from pathlib import Path
 
 from streams.ingest import core
 from streams.ingest.binance import LiveOptions, new_state, venue_spec
-from streams.ingest.core import Frame, IngestOutputs
-from streams.ingest.publish import STAGE, Publisher
+from streams.ingest.core import STAGE, Frame, IngestOutputs
 from streams.ingest.quality import IngestQuality, health_detail
 from streams.runtime.clock import Clock, ManualClock
 from streams.runtime.observability import HealthState, StageMetrics
 from streams.runtime.settings import Settings
+from streams.runtime.source import SourceRunner
 
 log = logging.getLogger("surge.ingest.replay")
 
@@ -45,6 +45,7 @@ CAPTURE_SUFFIXES = (".gz", ".jsonl", ".json", ".txt", ".dat", ".log", ".ndjson")
 CHUNK_US = 1_000                # frames within 1 ms of recorded time are processed together
 PUBLISH_EVERY_US = 5_000        # paced replays publish at least this often (wall time)
 PUBLISH_MAX_EMITS = 2_000       # ... and in bigger batches at max speed
+MAX_BACKLOG = 64                # unacknowledged publishes before a replay waits for the broker
 EXPORT_EVERY_US = 1_000_000
 _SYMBOL_FILE = re.compile(r"^([A-Za-z0-9]+?)(?:[_\-.].*)?$")
 
@@ -220,7 +221,7 @@ class Replayer:
         self.stats.dead_letters += len(out.dead_letters)
 
 
-def run_replay(settings: Settings, path: Path, *, publisher: Publisher, metrics: StageMetrics,
+def run_replay(settings: Settings, path: Path, *, publisher: SourceRunner, metrics: StageMetrics,
                quality: IngestQuality, health: HealthState, stop: threading.Event, wall: Clock) -> int:
     """Replay ``path`` to the bus at ``settings.replay_speed``; 0 when done (or stopped)."""
     spec = venue_spec(settings.venue)
@@ -244,7 +245,8 @@ def run_replay(settings: Settings, path: Path, *, publisher: Publisher, metrics:
 
     def publish() -> None:
         nonlocal pending, pending_raw, last_publish
-        publisher.publish(pending, raw_events=pending_raw)
+        publisher.submit(pending.emits, pending.rejects(), raw_events=pending_raw)
+        publisher.wait_for_room(stop, MAX_BACKLOG)
         pending, pending_raw = IngestOutputs(), 0
         last_publish = wall.now_us()
 
@@ -273,7 +275,7 @@ def run_replay(settings: Settings, path: Path, *, publisher: Publisher, metrics:
     chunk: list[Frame] = []
     chunk_us = first.local_us
     for line in _chain(first, lines):
-        if stop.is_set():
+        if stop.is_set() or publisher.failed:
             break
         if chunk and line.local_us - chunk_us >= CHUNK_US:
             handle(chunk, chunk_us)
@@ -286,6 +288,9 @@ def run_replay(settings: Settings, path: Path, *, publisher: Publisher, metrics:
     pending.extend(replayer.finish())
     publish()
     quality.export(state)
+    if publisher.failed:
+        log.error("replay of %s stopped: the bus refused its output", path)
+        return 1
     stats = replayer.stats
     log.info("replay of %s %s: %d frames, %d batches, %d dead letters, %d unserved resync(s), recorded %.1fs",
              path, "stopped" if stop.is_set() else "finished", stats.frames, stats.batches, stats.dead_letters,

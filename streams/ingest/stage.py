@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 from schemas import common_pb2
 from streams.ingest import core
 from streams.ingest.binance import base_urls, run_live, venue_spec
-from streams.ingest.publish import STAGE, Publisher, PublisherThread
+from streams.ingest.core import STAGE
 from streams.ingest.quality import IngestQuality, health_detail
 from streams.ingest.replay import capture_files, parse_speed, run_replay
 from streams.ingest.simulator import MarketSimulator
@@ -30,6 +30,7 @@ from streams.runtime.kafka import ensure_topics, producer_config
 from streams.runtime.observability import HealthState, StageMetrics, make_tracer_provider, serve_health
 from streams.runtime.runner import StopFlag
 from streams.runtime.settings import Settings
+from streams.runtime.source import SourceRunner
 from streams.runtime.topics import Topic
 
 __all__ = ["STAGE", "IngestLoop", "resolve_source", "run"]
@@ -37,6 +38,7 @@ __all__ = ["STAGE", "IngestLoop", "resolve_source", "run"]
 LOOP_US = 5_000          # poll the simulator every ~5 ms: well inside the 20 ms micro-batch window
 EXPORT_EVERY_US = 1_000_000
 SIM_SOURCE_TOPIC = "sim"  # dead letters from the simulator have no Kafka origin
+SIM_MAX_BACKLOG = 64      # unacknowledged rounds before the simulator waits for the broker
 
 log = logging.getLogger("surge.ingest")
 
@@ -47,11 +49,10 @@ class IngestLoop:
     def __init__(self, settings: Settings, clock: Clock, producer: Producer, metrics: StageMetrics,
                  quality: IngestQuality | None = None) -> None:
         self.clock = clock
-        self.producer = producer
         self.metrics = metrics
         self.quality = quality
         tracer = make_tracer_provider(STAGE, settings).get_tracer("surge.ingest")
-        self.publisher = Publisher(producer, metrics, tracer, clock, SIM_SOURCE_TOPIC)
+        self.publisher = SourceRunner(STAGE, producer, metrics, tracer, clock, source_topic=SIM_SOURCE_TOPIC)
         self.sim = MarketSimulator(settings.symbol_list, settings.sim_events_per_s, settings.sim_seed)
         # Batch ids restart per session; basing sequences on the session start keeps them unique across restarts.
         self.state = core.IngestState(
@@ -94,7 +95,7 @@ class IngestLoop:
         self.publish(core.flush(self.state, self.clock, force=True), raw_events=0)
 
     def publish(self, out: core.IngestOutputs, *, raw_events: int) -> None:
-        self.publisher.publish(out, raw_events=raw_events)
+        self.publisher.submit(out.emits, out.rejects(), raw_events=raw_events)
 
     def export(self) -> dict[str, str]:
         if self.quality is not None:
@@ -165,13 +166,11 @@ def run(settings: Settings, clock: Clock | None = None, *, stop_event: threading
         else:
             path = Path(source.split(":", 1)[1])
             tracer = make_tracer_provider(STAGE, settings).get_tracer("surge.ingest")
-            publisher = Publisher(producer, metrics, tracer, clock, f"replay:{path}")
+            publisher = SourceRunner(STAGE, producer, metrics, tracer, clock, source_topic=f"replay:{path}")
             code = run_replay(settings, path, publisher=publisher, metrics=metrics, quality=quality, health=health,
                               stop=stop.event, wall=clock)
-        remaining = producer.flush(30)
-        if remaining:
-            log.error("%d record(s) still unacknowledged at exit", remaining)
-            code = code or 1
+            if publisher.close():
+                code = code or 1
         return code
     finally:
         stop_health()
@@ -180,6 +179,7 @@ def run(settings: Settings, clock: Clock | None = None, *, stop_event: threading
 def _run_sim(settings: Settings, clock: Clock, *, producer: Producer, metrics: StageMetrics,
              quality: IngestQuality, health: HealthState, stop: threading.Event) -> int:
     loop = IngestLoop(settings, clock, producer, metrics, quality)
+    code = 0
     loop.seed_books()
     health.set_live(True, **loop.export())
     health.set_ready(True, phase="producing", source="sim")
@@ -187,10 +187,13 @@ def _run_sim(settings: Settings, clock: Clock, *, producer: Producer, metrics: S
              settings.sim_events_per_s, settings.sim_seed)
     _loop(loop, settings, clock, stop, health)
     health.set_ready(False, phase="draining")
-    loop.drain()
+    if not loop.publisher.failed:
+        loop.drain()
+    if loop.publisher.close() or loop.publisher.failed:
+        code = 1
     loop.export()
-    log.info("ingest stopped cleanly after %d resync(s)", loop.resyncs)
-    return 0
+    log.info("ingest stopped after %d resync(s)%s", loop.resyncs, "" if code == 0 else ": output not delivered")
+    return code
 
 
 def _run_live(settings: Settings, clock: Clock, *, producer: Producer, metrics: StageMetrics,
@@ -198,14 +201,14 @@ def _run_live(settings: Settings, clock: Clock, *, producer: Producer, metrics: 
     tracer = make_tracer_provider(STAGE, settings).get_tracer("surge.ingest")
     spec = venue_spec(settings.venue)
     ws_base, _ = base_urls(settings, spec)
-    thread = PublisherThread(Publisher(producer, metrics, tracer, clock, f"ws:{ws_base}"))
+    publisher = SourceRunner(STAGE, producer, metrics, tracer, clock, source_topic=f"ws:{ws_base}")
     try:
-        code = asyncio.run(run_live(settings, clock, stop, publisher=thread, metrics=metrics, quality=quality,
+        code = asyncio.run(run_live(settings, clock, stop, publisher=publisher, metrics=metrics, quality=quality,
                                     health=health))
     finally:
         health.set_ready(False, phase="draining")
-        thread.close()
-    if thread.failed:
+        unacked = publisher.close()
+    if publisher.failed or unacked:
         return 1
     log.info("live ingest stopped (%s)", "cleanly" if code == 0 else f"code {code}")
     return code
@@ -216,9 +219,9 @@ def _loop(loop: IngestLoop, settings: Settings, clock: Clock, stop: threading.Ev
     end_us = started_us + round(settings.sim_duration_s * 1e6) if settings.sim_duration_s > 0 else None
     next_us = started_us
     next_export_us = started_us + EXPORT_EVERY_US
-    while not stop.is_set():
+    while not stop.is_set() and not loop.publisher.failed:
         loop.step()
-        loop.producer.poll(0)
+        loop.publisher.wait_for_room(stop, SIM_MAX_BACKLOG)
         now_us = clock.now_us()
         if end_us is not None and now_us >= end_us:
             break

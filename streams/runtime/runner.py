@@ -14,7 +14,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -28,14 +27,13 @@ from prometheus_client import Gauge
 
 from streams.runtime.clock import Clock, LiveClock
 from streams.runtime.core import DownstreamUnavailable, FatalStageError, InRecord, Outputs, Reject, StageSpec
+from streams.runtime.delivery import Delivery, InFlightBatch
 from streams.runtime.dlq import dead_letter
 from streams.runtime.kafka import (
     DeliveryFailed,
-    DeliveryTracker,
     KafkaRecord,
     consumer_config,
     ensure_topics,
-    produce_nowait,
     producer_config,
 )
 from streams.runtime.observability import (
@@ -48,28 +46,14 @@ from streams.runtime.settings import Settings
 from streams.runtime.topics import InvalidMessage, decode
 
 PROPAGATOR = TraceContextTextMapPropagator()
-# Batches produced but not yet fully acknowledged; beyond this the loop waits, bounding memory and redelivery.
-MAX_IN_FLIGHT = 16
 # While outputs await acks, the consumer is polled this briefly so acks are noticed (and committed) promptly.
 SETTLE_POLL_S = 0.002
 # A flush that finds its store down is retried after this, doubling up to Settings.sink_backoff_max_s.
 BACKOFF_START_S = 0.1
-# Bytes of an unproducible output kept in its dead letter, well below any broker's message limit.
-REFUSED_PAYLOAD_HEAD = 64 * 1024
 
 
 class StopDuringBackpressure(Exception):
     """SIGTERM arrived while a flush waited for its store; the batch is left uncommitted."""
-
-
-@dataclass(slots=True)
-class InFlightBatch:
-    """One batch's produced outputs and the input offsets to commit once all of them are acknowledged."""
-
-    tracker: DeliveryTracker
-    offsets: dict[tuple[str, int], int]
-    emit_exchange_us: list[int] = field(default_factory=list)
-    emit_topics: list[str] = field(default_factory=list)
 
 
 def exchange_us_of(message: Any) -> int:
@@ -120,12 +104,16 @@ class StageRunner:
         self.stop = StopFlag()
         self.tracer = make_tracer_provider(spec.name, settings).get_tracer(f"surge.{spec.name}")
         self.group_id = f"surge-{spec.name}"
-        self.in_flight: deque[InFlightBatch] = deque()
+        self.delivery = Delivery(spec.name, self.metrics, self.clock)
         self.fatal_client_error: KafkaError | None = None
         # Records polled while the consumer is paused for backpressure; they lead the next batch, never dropped.
         self.stash: list[KafkaMessage] = []
         self.backpressure_active = Gauge("surge_backpressure_active", "1 while the stage's store is down and its "
                                           "consumer paused", ["stage"], registry=self.metrics.registry)
+
+    @property
+    def in_flight(self) -> deque[InFlightBatch]:
+        return self.delivery.in_flight
 
     def run(self) -> int:
         settings = self.settings
@@ -208,10 +196,10 @@ class StageRunner:
                 self.handle_batch(consumer, producer, state, msgs)
             producer.poll(0)
             self._settle(consumer)
-            if len(self.in_flight) < MAX_IN_FLIGHT:
+            if not self.delivery.full:
                 self.health.beat()  # a batch done or an idle poll: the loop is making progress
             warn_at = time.monotonic() + 5.0
-            while len(self.in_flight) >= MAX_IN_FLIGHT and not self.stop.stopped:
+            while self.delivery.full and not self.stop.stopped:
                 producer.poll(0.01)
                 self._settle(consumer)
                 if time.monotonic() >= warn_at:
@@ -221,28 +209,10 @@ class StageRunner:
                 raise FatalStageError(f"fatal Kafka client error: {self.fatal_client_error}")
 
     def _settle(self, consumer: Consumer, *, asynchronous: bool = True) -> None:
-        """Commit the offsets of the oldest batches whose outputs are all acknowledged; stop at the first that
-        is not. A batch whose outputs failed is never committed: DeliveryFailed ends the stage for a restart."""
-        offsets: dict[tuple[str, int], int] = {}
-        acked_us = self.clock.now_us()
-        failed: InFlightBatch | None = None
-        while self.in_flight and self.in_flight[0].tracker.pending <= 0:
-            batch = self.in_flight.popleft()
-            if batch.tracker.failures:
-                failed = batch
-                break
-            for key, offset in batch.offsets.items():
-                offsets[key] = max(offsets.get(key, -1), offset)
-            for topic in batch.emit_topics:
-                self.metrics.events_out.labels(self.spec.name, topic).inc()
-            for exchange_us in batch.emit_exchange_us:
-                self.metrics.e2e_latency_seconds.labels(self.spec.name).observe(
-                    max(0.0, (acked_us - exchange_us) / 1e6))
+        """Commit the offsets of the oldest batches whose outputs are all acknowledged (see ``Delivery``)."""
+        offsets = self.delivery.settle()
         if offsets:
             self._commit(consumer, offsets, asynchronous=asynchronous)
-        if failed is not None:
-            failures = failed.tracker.failures
-            raise DeliveryFailed(f"{len(failures)} record(s) not delivered: {failures[:3]}")
 
     def _next_batch(self, consumer: Consumer) -> list[KafkaMessage]:
         """Wait for a first record, then take what is already queued, then fill for at most the fill window.
@@ -336,8 +306,6 @@ class StageRunner:
             if token is not None:
                 otel_context.detach(token)
 
-        for emit in outputs.emits:
-            kafka_out.append((emit.topic.value, emit.key, emit.value.SerializeToString(), trace_headers))
         for rej in outputs.rejects:
             rec = rej.record
             kafka_out.append(dead_letter(
@@ -345,25 +313,7 @@ class StageRunner:
                 key=rec.key.encode(), payload=rec.value.SerializeToString(), error_type=rej.error_type,
                 reason=rej.reason, now_us=now_us))
             self.metrics.dlq.labels(name, rej.error_type).inc()
-
-        batch = InFlightBatch(DeliveryTracker(), offsets,
-                              [emit.exchange_us for emit in outputs.emits if emit.exchange_us > 0],
-                              [emit.topic.value for emit in outputs.emits])
-        refused = produce_nowait(producer, kafka_out, batch.tracker)
-        if refused:
-            produce_nowait(producer, [self._refused_letter(rec, why, now_us) for rec, why in refused], batch.tracker)
-        self.in_flight.append(batch)
-
-    def _refused_letter(self, record: KafkaRecord, reason: str, now_us: int) -> KafkaRecord:
-        """A dead letter for an output the producer cannot send (too large): its head is kept, so the DLQ
-        record itself fits, and the reason says how large it was."""
-        topic, key, value, _ = record
-        self.metrics.dlq.labels(self.spec.name, "output_too_large").inc()
-        self.log.error("dead-lettering an unproducible output: %s", reason)
-        return dead_letter(stage=self.spec.name, source_topic=topic, source_partition=-1, source_offset=-1,
-                           key=key if isinstance(key, bytes) else key.encode(), payload=value[:REFUSED_PAYLOAD_HEAD],
-                           error_type="output_too_large", reason=f"{reason}; payload truncated to its first "
-                           f"{min(len(value), REFUSED_PAYLOAD_HEAD)} bytes", now_us=now_us)
+        self.delivery.send(producer, outputs.emits, kafka_out, offsets, trace_headers)
 
     def _flush_with_backpressure(self, consumer: Consumer, producer: Producer, state: Any) -> list[Reject]:
         """Run the stage's flush; while its store is down, pause the consumer and retry with capped exponential

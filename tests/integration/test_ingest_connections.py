@@ -13,13 +13,12 @@ from confluent_kafka import Producer
 from schemas import market_pb2
 from services.fake_exchange.server import ExchangeThread, FakeExchange, FakeOptions, load_capture
 from streams.ingest.binance import BinanceRest, LiveFeed, LiveOptions, resolve_symbols, venue_spec
-from streams.ingest.publish import Publisher, PublisherThread
 from streams.ingest.quality import IngestQuality
 from streams.runtime.clock import LiveClock
 from streams.runtime.observability import HealthState, StageMetrics, make_tracer_provider
 from streams.runtime.settings import Settings
+from streams.runtime.source import SourceRunner
 from tests.conftest import free_port
-from tests.integration.stack import wait_for
 from tests.unit.test_ingest_stage import FakeProducer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -58,8 +57,8 @@ def test_feed_retries_with_backoff_until_the_exchange_comes_up(shared_data: Path
     producer = FakeProducer()
     metrics = StageMetrics.create("ingest")
     settings = Settings(ws_backoff_max_s=1.0)
-    publisher = PublisherThread(Publisher(cast(Producer, producer), metrics,
-                                          make_tracer_provider("ingest", settings).get_tracer("t"), clock, "ws"))
+    publisher = SourceRunner("ingest", cast(Producer, producer), metrics,
+                             make_tracer_provider("ingest", settings).get_tracer("t"), clock, source_topic="ws")
     server = ExchangeThread(lambda: FakeExchange(capture, FakeOptions(venue="spot", speed=10, start_delay_s=0.2)),
                             "127.0.0.1", port)
 
@@ -92,7 +91,7 @@ def test_feed_retries_with_backoff_until_the_exchange_comes_up(shared_data: Path
     assert failures is not None and 2 <= failures <= 8  # 0.25..0.5, 0.5..1, then <= 1 s apart over 2 s
     st = feed.state.symbols["BTCUSDT"]
     assert st.book.synced and st.trades > 100 and st.trades_lost == 0
-    wait_for(lambda: publisher.backlog == 0, 10, "the publisher to drain")
+    assert publisher.backlog == 0 and not publisher.failed  # close() waited for every acknowledgement
     ids = [ev.trade.trade_id for _, _, v in producer.records for ev in market_pb2.TickBatch.FromString(v).events
            if ev.WhichOneof("event") == "trade"]
     assert ids == list(range(ids[0], ids[0] + len(ids))) and len(ids) == st.trades

@@ -15,7 +15,6 @@ from confluent_kafka import Producer
 from schemas import common_pb2, dlq_pb2, market_pb2
 from streams.ingest.binance import LiveOptions, new_state
 from streams.ingest.core import IngestOutputs
-from streams.ingest.publish import Publisher
 from streams.ingest.quality import IngestQuality
 from streams.ingest.replay import (
     Replayer,
@@ -29,6 +28,7 @@ from streams.ingest.replay import (
 from streams.runtime.clock import LiveClock, ManualClock
 from streams.runtime.observability import HealthState, StageMetrics, make_tracer_provider
 from streams.runtime.settings import Settings
+from streams.runtime.source import SourceRunner
 from streams.runtime.topics import Topic
 from tests.unit.test_ingest_stage import FakeProducer
 
@@ -176,8 +176,9 @@ def test_run_replay_publishes_ticks_and_dead_letters(tmp_path: Path) -> None:
     producer = FakeProducer()
     metrics = StageMetrics.create("ingest")
     settings = Settings(source=f"replay:{capture}", replay_speed="max", replay_exit=True)
-    publisher = Publisher(cast(Producer, producer), metrics, make_tracer_provider("ingest", settings).get_tracer("t"),
-                          LiveClock(), f"replay:{capture}")
+    publisher = SourceRunner("ingest", cast(Producer, producer), metrics,
+                             make_tracer_provider("ingest", settings).get_tracer("t"), LiveClock(),
+                             source_topic=f"replay:{capture}")
     code = run_replay(settings, capture, publisher=publisher, metrics=metrics,
                       quality=IngestQuality.create(metrics.registry), health=HealthState(), stop=threading.Event(),
                       wall=LiveClock())
@@ -207,8 +208,9 @@ def test_paced_replay_follows_recorded_time(tmp_path: Path) -> None:
     metrics = StageMetrics.create("ingest")
     settings = Settings(replay_speed="2", replay_exit=True)
     clock = LiveClock()
-    publisher = Publisher(cast(Producer, producer), metrics, make_tracer_provider("ingest", settings).get_tracer("t"),
-                          clock, "replay")
+    publisher = SourceRunner("ingest", cast(Producer, producer), metrics,
+                             make_tracer_provider("ingest", settings).get_tracer("t"), clock,
+                             source_topic="replay")
     started = clock.now_us()
     assert run_replay(settings, capture, publisher=publisher, metrics=metrics,
                       quality=IngestQuality.create(metrics.registry), health=HealthState(), stop=threading.Event(),

@@ -11,9 +11,10 @@ from confluent_kafka import Producer
 from schemas import dlq_pb2, prediction_pb2
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import Emit, InRecord, Outputs, StageSpec
+from streams.runtime.delivery import REFUSED_PAYLOAD_HEAD, Delivery
 from streams.runtime.kafka import DeliveryTracker, produce_nowait
-from streams.runtime.observability import HealthState
-from streams.runtime.runner import REFUSED_PAYLOAD_HEAD, StageRunner
+from streams.runtime.observability import HealthState, StageMetrics
+from streams.runtime.runner import StageRunner
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 
@@ -99,8 +100,8 @@ def test_an_output_too_large_to_produce_is_dead_lettered_with_its_head() -> None
     refused = produce_nowait(producer, [("predictions.v1", b"X", big, None)], DeliveryTracker())
     assert [(rec[2] is big, why) for rec, why in refused] == [
         (True, "predictions.v1 record of 2000000 bytes exceeds the producer's message.max.bytes")]
-    runner = StageRunner(StageSpec("infer", (Topic.FEATURES,), dict, counting_process), Settings(), ManualClock(7))
-    topic, key, value, _ = runner._refused_letter(refused[0][0], refused[0][1], 7)
+    delivery = Delivery("infer", StageMetrics.create("infer"), ManualClock(7))
+    topic, key, value, _ = delivery.refused_letter(refused[0][0], refused[0][1], 7)
     letter = dlq_pb2.DeadLetter.FromString(value)
     assert (topic, key, letter.error_type, len(letter.payload)) == ("dlq.v1", b"X", "output_too_large",
                                                                     REFUSED_PAYLOAD_HEAD)
