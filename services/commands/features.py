@@ -58,11 +58,14 @@ def list_features() -> None:
 
 
 @features_app.command("docs")
-def docs(check: Annotated[bool, typer.Option(help="Fail if docs/features.md is stale")] = False) -> None:
+def docs(
+    check: Annotated[bool, typer.Option(help="Fail if the file is stale")] = False,
+    out: Annotated[Path | None, typer.Option(help="Output file (default: the checkout's docs/features.md)")] = None,
+) -> None:
     """Write docs/features.md from the feature table."""
     from streams.features.docs import main
 
-    raise typer.Exit(main(["--check"] if check else []))
+    raise typer.Exit(main([*(["--check"] if check else []), *(["--out", str(out)] if out is not None else [])]))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,1 +1,1 @@
-"""Offline training: builds model artifacts (``models/default``) from the simulator and the features core."""
+"""Offline training: builds model artifacts (``streams/infer/artifacts/``) from the simulator and the features core."""

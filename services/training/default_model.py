@@ -1,6 +1,6 @@
 """Build the shipped default model, reproducibly, from the built-in market simulator.
 
-    python -m services.training.default_model --out models/default
+    python -m services.training.default_model --out streams/infer/artifacts/default
 
 Pipeline: ``MarketSimulator`` (one per symbol, seed + index) -> ingest core (``streams.ingest.core``: books,
 20 ms TickBatches) -> features core (``compute_frame``: the exact streaming code the features stage runs) ->
@@ -459,7 +459,7 @@ def build(cfg: TrainConfig, out_dir: Path, log: Any = print) -> dict[str, Any]:
     std = np.nanstd(x32, axis=0)
     training = {
         "source": "streams.ingest.simulator.MarketSimulator -> streams.ingest.core -> streams.features.core",
-        "command": "python -m services.training.default_model --out models/default",
+        "command": "python -m services.training.default_model --out streams/infer/artifacts/default",
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "simulator_seeds": {s: cfg.seed + i for i, s in enumerate(cfg.symbols)},
         "time_mapping": {
@@ -566,7 +566,7 @@ def card_markdown(card: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=Path("models/default"))
+    parser.add_argument("--out", type=Path, default=Path("streams/infer/artifacts/default"))
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--duration-s", type=float, default=TrainConfig.duration_s)
     parser.add_argument("--events-per-s", type=float, default=TrainConfig.events_per_s)

@@ -1,4 +1,8 @@
-"""Generate ``docs/features.md`` from the feature table: ``python -m streams.features.docs [--check]``."""
+"""Generate ``docs/features.md`` from the feature table: ``python -m streams.features.docs [--check] [--out PATH]``.
+
+The file is documentation of the repository, never read at run time. From a source checkout the default output
+is the checkout's ``docs/features.md``; an installed package has no such folder, so there ``--out`` is required.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from pathlib import Path
 
 from streams.features import definitions as d
 
-DOCS_PATH = Path(__file__).resolve().parents[2] / "docs" / "features.md"
+_CHECKOUT = Path(__file__).resolve().parents[2]
+DOCS_PATH = _CHECKOUT / "docs" / "features.md"  # the repository's copy: exists in a source checkout only
 _TIER_SCHEDULE = {d.TIER_FAST: "every batch", d.TIER_MEDIUM: "every 1 s", d.TIER_SLOW: "every 5 s"}
 
 
@@ -79,11 +84,20 @@ def render() -> str:
     return "\n".join(lines)
 
 
+def default_out() -> Path | None:
+    """``docs/features.md`` of the source checkout this module runs from; None when installed as a package."""
+    return DOCS_PATH if (_CHECKOUT / "pyproject.toml").is_file() and DOCS_PATH.parent.is_dir() else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=DOCS_PATH)
+    parser.add_argument("--out", type=Path, default=None, help="default: docs/features.md of the source checkout")
     parser.add_argument("--check", action="store_true", help="exit 1 if the file differs from the code")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = default_out()
+        if args.out is None:
+            parser.error("not running from a source checkout (no docs/ folder to update): pass --out PATH")
     text = render()
     if args.check:
         current = args.out.read_text(encoding="utf-8") if args.out.exists() else ""

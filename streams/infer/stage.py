@@ -29,8 +29,11 @@ log = logging.getLogger("surge.infer")
 
 
 def default_model_dir() -> Path:
-    """The model shipped in the repository, built by ``python -m services.training.default_model``."""
-    return Path(__file__).resolve().parents[2] / "models" / "default"
+    """The model shipped as package data (``streams/infer/artifacts/default``), built by
+    ``python -m services.training.default_model``."""
+    from streams.infer.artifacts import shipped
+
+    return shipped("default")
 
 
 def model_dir(settings: Settings) -> Path:

@@ -33,7 +33,7 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.bench
 
 RESULTS = REPO_ROOT / "bench" / "results"
-SHIPPED = REPO_ROOT / "models" / "btcusdt-klines"
+SHIPPED = REPO_ROOT / "streams" / "infer" / "artifacts" / "btcusdt-klines"
 HORIZONS = (5, 10, 30)
 BATCH = 32
 ROW_REPEATS = 2000

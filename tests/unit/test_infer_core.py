@@ -236,12 +236,12 @@ def test_stage_spec_batches_by_the_infer_settings(tmp_path: Path) -> None:
     assert (s.name, s.input_topics, s.batch_max, s.batch_timeout_ms) == ("infer", (Topic.FEATURES,), 32, 25)
     state = s.make_state()
     assert state.model.model_version == VERSION and state.serving.canary is None and not state.closers
-    assert default_model_dir() == Path(__file__).resolve().parents[2] / "models" / "default"
+    assert default_model_dir() == Path(__file__).resolve().parents[2] / "streams" / "infer" / "artifacts" / "default"
 
 
 def test_shipped_default_model_matches_the_feature_code() -> None:
     model = load_model(default_model_dir())
-    assert model.feature_version == FEATURE_VERSION, "features changed: rebuild models/default"
+    assert model.feature_version == FEATURE_VERSION, "features changed: rebuild streams/infer/artifacts/default"
     assert model.horizons == (5, 10, 30)
     out = process([InRecord(value=vector(0, {n: 0.0 for n in model.feature_names}), key="BTCUSDT")],
                   InferState(model), ManualClock())

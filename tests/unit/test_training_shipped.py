@@ -1,5 +1,6 @@
-"""The shipped real-data model ``models/btcusdt-klines``: complete, loadable, registrable, trained on the files
-its card names (sha256 as in ../shared/data/binance/PROVENANCE.md), and still matching the feature code."""
+"""The shipped real-data model ``streams/infer/artifacts/btcusdt-klines``: complete, loadable, registrable,
+trained on the files its card names (sha256 as in ../shared/data/binance/PROVENANCE.md), and still matching the
+feature code."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-FOLDER = REPO_ROOT / "models" / "btcusdt-klines"
+FOLDER = REPO_ROOT / "streams" / "infer" / "artifacts" / "btcusdt-klines"
 # sha256 prefixes from PROVENANCE.md, section 1a.
 SHA_PREFIX = {"BTCUSDT-1m-2026-03.zip": "a2c1e689d39aa787", "BTCUSDT-1m-2026-04.zip": "318afd4f5acfbcfb",
               "BTCUSDT-1m-2026-05.zip": "62983d93c35e26ec"}
@@ -59,7 +60,7 @@ def test_card_names_the_training_and_evaluation_data() -> None:
 
 def test_shipped_model_matches_the_feature_code() -> None:
     assert load_model(FOLDER).feature_version == FEATURE_VERSION, (
-        "features changed: rebuild models/btcusdt-klines with the command in its card.md")
+        "features changed: rebuild streams/infer/artifacts/btcusdt-klines with the command in its card.md")
 
 
 def test_scores_real_may_klines(shared_data: Path, tmp_path: Path) -> None:
