@@ -152,7 +152,7 @@ def test_offsets_are_committed_only_for_the_acknowledged_prefix_of_batches() -> 
     from confluent_kafka import Consumer
 
     from streams.runtime.kafka import DeliveryFailed, DeliveryTracker
-    from streams.runtime.runner import InFlightBatch
+    from streams.runtime.delivery import InFlightBatch
 
     runner = StageRunner(StageSpec("t", (Topic.PREDICTIONS,), list, lambda b, s, c: Outputs()), Settings(),
                          ManualClock(1))
