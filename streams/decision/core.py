@@ -12,16 +12,23 @@ horizon of the prediction when that one is absent):
 * After a LONG/SHORT the symbol cools down for ``cooldown_s``: no new LONG/SHORT is emitted until it ends.
 * WAIT is emitted only as the transition to flat: the symbol's last emitted decision was LONG/SHORT, its
   cooldown has expired, and the current decision is WAIT. Repeated WAITs are never emitted.
+
+Before any of that, ``validate`` rejects a prediction that cannot be priced (``streams.runtime.validate``): no
+horizon, a p_up outside [0, 1] (or NaN), a spread outside [0, MAX_SPREAD_BPS] or a label barrier outside
+[0, MAX_BARRIER_BPS] (the cost inputs), a mid_price that is not a finite positive price (it becomes the
+signal's price), or timestamps outside ``DecisionConfig.bounds`` of the clock: an exchange time too far ahead
+of the clock or too old, or a stage stamp earlier than the exchange time by more than the skew (a negative
+latency).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from schemas import SCHEMA_VERSION, prediction_pb2, signal_pb2
 from streams.decision.cost import CostModel
+from streams.runtime import validate as v
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit, InRecord, Outputs, Reject
 from streams.runtime.settings import Settings
@@ -42,6 +49,7 @@ class DecisionConfig:
     tier_a_utility_bps: float
     tier_b_utility_bps: float
     cooldown_us: int
+    bounds: v.TimeBounds = v.UNBOUNDED  # prediction timestamps vs the clock
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DecisionConfig:
@@ -51,6 +59,7 @@ class DecisionConfig:
             tier_a_utility_bps=settings.tier_a_utility_bps,
             tier_b_utility_bps=settings.tier_b_utility_bps,
             cooldown_us=round(settings.cooldown_s * 1_000_000),
+            bounds=v.TimeBounds.from_settings(settings),
         )
 
 
@@ -92,16 +101,20 @@ def pick_horizon(
     return prediction.horizons[0] if prediction.horizons else None
 
 
-def validate(prediction: prediction_pb2.Prediction, config: DecisionConfig) -> tuple[str, str] | None:
-    """(error_type, reason) when the prediction cannot be priced, else None."""
+def validate(prediction: prediction_pb2.Prediction, config: DecisionConfig, now_us: int) -> v.Problem | None:
+    """(error_type, reason) when the prediction cannot be priced or published, else None (see the module doc)."""
     horizon = pick_horizon(prediction, config.horizon_min)
     if horizon is None:
         return "no_horizons", "prediction carries no horizon probabilities"
-    if not (math.isfinite(horizon.p_up) and 0.0 <= horizon.p_up <= 1.0):
-        return "invalid_probability", f"p_up {horizon.p_up!r} outside [0, 1]"
-    if not (math.isfinite(prediction.spread_bps) and prediction.spread_bps >= 0.0):
-        return "invalid_spread", f"spread_bps {prediction.spread_bps!r} is not a finite non-negative number"
-    return None
+    h = horizon.horizon_min
+    return (v.probability(f"horizon {h} p_up", horizon.p_up)
+            or v.finite_in_range("spread_bps", prediction.spread_bps, 0.0, v.MAX_SPREAD_BPS, "invalid_spread")
+            or v.finite_in_range(f"horizon {h} upper_barrier_bps", horizon.upper_barrier_bps, 0.0,
+                                 v.MAX_BARRIER_BPS, "invalid_barrier")
+            or v.finite_in_range(f"horizon {h} lower_barrier_bps", horizon.lower_barrier_bps, 0.0,
+                                 v.MAX_BARRIER_BPS, "invalid_barrier")
+            or v.finite_positive_price("mid_price", prediction.mid_price)
+            or v.timestamps_within(prediction.ts, now_us, config.bounds, ("ingest_us", "features_us", "infer_us")))
 
 
 def evaluate(prediction: prediction_pb2.Prediction, config: DecisionConfig, cost: CostModel) -> Evaluation:
@@ -174,7 +187,7 @@ def process(
     config = state.config
     for record in batch:
         prediction = record.value
-        problem = validate(prediction, config)
+        problem = validate(prediction, config, now_us)
         if problem is not None:
             out.rejects.append(Reject(record, *problem))
             continue

@@ -6,9 +6,16 @@ a 1 s return grid and a 1 min bucket grid. The stage calls the kernel once per s
 batch drivers call it once per symbol over a whole file; both give identical vectors because all state lives in
 the arrays. Formulas, tiers and the windowing policy are in ``definitions.py``; inputs become rows in ``rows.py``.
 
-Backpressure: when the event-time lag of a consumed batch (now minus its newest exchange time) exceeds the
-threshold, the medium and slow tiers are dropped (NaN + TIERS_DROPPED, counted in ``BackpressureStats``) until
-the lag is back under the resume threshold.
+Backpressure is decided per symbol: when a symbol's event-time lag (the clock minus the newest event time the
+symbol's state has reached, this batch's included) exceeds the threshold, that symbol's medium and slow tiers
+are dropped (NaN + TIERS_DROPPED, counted in ``BackpressureStats``) until its lag is back under the resume
+threshold. One symbol's backlog does not degrade the others, and a lone late batch of a symbol that is
+otherwise current does not flip it, since its state has already seen newer events.
+
+Validation: besides what ``rows.parse_batch`` refuses (non-finite or non-positive prices and sizes, unsorted or
+crossed books), a batch is rejected when a price or size exceeds ``validate.MAX_PRICE`` / ``MAX_QTY`` or, in
+``process``, when its exchange time or any event's is outside ``FeatureState.bounds`` of the clock (a
+far-future time would otherwise become the symbol's clock: event time never goes backwards in the state).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 from schemas import SCHEMA_VERSION, common_pb2, features_pb2, market_pb2
 from streams.features import definitions as d
 from streams.features.rows import InvalidBatch, ParsedBatch, Rows, encode_batches, parse_batch
+from streams.runtime import validate as v
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit, InRecord, Outputs, Reject
 from streams.runtime.topics import Topic
@@ -111,6 +119,12 @@ class SymbolState:
         preset = None if thresholds is None else (*thresholds.vol, *thresholds.depth)
         self.kernel = d.new_kernel_state(preset)
         self.recent: OrderedDict[str, VectorRecord] = OrderedDict()
+        self.tiers_dropped = False  # this symbol's backpressure state
+
+    @property
+    def event_time_us(self) -> int:
+        """The newest event time folded in so far (the state's clock; 0 before the first batch)."""
+        return int(self.kernel.si[d.S_LAST_T])
 
     @property
     def thresholds(self) -> RegimeThresholds | None:
@@ -141,45 +155,59 @@ class SymbolState:
 class BackpressureStats:
     """Counters the stage exports as metrics (the core itself has no metrics dependency)."""
 
-    dropped: bool = False
-    episodes: int = 0  # times the tiers were dropped
+    dropped: bool = False  # some symbol's tiers are dropped
+    symbols_dropped: int = 0  # symbols whose tiers are dropped now
+    episodes: int = 0  # times a symbol's tiers were dropped
     vectors_dropped: int = 0  # vectors emitted without the medium/slow tiers
-    last_lag_s: float = 0.0
+    last_lag_s: float = 0.0  # the largest per-symbol lag of the last consumed batch
 
 
 @dataclass
 class Backpressure:
-    """Hysteresis on event-time lag: drop above ``drop_lag_s`` (0: never), restore at or below ``resume_lag_s``."""
+    """Per-symbol hysteresis on event-time lag: drop above ``drop_lag_s`` (0: never), restore at or below
+    ``resume_lag_s``."""
 
     drop_lag_s: float = 0.0
     resume_lag_s: float = 0.0
     stats: BackpressureStats = field(default_factory=BackpressureStats)
 
-    def tiers_on(self, lag_s: float) -> bool:
+    def tiers_on(self, lag_s: float, symbol: SymbolState, name: str = "") -> bool:
+        """Whether ``symbol``, ``lag_s`` behind, gets its medium and slow tiers; updates its state and the stats."""
         st = self.stats
-        st.last_lag_s = lag_s
+        was = symbol.tiers_dropped
         if self.drop_lag_s <= 0.0:
-            st.dropped = False
-        elif not st.dropped and lag_s > self.drop_lag_s:
-            st.dropped = True
+            now = False
+        elif not was and lag_s > self.drop_lag_s:
+            now = True
             st.episodes += 1
-            log.warning("event-time lag %.1fs > %.1fs: dropping the medium and slow feature tiers", lag_s,
-                        self.drop_lag_s)
-        elif st.dropped and lag_s <= self.resume_lag_s:
-            st.dropped = False
-            log.warning("event-time lag %.1fs <= %.1fs: medium and slow feature tiers restored", lag_s,
-                        self.resume_lag_s)
-        return not st.dropped
+            log.info("%s: event-time lag %.1fs > %.1fs: dropping its medium and slow feature tiers", name, lag_s,
+                     self.drop_lag_s)
+        elif was and lag_s <= self.resume_lag_s:
+            now = False
+            log.info("%s: event-time lag %.1fs <= %.1fs: medium and slow feature tiers restored", name, lag_s,
+                     self.resume_lag_s)
+        else:
+            now = was
+        if now != was:
+            symbol.tiers_dropped = now
+            before = st.symbols_dropped
+            st.symbols_dropped += 1 if now else -1
+            st.dropped = st.symbols_dropped > 0
+            if before == 0 or st.symbols_dropped == 0:
+                log.warning("medium and slow feature tiers %s under backpressure (%d symbols dropped)",
+                            "dropped" if now else "restored: none", st.symbols_dropped)
+        return not now
 
 
 class FeatureState:
     """Per-symbol streaming state of the features stage, created on first sight of a symbol."""
 
     def __init__(self, regime_thresholds: Mapping[str, RegimeThresholds] | None = None,
-                 backpressure: Backpressure | None = None) -> None:
+                 backpressure: Backpressure | None = None, bounds: v.TimeBounds = v.UNBOUNDED) -> None:
         self._presets: dict[str, RegimeThresholds] = dict(regime_thresholds or {})
         self._symbols: dict[tuple[int, str], SymbolState] = {}
         self.backpressure = backpressure if backpressure is not None else Backpressure()
+        self.bounds = bounds  # event times vs the clock in ``process`` (the stage wires the settings)
 
     def symbol(self, venue: int, symbol: str) -> SymbolState:
         key = (venue, symbol)
@@ -249,9 +277,54 @@ class _Pending:
     records: list[VectorRecord] = field(default_factory=list)
 
 
-def _fold_records(tbs: Sequence[market_pb2.TickBatch], state: FeatureState, tiers_on: bool,
+def check_values(p: ParsedBatch) -> v.Problem | None:
+    """The upper bounds ``parse_batch`` leaves open: prices <= MAX_PRICE, sizes <= MAX_QTY (it has checked
+    that they are finite and > 0)."""
+    for i, (_, price, qty, _sold) in enumerate(p.trades):
+        problem = v.finite_positive_price(f"trade[{i}] price", price) or v.finite_positive_qty(f"trade[{i}] qty", qty)
+        if problem is not None:
+            return problem
+    if p.book is not None:
+        # Levels are sorted: the first bid and the last kept ask are the largest prices.
+        problem = (v.finite_positive_price("book bids[0] price", p.book.bids[0][0])
+                   or v.finite_positive_price(f"book asks[{len(p.book.asks) - 1}] price", p.book.asks[-1][0]))
+        if problem is not None:
+            return problem
+        for side, levels in (("bids", p.book.bids), ("asks", p.book.asks)):
+            for i, (_, qty) in enumerate(levels):
+                if qty > v.MAX_QTY:
+                    return v.finite_positive_qty(f"book {side}[{i}] qty", qty)
+    for i, (_, mark, index, _f, _n) in enumerate(p.marks):
+        problem = v.finite_positive_price(f"mark[{i}] price", mark) or v.finite_positive_price(
+            f"mark[{i}] index price", index)
+        if problem is not None:
+            return problem
+    return None
+
+
+def check_times(tb: market_pb2.TickBatch, p: ParsedBatch, now_us: int, bounds: v.TimeBounds) -> v.Problem | None:
+    """The batch's event time within ``bounds`` of the clock, and no event of it ahead of the clock."""
+    name = "ts.exchange_us" if tb.ts.exchange_us else "newest event exchange_us"
+    problem = v.event_time_within(name, p.t_us, now_us, bounds)
+    if problem is not None or not bounds.max_future_us:
+        return problem
+    limit = now_us + bounds.max_future_us
+    events: list[tuple[str, int]] = [(f"trade[{i}].exchange_us", t[0]) for i, t in enumerate(p.trades)]
+    events += [(f"mark[{i}].exchange_us", m[0]) for i, m in enumerate(p.marks)]
+    if p.book is not None:
+        events.append(("book.exchange_us", p.book.exchange_us))
+    for what, at in events:
+        if at > limit:
+            return v.event_time_within(what, at, now_us, v.TimeBounds(max_future_us=bounds.max_future_us))
+    return None
+
+
+def _fold_records(tbs: Sequence[market_pb2.TickBatch], state: FeatureState, now_us: int | None,
                   ) -> list[VectorRecord | InvalidBatch]:
-    """A VectorRecord per batch, or the InvalidBatch that rejects it (its state untouched), in input order."""
+    """A VectorRecord per batch, or the InvalidBatch that rejects it (its state untouched), in input order.
+
+    With ``now_us`` (the stage), event times are checked against ``state.bounds`` and each symbol's tiers follow
+    its own backpressure; without (batch drivers), every tier is evaluated."""
     plan: list[tuple[_Pending, int] | VectorRecord | InvalidBatch] = []
     pending: dict[tuple[int, str], _Pending] = {}
     for tb in tbs:
@@ -259,6 +332,12 @@ def _fold_records(tbs: Sequence[market_pb2.TickBatch], state: FeatureState, tier
             parsed = parse_batch(tb)
         except InvalidBatch as exc:
             plan.append(exc)
+            continue
+        problem = check_values(parsed)
+        if problem is None and now_us is not None:
+            problem = check_times(tb, parsed, now_us, state.bounds)
+        if problem is not None:
+            plan.append(InvalidBatch(*problem))
             continue
         st = state.symbol(tb.venue, tb.symbol)
         hit = st.cached(tb.batch_id, parsed.t_us)
@@ -273,10 +352,20 @@ def _fold_records(tbs: Sequence[market_pb2.TickBatch], state: FeatureState, tier
         group.ids[tb.batch_id] = len(group.parsed)
         plan.append((group, len(group.parsed)))
         group.parsed.append(parsed)
-    for group in pending.values():
+    worst_lag_s: float | None = None
+    for (_, symbol), group in pending.items():
+        tiers_on = True
+        if now_us is not None:
+            # The symbol's own lag: its newest event time, this batch's or one its state has already seen.
+            newest = max(group.state.event_time_us, *(p.t_us for p in group.parsed))
+            lag_s = (now_us - newest) / 1e6
+            worst_lag_s = lag_s if worst_lag_s is None else max(worst_lag_s, lag_s)
+            tiers_on = state.backpressure.tiers_on(lag_s, group.state, symbol)
         group.records = group.state.fold(group.parsed, tiers_on=tiers_on)
         for batch_id, rec in zip(group.ids, group.records, strict=True):  # dicts keep insertion order
             group.state.remember(batch_id, rec)
+    if worst_lag_s is not None:
+        state.backpressure.stats.last_lag_s = worst_lag_s
     out: list[VectorRecord | InvalidBatch] = []
     for item in plan:
         out.append(item[0].records[item[1]] if isinstance(item, tuple) else item)
@@ -286,10 +375,7 @@ def _fold_records(tbs: Sequence[market_pb2.TickBatch], state: FeatureState, tier
 def process(batch: Sequence[InRecord[market_pb2.TickBatch]], state: FeatureState, clock: Clock) -> Outputs:
     """One FeatureVector per valid TickBatch on features.v1; invalid batches are rejected, state untouched."""
     out = Outputs()
-    newest = max((rec.value.ts.exchange_us for rec in batch), default=0)
-    lag_s = (clock.now_us() - newest) / 1e6 if newest > 0 else 0.0
-    tiers_on = state.backpressure.tiers_on(lag_s)
-    results = _fold_records([rec.value for rec in batch], state, tiers_on)
+    results = _fold_records([rec.value for rec in batch], state, clock.now_us())
     stats = state.backpressure.stats
     for rec, res in zip(batch, results, strict=True):
         tb = rec.value
@@ -333,7 +419,7 @@ def compute_frame(
     buf: list[market_pb2.TickBatch] = []
 
     def flush() -> None:
-        for tb, res in zip(buf, _fold_records(buf, state, True), strict=True):
+        for tb, res in zip(buf, _fold_records(buf, state, None), strict=True):
             if isinstance(res, InvalidBatch):
                 continue
             symbols.append(tb.symbol)

@@ -4,10 +4,12 @@
 runs the same spec and also exports the tier metrics on the stage's /metrics; the generic runner keeps them
 unexported, because a StageSpec's state factory cannot see the runner's registry:
 
-* ``surge_features_tiers_dropped{stage}``: 1 while the medium and slow tiers are dropped under backpressure;
-* ``surge_features_tier_drops_total{stage}``: times they were dropped;
+* ``surge_features_tiers_dropped{stage}``: 1 while some symbol's medium and slow tiers are dropped under
+  backpressure (decided per symbol);
+* ``surge_features_symbols_tiers_dropped{stage}``: how many symbols have them dropped;
+* ``surge_features_tier_drops_total{stage}``: times a symbol's tiers were dropped;
 * ``surge_features_vectors_tiers_dropped_total{stage}``: vectors emitted without them;
-* ``surge_features_lag_seconds{stage}``: the event-time lag the decision was taken on.
+* ``surge_features_lag_seconds{stage}``: the largest per-symbol event-time lag of the last consumed batch.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from streams.features.rows import Rows
 from streams.runtime.core import StageSpec
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
+from streams.runtime.validate import TimeBounds
 
 log = logging.getLogger("surge.features")
 
@@ -55,7 +58,8 @@ def _warm_up_in_background() -> None:
 def make_state(settings: Settings) -> FeatureState:
     _warm_up_in_background()
     return FeatureState(backpressure=Backpressure(settings.features_backpressure_lag_s,
-                                                  settings.features_resume_lag_s))
+                                                  settings.features_resume_lag_s),
+                        bounds=TimeBounds.from_settings(settings))
 
 
 def spec(settings: Settings, state: FeatureState | None = None) -> StageSpec[FeatureState]:
@@ -78,9 +82,13 @@ class TierMetrics(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         st = self.state.backpressure.stats
         dropped = GaugeMetricFamily("surge_features_tiers_dropped",
-                                    "1 while the medium and slow feature tiers are dropped", labels=["stage"])
+                                    "1 while some symbol's medium and slow feature tiers are dropped", labels=["stage"])
         dropped.add_metric([self.stage], 1.0 if st.dropped else 0.0)
         yield dropped
+        symbols = GaugeMetricFamily("surge_features_symbols_tiers_dropped",
+                                    "Symbols whose medium and slow feature tiers are dropped", labels=["stage"])
+        symbols.add_metric([self.stage], float(st.symbols_dropped))
+        yield symbols
         drops = CounterMetricFamily("surge_features_tier_drops", "Times the medium/slow tiers were dropped",
                                     labels=["stage"])
         drops.add_metric([self.stage], float(st.episodes))
@@ -89,8 +97,8 @@ class TierMetrics(Collector):
                                       "Vectors emitted without the medium/slow tiers", labels=["stage"])
         vectors.add_metric([self.stage], float(st.vectors_dropped))
         yield vectors
-        lag = GaugeMetricFamily("surge_features_lag_seconds", "Event-time lag of the last consumed batch",
-                                labels=["stage"])
+        lag = GaugeMetricFamily("surge_features_lag_seconds",
+                                "Largest per-symbol event-time lag of the last consumed batch", labels=["stage"])
         lag.add_metric([self.stage], st.last_lag_s)
         yield lag
 

@@ -4,6 +4,12 @@ Vectors are mapped by name onto the model's input order (names the vector lacks 
 treat as missing). A vector built with a different feature_version is rejected to the DLQ rather than scored:
 its numbers would mean something else than what the model was trained on.
 
+Values are checked before anything is scored (``streams.runtime.validate``), and a vector that fails is
+rejected whichever model would serve it: a +-inf feature value (the features stage writes NaN, never inf, where
+a value cannot exist), a vector with no finite value at all (only the model's prior could come out; a NaN among
+finite values is normal: an insufficient window or a dropped tier), a mid_price that is not a finite positive
+price, or timestamps outside ``InferState.bounds`` of the clock.
+
 Serving set: the active model, and optionally a canary that serves the symbols ``canary.is_canary_symbol``
 picks. Canary rows are also scored by the active model (shadow): that is the drift metric of the rollback
 guard, and the fallback when the canary cannot serve a row (invalid output or refused vector), so a broken
@@ -26,6 +32,7 @@ from schemas import SCHEMA_VERSION, features_pb2, prediction_pb2
 from streams.infer.canary import CanaryGuard, CanaryPolicy, Verdict, is_canary_symbol
 from streams.infer.metrics import InferMetrics
 from streams.infer.model import FloatArray, IntArray, Model, Prediction, feature_index
+from streams.runtime import validate as v
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit, InRecord, Outputs, Reject
 from streams.runtime.topics import Topic
@@ -69,8 +76,10 @@ class InferState:
         policy: CanaryPolicy | None = None,
         metrics: InferMetrics | None = None,
         on_canary_failure: CanaryFailureHook | None = None,
+        bounds: v.TimeBounds = v.UNBOUNDED,
     ) -> None:
         self.lock = threading.Lock()
+        self.bounds = bounds  # vector timestamps vs the clock (the stage wires the settings)
         self.serving = Serving(model, canary, canary_share, canary_id or (canary.model_version if canary else ""))
         self.guard = CanaryGuard(policy or CanaryPolicy())
         self.metrics = metrics or InferMetrics.create()
@@ -148,10 +157,27 @@ def _check(vec: features_pb2.FeatureVector, model: Model) -> tuple[str, str] | N
     return None
 
 
+def check_values(vec: features_pb2.FeatureVector, now_us: int, bounds: v.TimeBounds) -> v.Problem | None:
+    """What makes a (well-formed) vector unusable by any model; see the module doc."""
+    values = np.asarray(vec.values, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        inf = np.isinf(values)
+        if inf.any():
+            k = int(np.argmax(inf))
+            return v.INVALID_VALUE, f"feature {vec.names[k]} is {float(values[k])!r}: must be finite or NaN"
+        if not finite.any():
+            return v.INVALID_VALUE, f"all {len(values)} feature values are NaN: nothing to score"
+    if not len(values):
+        return v.INVALID_VALUE, "the vector has no feature values: nothing to score"
+    return (v.finite_positive_price("mid_price", vec.mid_price)
+            or v.timestamps_within(vec.ts, now_us, bounds, ("ingest_us", "features_us")))
+
+
 def _value_of(vec: features_pb2.FeatureVector, name: str) -> float:
-    for n, v in zip(vec.names, vec.values, strict=True):
+    for n, value in zip(vec.names, vec.values, strict=True):
         if n == name:
-            return float(v)
+            return float(value)
     return math.nan
 
 
@@ -228,6 +254,7 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
     serving = state.serving
     active = serving.active
     metrics = state.metrics
+    now_us = clock.now_us()
     # (record, served by the canary?, can the active model take it?) in input order; refused vectors go to
     # the DLQ at once.
     plan: list[tuple[InRecord[features_pb2.FeatureVector], bool, bool]] = []
@@ -238,6 +265,10 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
         canary = serving.canary_for(vec.symbol)
         if problem is not None and problem[0] == "malformed_vector":
             out.rejects.append(Reject(rec, *problem))  # the input's fault, not the canary's
+            continue
+        invalid = check_values(vec, now_us, state.bounds)
+        if invalid is not None:
+            out.rejects.append(Reject(rec, *invalid))  # neither model may score it
             continue
         if canary is not None:
             if _check(vec, canary) is None:
@@ -251,7 +282,6 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
     if not plan and not canary_refused:
         return out
 
-    now_us = clock.now_us()
     act_idx = [k for k, (_, _, ok) in enumerate(plan) if ok]
     can_idx = [k for k, (_, c, _) in enumerate(plan) if c]
     act = _score(state, active, [plan[k][0].value for k in act_idx], ACTIVE) if act_idx else None

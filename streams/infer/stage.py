@@ -24,6 +24,7 @@ from streams.runtime.clock import Clock, LiveClock
 from streams.runtime.core import StageSpec
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
+from streams.runtime.validate import TimeBounds
 
 log = logging.getLogger("surge.infer")
 
@@ -54,7 +55,8 @@ def make_state(settings: Settings, registry: CollectorRegistry | None = None, cl
     if not settings.infer_registry:
         model = load_model(model_dir(settings))
         warn_feature_version(model, log)
-        return InferState(model, metrics=metrics, policy=canary_policy(settings))
+        return InferState(model, metrics=metrics, policy=canary_policy(settings),
+                          bounds=TimeBounds.from_settings(settings))
     from streams.storage.registry import ModelRegistry
     from streams.storage.warehouse import apply_ddl, open_warehouse
 
@@ -69,6 +71,7 @@ def make_state(settings: Settings, registry: CollectorRegistry | None = None, cl
                               canary_share=settings.canary_share, policy=canary_policy(settings), metrics=metrics,
                               log=log)
     state = watcher.initial_state()
+    state.bounds = TimeBounds.from_settings(settings)
     watcher.start()
     state.closers.append(watcher.stop)
     return state
