@@ -30,7 +30,7 @@ TIER_A: Tier
 TIER_B: Tier
 
 class Signal(_message.Message):
-    __slots__ = ("schema_version", "signal_id", "venue", "symbol", "decision", "tier", "p_up", "horizon_min", "expected_return_bps", "estimated_cost_bps", "net_utility_bps", "regime", "top_features", "model_version", "feature_version", "cost_model_version", "data_window_id", "quality_flags", "ts", "cooldown_until_us", "price")
+    __slots__ = ("schema_version", "signal_id", "venue", "symbol", "decision", "tier", "p_up", "horizon_min", "expected_return_bps", "estimated_cost_bps", "net_utility_bps", "regime", "top_features", "model_version", "feature_version", "cost_model_version", "data_window_id", "quality_flags", "ts", "cooldown_until_us", "price", "upper_barrier_bps", "lower_barrier_bps")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
     VENUE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,8 @@ class Signal(_message.Message):
     TS_FIELD_NUMBER: _ClassVar[int]
     COOLDOWN_UNTIL_US_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
+    UPPER_BARRIER_BPS_FIELD_NUMBER: _ClassVar[int]
+    LOWER_BARRIER_BPS_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     signal_id: str
     venue: _common_pb2.Venue
@@ -73,4 +75,6 @@ class Signal(_message.Message):
     ts: _common_pb2.Timestamps
     cooldown_until_us: int
     price: float
-    def __init__(self, schema_version: _Optional[int] = ..., signal_id: _Optional[str] = ..., venue: _Optional[_Union[_common_pb2.Venue, str]] = ..., symbol: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., tier: _Optional[_Union[Tier, str]] = ..., p_up: _Optional[float] = ..., horizon_min: _Optional[int] = ..., expected_return_bps: _Optional[float] = ..., estimated_cost_bps: _Optional[float] = ..., net_utility_bps: _Optional[float] = ..., regime: _Optional[str] = ..., top_features: _Optional[_Iterable[_Union[_prediction_pb2.FeatureContribution, _Mapping]]] = ..., model_version: _Optional[str] = ..., feature_version: _Optional[str] = ..., cost_model_version: _Optional[str] = ..., data_window_id: _Optional[str] = ..., quality_flags: _Optional[_Iterable[_Union[_common_pb2.QualityFlag, str]]] = ..., ts: _Optional[_Union[_common_pb2.Timestamps, _Mapping]] = ..., cooldown_until_us: _Optional[int] = ..., price: _Optional[float] = ...) -> None: ...
+    upper_barrier_bps: float
+    lower_barrier_bps: float
+    def __init__(self, schema_version: _Optional[int] = ..., signal_id: _Optional[str] = ..., venue: _Optional[_Union[_common_pb2.Venue, str]] = ..., symbol: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., tier: _Optional[_Union[Tier, str]] = ..., p_up: _Optional[float] = ..., horizon_min: _Optional[int] = ..., expected_return_bps: _Optional[float] = ..., estimated_cost_bps: _Optional[float] = ..., net_utility_bps: _Optional[float] = ..., regime: _Optional[str] = ..., top_features: _Optional[_Iterable[_Union[_prediction_pb2.FeatureContribution, _Mapping]]] = ..., model_version: _Optional[str] = ..., feature_version: _Optional[str] = ..., cost_model_version: _Optional[str] = ..., data_window_id: _Optional[str] = ..., quality_flags: _Optional[_Iterable[_Union[_common_pb2.QualityFlag, str]]] = ..., ts: _Optional[_Union[_common_pb2.Timestamps, _Mapping]] = ..., cooldown_until_us: _Optional[int] = ..., price: _Optional[float] = ..., upper_barrier_bps: _Optional[float] = ..., lower_barrier_bps: _Optional[float] = ...) -> None: ...

@@ -17,6 +17,13 @@ CREATE TABLE IF NOT EXISTS {db}.outcomes
     max_adverse_bps Float64,
     entry_us Int64,
     exit_us Int64,
+    time_to_barrier_us Int64,
+    estimated_cost_bps Float64,
+    realized_cost_bps Float64,
+    upper_barrier_bps Float64,
+    lower_barrier_bps Float64,
+    paper_equity Float64,
+    risk_state LowCardinality(String),
     stored_us Int64
 )
 ENGINE = ReplacingMergeTree(stored_us)

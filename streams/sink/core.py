@@ -42,7 +42,8 @@ SIGNAL_COLUMNS: Final = (
 OUTCOME_COLUMNS: Final = (
     "outcome_id", "signal_id", "venue", "symbol", "decision", "tier", "horizon_min", "label", "entry_price",
     "exit_price", "realized_return_bps", "net_return_bps", "max_favourable_bps", "max_adverse_bps", "entry_us",
-    "exit_us", "stored_us",
+    "exit_us", "time_to_barrier_us", "estimated_cost_bps", "realized_cost_bps", "upper_barrier_bps",
+    "lower_barrier_bps", "paper_equity", "risk_state", "stored_us",
 )
 DEAD_LETTER_COLUMNS: Final = (
     "dlq_id", "stage", "source_topic", "source_partition", "source_offset", "error_type", "reason",
@@ -212,6 +213,13 @@ def outcome_row(outcome: outcome_pb2.Outcome, stored_us: int) -> list[Any]:
         outcome.max_adverse_bps,
         outcome.entry_us,
         outcome.exit_us,
+        outcome.time_to_barrier_us,
+        outcome.estimated_cost_bps,
+        outcome.realized_cost_bps,
+        outcome.upper_barrier_bps,
+        outcome.lower_barrier_bps,
+        outcome.paper_equity,
+        outcome.risk_state,
         stored_us,
     ]
 

@@ -73,7 +73,8 @@ def outcome(signal_id: str = "BTCUSDT:1:m7:5") -> outcome_pb2.Outcome:
         symbol="BTCUSDT", decision=signal_pb2.LONG, tier=signal_pb2.TIER_A, horizon_min=5,
         label=outcome_pb2.HIT_TARGET, entry_price=100.0, exit_price=100.2, realized_return_bps=20.0,
         net_return_bps=14.5, max_favourable_bps=21.0, max_adverse_bps=-3.0, entry_us=NOW - 300_000_000,
-        exit_us=NOW - 1_000_000,
+        exit_us=NOW - 1_000_000, time_to_barrier_us=299_000_000, estimated_cost_bps=5.5, realized_cost_bps=5.0,
+        upper_barrier_bps=60.0, lower_barrier_bps=40.0, paper_equity=1.0014, risk_state="NORMAL",
     )
 
 
@@ -133,7 +134,8 @@ def test_outcome_row() -> None:
     process([rec(outcome())], state, ManualClock(NOW))
     assert state.pending["outcomes"] == [[
         "BTCUSDT:1:m7:5", "BTCUSDT:1:m7:5", "BINANCE_USDM", "BTCUSDT", "LONG", "TIER_A", 5, "HIT_TARGET", 100.0,
-        100.2, 20.0, 14.5, 21.0, -3.0, NOW - 300_000_000, NOW - 1_000_000, NOW,
+        100.2, 20.0, 14.5, 21.0, -3.0, NOW - 300_000_000, NOW - 1_000_000, 299_000_000, 5.5, 5.0, 60.0, 40.0,
+        1.0014, "NORMAL", NOW,
     ]]
     assert state.pending_signals == []
 
