@@ -106,11 +106,18 @@ def warehouse(
     path: Annotated[Path, typer.Option(help="chdb data folder (owned by this process alone)")],
     port: Annotated[int, typer.Option(help="Listen port")] = 8124,
 ) -> None:
-    """Serve a chdb folder to the other processes (only one process may open it)."""
-    from services.warehouse.server import serve
+    """Serve a chdb folder to the other processes (only one process may open it).
+
+    Requires SURGE_WAREHOUSE_TOKEN (clients send it as a bearer token); `surge run` generates one."""
+    from services.warehouse.server import MIN_TOKEN_CHARS, serve
 
     settings = _settings()
-    serve(path.resolve(), "127.0.0.1", port, settings.clickhouse_database)
+    token = settings.warehouse_token.get_secret_value() if settings.warehouse_token is not None else ""
+    if len(token) < MIN_TOKEN_CHARS:
+        console.print(f"[red]refusing to start:[/red] set SURGE_WAREHOUSE_TOKEN (at least {MIN_TOKEN_CHARS} "
+                      "characters; e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        raise typer.Exit(2)
+    serve(path.resolve(), "127.0.0.1", port, settings.clickhouse_database, token)
 
 
 @app.command()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import getpass
+import os
+import pwd
 from pathlib import Path
 from typing import Annotated
 
@@ -16,13 +17,26 @@ models_app = typer.Typer(help="Model registry: versions, deploys, canaries, roll
                          no_args_is_help=True)
 
 
+def os_actor() -> str:
+    """The audit actor: this process's effective OS identity, e.g. ``uid:1000(alice)``.
+
+    Not ``getpass.getuser()``, which believes $LOGNAME/$USER: any caller could sign an audit entry as anyone.
+    The uid is the kernel's; the name is the password database's for that uid (``?`` when it has none)."""
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # e.g. a container uid without an /etc/passwd entry
+        name = "?"
+    return f"uid:{uid}({name})"
+
+
 def _registry() -> ModelRegistry:
     from streams.runtime.clock import LiveClock
     from streams.runtime.settings import Settings
-    from streams.storage.warehouse import apply_ddl, open_warehouse
+    from streams.storage.warehouse import apply_ddl, open_warehouse_from
 
     settings = Settings()
-    warehouse = open_warehouse(settings.warehouse_url(), settings.clickhouse_database)
+    warehouse = open_warehouse_from(settings)
     apply_ddl(warehouse, settings.clickhouse_database)
     return ModelRegistry(warehouse, LiveClock())
 
@@ -50,7 +64,7 @@ def register_artifact(
 ) -> None:
     """Register an artifact folder (no deploy)."""
     try:
-        rec = _registry().register(model_dir, getpass.getuser())
+        rec = _registry().register(model_dir, os_actor())
     except RegistryError as exc:
         raise _fail(exc) from exc
     Console().print(f"registered {rec.model_version}")
@@ -64,7 +78,7 @@ def deploy(
 ) -> None:
     """Activate a version (the infer stage hot-reloads it) or make it the canary."""
     try:
-        rec = _registry().deploy(version, getpass.getuser(), canary=canary, reason=reason)
+        rec = _registry().deploy(version, os_actor(), canary=canary, reason=reason)
     except RegistryError as exc:
         raise _fail(exc) from exc
     Console().print(f"deployed {rec.model_version} as {'canary' if canary else 'active'}")
@@ -74,7 +88,7 @@ def deploy(
 def rollback(reason: Annotated[str, typer.Option(help="Why, for the audit log")] = "") -> None:
     """Re-activate the active model's rollback target."""
     try:
-        rec = _registry().rollback(getpass.getuser(), reason)
+        rec = _registry().rollback(os_actor(), reason)
     except RegistryError as exc:
         raise _fail(exc) from exc
     Console().print(f"rolled back to {rec.model_version}")

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 
 from streams.runtime.settings import Settings
 from streams.storage.cache import open_redis
-from streams.storage.warehouse import Warehouse, WarehouseUnavailable, open_warehouse
+from streams.storage.warehouse import Warehouse, WarehouseUnavailable, open_warehouse_from
 
 
 class Resources:
@@ -26,7 +26,7 @@ class Resources:
         with self._lock:
             if self._warehouse is None:
                 try:
-                    self._warehouse = open_warehouse(self.settings.warehouse_url(), self.settings.clickhouse_database)
+                    self._warehouse = open_warehouse_from(self.settings)
                 except Exception as exc:  # a warehouse that cannot be opened, for whatever reason, is down to us
                     raise WarehouseUnavailable(f"cannot open warehouse: {exc}") from exc
             return self._warehouse

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -113,6 +114,10 @@ def resolve_source(settings: Settings) -> str:
 def plan_children(settings: Settings, source: str) -> list[ChildSpec]:
     env = dict(os.environ)
     env["SURGE_SOURCE"] = source
+    if settings.warehouse_token is None:
+        # The warehouse service and its clients share this secret; children get it by environment (never argv,
+        # which every user can read with ps). One per run, so it also survives a warehouse restart.
+        env["SURGE_WAREHOUSE_TOKEN"] = secrets.token_urlsafe(32)
     if source.startswith("replay:"):
         # Recorded exchange times are old, so wall-clock lag would always look like backpressure.
         env.setdefault("SURGE_FEATURES_BACKPRESSURE_LAG_S", "0")

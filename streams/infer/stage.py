@@ -58,12 +58,12 @@ def make_state(settings: Settings, registry: CollectorRegistry | None = None, cl
         return InferState(model, metrics=metrics, policy=canary_policy(settings),
                           bounds=TimeBounds.from_settings(settings))
     from streams.storage.registry import ModelRegistry
-    from streams.storage.warehouse import apply_ddl, open_warehouse
+    from streams.storage.warehouse import apply_ddl, open_warehouse_from
 
     registry_clock = clock or LiveClock()
 
     def open_registry() -> ModelRegistry:
-        warehouse = open_warehouse(settings.warehouse_url(), settings.clickhouse_database)
+        warehouse = open_warehouse_from(settings)
         apply_ddl(warehouse, settings.clickhouse_database)  # idempotent; the infer stage may start first
         return ModelRegistry(warehouse, registry_clock)
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SURGE_"
@@ -34,6 +34,8 @@ class Settings(BaseSettings):
 
     broker_port: int = Field(19092, description="Port of the embedded Tansu broker")
     warehouse_port: int = Field(8124, description="Port of the embedded chdb warehouse service")
+    warehouse_token: SecretStr | None = Field(None, description="Shared secret (Authorization: Bearer) of the "
+                                              "warehouse service; `surge run` generates one when unset")
     redis_port: int = Field(16379, description="Port of the embedded redis-server")
     gateway_host: str = Field("127.0.0.1", description="Gateway bind address")
     gateway_port: int = Field(8000, description="Gateway port")

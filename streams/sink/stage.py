@@ -127,7 +127,7 @@ def checkpoint(rt: SinkRuntime) -> Callable[[], None]:
 
 def make_runtime(settings: Settings) -> SinkRuntime:
     """Open the warehouse and Redis clients (nothing is contacted yet); called in the stage process."""
-    warehouse = open_warehouse(settings.warehouse_url(), settings.clickhouse_database)
+    warehouse = open_warehouse(settings.warehouse_url(), settings.clickhouse_database, token=settings.warehouse_token)
     client = open_redis(settings.redis_connection_url())
     # The schema is applied by the first flush, so a warehouse that is down at start is ridden out like any
     # other outage (consumer paused, retried without limit) instead of failing the stage.

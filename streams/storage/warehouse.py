@@ -4,6 +4,8 @@
 * ``chdb:///abs/path``: embedded chdb; only ONE OS process may open a chdb folder, so only the warehouse
   service (``services.warehouse.server``) and single-process tests use this form.
 * ``surge+http://host:port``: ``RemoteWarehouse``, an httpx client of the warehouse service that owns the folder.
+  It sends the shared token (``SURGE_WAREHOUSE_TOKEN``) as ``Authorization: Bearer``; the service runs only
+  what surge itself needs (its own DDL, inserts into its tables, read-only SELECTs on them).
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import re
 import threading
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 import httpx
 import orjson
+from pydantic import SecretStr
+
+if TYPE_CHECKING:
+    from streams.runtime.settings import Settings
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REMOTE_SCHEMES = ("surge+http", "surge+https")
@@ -90,8 +96,10 @@ class ClickHouseWarehouse:
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
         self._call(self._client.command, sql, parameters=parameters)
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        result = self._call(self._client.query, sql, parameters=parameters)
+    def query(self, sql: str, parameters: dict[str, Any] | None = None, *,
+              settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """``settings`` (not part of the protocol) are per-query ClickHouse settings, e.g. ``readonly``."""
+        result = self._call(self._client.query, sql, parameters=parameters, settings=settings)
         return list(result.named_results())
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
@@ -105,12 +113,18 @@ class ClickHouseWarehouse:
 
 
 class RemoteWarehouse:
-    """httpx client of the warehouse service (``surge+http://host:port``); errors surface as WarehouseError."""
+    """httpx client of the warehouse service (``surge+http://host:port``); errors surface as WarehouseError.
 
-    def __init__(self, base_url: str, database: str, *, timeout_s: float = 30.0) -> None:
+    ``token`` is the service's shared secret, sent on every request. A refused token (401) is reported as
+    ``WarehouseUnavailable``: it is a deployment problem, so a writer must wait (not drop or dead-letter rows)."""
+
+    def __init__(self, base_url: str, database: str, *, token: str | SecretStr | None = None,
+                 timeout_s: float = 30.0) -> None:
         self.database = check_identifier(database)
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         try:
@@ -119,6 +133,8 @@ class RemoteWarehouse:
             raise WarehouseUnavailable(f"warehouse service {self.base_url} unreachable: {exc}") from exc
         if resp.status_code >= 500:
             raise WarehouseUnavailable(_error_text(resp))
+        if resp.status_code == 401:
+            raise WarehouseUnavailable(f"{_error_text(resp)} (is SURGE_WAREHOUSE_TOKEN the service's token?)")
         if resp.status_code != 200:
             raise WarehouseError(_error_text(resp))
         return orjson.loads(resp.content)
@@ -154,14 +170,16 @@ def _error_text(resp: httpx.Response) -> str:
     return f"warehouse service answered {resp.status_code}: {detail}"
 
 
-def open_warehouse(url: str, database: str) -> Warehouse:
-    """Pick the client for ``url`` (see the module docstring); a server that cannot be reached is a WarehouseError."""
+def open_warehouse(url: str, database: str, *, token: str | SecretStr | None = None) -> Warehouse:
+    """Pick the client for ``url`` (see the module docstring); a server that cannot be reached is a WarehouseError.
+
+    ``token`` is the warehouse service's shared secret; only the ``surge+http(s)://`` client uses it."""
     import clickhouse_connect
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
     scheme = urlparse(url).scheme
     if scheme in REMOTE_SCHEMES:
-        return RemoteWarehouse(url.replace("surge+", "", 1), database)
+        return RemoteWarehouse(url.replace("surge+", "", 1), database, token=token)
     try:
         if scheme == "chdb":
             parsed = urlparse(url)
@@ -175,6 +193,11 @@ def open_warehouse(url: str, database: str) -> Warehouse:
     except ClickHouseError as exc:
         raise WarehouseError(f"cannot open warehouse {_redacted(url)}: {exc}") from exc
     raise ValueError(f"unsupported warehouse url {_redacted(url)!r}: use http(s)://, chdb:///abs/path or surge+http://")
+
+
+def open_warehouse_from(settings: Settings) -> Warehouse:
+    """``open_warehouse`` with the URL, database and service token of ``settings``."""
+    return open_warehouse(settings.warehouse_url(), settings.clickhouse_database, token=settings.warehouse_token)
 
 
 def _redacted(url: str) -> str:
@@ -193,9 +216,27 @@ def ddl_statements(database: str) -> list[tuple[str, str]]:
     return [(f.name, f.read_text(encoding="utf-8").replace("{db}", database)) for f in files]
 
 
+def create_database_statement(database: str) -> str:
+    return f"CREATE DATABASE IF NOT EXISTS {check_identifier(database)}"
+
+
+_DDL_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS ([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def ddl_tables(database: str) -> frozenset[str]:
+    """Names of the tables the DDL creates in ``database``: the only tables surge reads and writes."""
+    found = (_DDL_TABLE.search(sql) for _, sql in ddl_statements(database))
+    return frozenset(m.group(2) for m in found if m is not None and m.group(1) == database)
+
+
+def ddl_commands(database: str) -> list[str]:
+    """Exactly the statements ``apply_ddl`` sends, in order (the warehouse service accepts these and no other)."""
+    return [create_database_statement(database), *(sql for _, sql in ddl_statements(database))]
+
+
 def apply_ddl(warehouse: Warehouse, database: str) -> list[str]:
     """Create the database and every table; idempotent (``IF NOT EXISTS``). Returns the files applied."""
-    warehouse.command(f"CREATE DATABASE IF NOT EXISTS {check_identifier(database)}")
+    warehouse.command(create_database_statement(database))
     applied = []
     for name, sql in ddl_statements(database):
         warehouse.command(sql)

@@ -7,6 +7,7 @@ exercise the real wire protocols.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -116,9 +117,9 @@ class StackProcesses:
         produce_all(self.producer(), [(t, k, v, None) for t, k, v in records])
 
     def warehouse_rows(self, sql: str) -> list[dict[str, Any]]:
-        from streams.storage.warehouse import open_warehouse
+        from streams.storage.warehouse import open_warehouse_from
 
-        wh = open_warehouse(self.settings.warehouse_url(), self.settings.clickhouse_database)
+        wh = open_warehouse_from(self.settings)
         try:
             return wh.query(sql)
         finally:
@@ -139,6 +140,7 @@ def stack_env(root: Path, **extra: str) -> dict[str, str]:
         "SURGE_METRICS_BASE_PORT": str(base),
         "SURGE_DATA_DIR": str(root / "data"),
         "SURGE_PARTITIONS": "3",
+        "SURGE_WAREHOUSE_TOKEN": secrets.token_urlsafe(32),  # the warehouse service refuses clients without it
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)

@@ -23,7 +23,7 @@ from streams.runtime.clock import LiveClock
 from streams.runtime.kafka import consumer_config
 from streams.runtime.topics import Topic
 from streams.storage.registry import ModelRegistry
-from streams.storage.warehouse import open_warehouse
+from streams.storage.warehouse import open_warehouse_from
 from tests.conftest import REPO_ROOT
 from tests.integration.stack import StackProcesses, http_ok, wait_for
 from tests.unit.test_infer_canary import feature_vector, toy_model
@@ -36,7 +36,7 @@ SHARE = 0.5
 
 @pytest.fixture(scope="module")
 def registry(infra: StackProcesses) -> Iterator[ModelRegistry]:
-    wh = open_warehouse(infra.settings.warehouse_url(), infra.settings.clickhouse_database)
+    wh = open_warehouse_from(infra.settings)
     yield ModelRegistry(wh, LiveClock())
     wh.close()
 
