@@ -85,7 +85,7 @@ def stage(
     from streams.runtime.runner import StageRunner
 
     stage_module = importlib.import_module(f"streams.{name}.stage")
-    # Ingest is source-driven, and infer's state needs the runner's metrics registry: those bring their own run().
+    # Ingest is source-driven (no consumer), so it brings its own run(); every other stage is a StageSpec.
     if hasattr(stage_module, "run"):
         raise typer.Exit(stage_module.run(settings))
     raise typer.Exit(StageRunner(stage_module.spec(settings), settings).run())

@@ -90,6 +90,8 @@ class Evaluation:
     expected_return_bps: float
     estimated_cost_bps: float
     net_utility_bps: float
+    upper_barrier_bps: float   # the barriers the expectation was priced on, which the outcome is judged by
+    lower_barrier_bps: float
 
 
 def pick_horizon(
@@ -145,7 +147,7 @@ def evaluate(prediction: prediction_pb2.Prediction, config: DecisionConfig, cost
         tier = signal_pb2.TIER_A
     else:
         tier = signal_pb2.TIER_B
-    return Evaluation(decision, tier, horizon, expected, estimated, net)
+    return Evaluation(decision, tier, horizon, expected, estimated, net, moves.upper_bps, moves.lower_bps)
 
 
 def build_signal(
@@ -173,6 +175,8 @@ def build_signal(
         quality_flags=prediction.quality_flags,
         cooldown_until_us=cooldown_until_us,
         price=prediction.mid_price,
+        upper_barrier_bps=ev.upper_barrier_bps,
+        lower_barrier_bps=ev.lower_barrier_bps,
     )
     signal.ts.CopyFrom(prediction.ts)
     signal.ts.decision_us = now_us

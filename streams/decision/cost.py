@@ -83,6 +83,8 @@ class ExpectedMoves:
     long_bps: float
     short_bps: float | None
     breakeven_p: float
+    upper_bps: float
+    lower_bps: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,4 +122,4 @@ class CostModel:
             up = down = self.horizon_move_bps(horizon_min)
         long_bps = p_up * up - (1.0 - p_up) * down
         short_bps = None if timeout_counts_as_not_up else (1.0 - p_up) * down - p_up * up
-        return ExpectedMoves(long_bps, short_bps, down / (up + down))
+        return ExpectedMoves(long_bps, short_bps, down / (up + down), up, down)

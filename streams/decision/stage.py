@@ -12,7 +12,7 @@ def spec(settings: Settings) -> StageSpec[DecisionState]:
     return StageSpec(
         name="decision",
         input_topics=(Topic.PREDICTIONS,),
-        make_state=lambda: DecisionState.from_settings(settings),
+        make_state=lambda context: DecisionState.from_settings(context.settings),
         process=process,
         batch_timeout_ms=0,  # the decision is cheap; waiting to fill a batch would only add latency
     )

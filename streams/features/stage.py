@@ -1,8 +1,7 @@
 """The features stage: ticks.v1 -> features.v1.
 
-``spec`` is what the generic runner (``surge stage features``) needs. ``run`` (``python -m streams.features.stage``)
-runs the same spec and also exports the tier metrics on the stage's /metrics; the generic runner keeps them
-unexported, because a StageSpec's state factory cannot see the runner's registry:
+``spec`` is what the runner (``surge stage features``) needs; its state factory puts the tier metrics on the
+stage's own /metrics (the registry comes with the ``StageContext``):
 
 * ``surge_features_tiers_dropped{stage}``: 1 while some symbol's medium and slow tiers are dropped under
   backpressure (decided per symbol);
@@ -28,7 +27,7 @@ from prometheus_client.registry import Collector
 from streams.features import definitions as d
 from streams.features.core import Backpressure, FeatureState, fold_rows, process
 from streams.features.rows import Rows
-from streams.runtime.core import StageSpec
+from streams.runtime.core import StageContext, StageSpec
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 from streams.runtime.validate import TimeBounds
@@ -55,21 +54,24 @@ def _warm_up_in_background() -> None:
     threading.Thread(target=work, name="features-kernel-warm-up", daemon=True).start()
 
 
-def make_state(settings: Settings) -> FeatureState:
-    _warm_up_in_background()
+def new_state(settings: Settings) -> FeatureState:
     return FeatureState(backpressure=Backpressure(settings.features_backpressure_lag_s,
                                                   settings.features_resume_lag_s),
                         bounds=TimeBounds.from_settings(settings))
 
 
-def spec(settings: Settings, state: FeatureState | None = None) -> StageSpec[FeatureState]:
+def make_state(context: StageContext) -> FeatureState:
+    """The stage's state, with its tier metrics on the stage's /metrics and the kernel warming up meanwhile."""
+    _warm_up_in_background()
+    state = new_state(context.settings)
+    register_metrics(context.registry, state)
+    return state
+
+
+def spec(settings: Settings) -> StageSpec[FeatureState]:
     """Consumer-driven stage spec; per-symbol state is rebuilt from the stream (fine windows refill in 60 s,
     minute windows in up to an hour, flagged WINDOW_INSUFFICIENT until then)."""
-
-    def new_state() -> FeatureState:
-        return state if state is not None else make_state(settings)
-
-    return StageSpec(name="features", input_topics=(Topic.TICKS,), make_state=new_state, process=process)
+    return StageSpec(name="features", input_topics=(Topic.TICKS,), make_state=make_state, process=process)
 
 
 class TierMetrics(Collector):
@@ -107,22 +109,13 @@ def register_metrics(registry: CollectorRegistry, state: FeatureState) -> None:
     registry.register(TierMetrics(state))
 
 
-def run(settings: Settings) -> int:
-    """The features stage with its tier metrics on /metrics."""
-    from streams.runtime.runner import StageRunner
-
-    state = make_state(settings)
-    runner = StageRunner(spec(settings, state), settings)
-    register_metrics(runner.metrics.registry, state)
-    return runner.run()
-
-
 def main() -> int:
     from streams.runtime.observability import configure_logging
+    from streams.runtime.runner import StageRunner
 
     settings = Settings()
     configure_logging(settings, "features")
-    return run(settings)
+    return StageRunner(spec(settings), settings).run()
 
 
 if __name__ == "__main__":

@@ -1,27 +1,20 @@
 """The infer stage: features.v1 -> predictions.v1, micro-batched for one ONNX Runtime call per batch and model.
 
-Models come from the registry (``streams.infer.lifecycle``) unless ``SURGE_INFER_REGISTRY=false``.
-``surge stage infer`` calls ``run(settings)``, which puts the per-model-version metrics on the stage's own
-``/metrics``; the generic ``StageRunner(spec(settings), settings)`` serves the same predictions but keeps
-those metrics in a private registry, because a StageSpec's state factory cannot see the runner's registry.
+Models come from the registry (``streams.infer.lifecycle``) unless ``SURGE_INFER_REGISTRY=false``. The
+per-model-version metrics go on the stage's own ``/metrics`` (the registry comes with the ``StageContext``).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import replace
-from functools import partial
 from pathlib import Path
-
-from prometheus_client import CollectorRegistry
 
 from streams.infer.canary import CanaryPolicy
 from streams.infer.core import InferState, process
 from streams.infer.metrics import InferMetrics
 from streams.infer.model import load_model
-from streams.runtime.clock import Clock, LiveClock
-from streams.runtime.core import StageSpec
+from streams.runtime.core import StageContext, StageSpec
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 from streams.runtime.validate import TimeBounds
@@ -48,8 +41,11 @@ def canary_policy(settings: Settings) -> CanaryPolicy:
                         rule=settings.canary_rollback_rule)
 
 
-def make_state(settings: Settings, registry: CollectorRegistry | None = None, clock: Clock | None = None) -> InferState:
-    metrics = InferMetrics.create(registry)
+def make_state(context: StageContext) -> InferState:
+    """The served models, their per-version metrics on the stage's /metrics, and the registry watcher, which
+    starts polling once the stage is subscribed."""
+    settings = context.settings
+    metrics = InferMetrics.create(context.registry)
     from streams.infer.lifecycle import RegistryWatcher, warn_feature_version
 
     if not settings.infer_registry:
@@ -60,7 +56,7 @@ def make_state(settings: Settings, registry: CollectorRegistry | None = None, cl
     from streams.storage.registry import ModelRegistry
     from streams.storage.warehouse import apply_ddl, open_warehouse_from
 
-    registry_clock = clock or LiveClock()
+    registry_clock = context.clock
 
     def open_registry() -> ModelRegistry:
         warehouse = open_warehouse_from(settings)
@@ -72,7 +68,7 @@ def make_state(settings: Settings, registry: CollectorRegistry | None = None, cl
                               log=log)
     state = watcher.initial_state()
     state.bounds = TimeBounds.from_settings(settings)
-    watcher.start()
+    context.on_start(watcher.start)
     state.closers.append(watcher.stop)
     return state
 
@@ -85,7 +81,7 @@ def spec(settings: Settings) -> StageSpec[InferState]:
     return StageSpec(
         name="infer",
         input_topics=(Topic.FEATURES,),
-        make_state=partial(make_state, settings),
+        make_state=make_state,
         process=process,
         batch_max=settings.infer_batch_rows,
         batch_timeout_ms=settings.infer_batch_ms,
@@ -93,26 +89,13 @@ def spec(settings: Settings) -> StageSpec[InferState]:
     )
 
 
-def run(settings: Settings, clock: Clock | None = None) -> int:
-    """Run the stage with the per-version metrics on the runner's /metrics."""
-    from streams.runtime.runner import StageRunner
-
-    runner: StageRunner | None = None
-
-    def make() -> InferState:
-        assert runner is not None
-        return make_state(settings, runner.metrics.registry, runner.clock)
-
-    runner = StageRunner(replace(spec(settings), make_state=make), settings, clock)
-    return runner.run()
-
-
 def main() -> int:
     from streams.runtime.observability import configure_logging
+    from streams.runtime.runner import StageRunner
 
     settings = Settings()
     configure_logging(settings, "infer")
-    return run(settings)
+    return StageRunner(spec(settings), settings).run()
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
+from prometheus_client import CollectorRegistry
 
-from streams.runtime.clock import Clock
+from streams.runtime.clock import Clock, LiveClock
+from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 
 M = TypeVar("M", bound=Message)
@@ -69,13 +71,34 @@ class Outputs:
 ProcessFn = Callable[[Sequence[InRecord[Any]], Any, Clock], Outputs]
 
 
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage's state factory gets from the process that runs it: its settings, the clock every core
+    reads, the registry behind the stage's own /metrics, and hooks run once the consumer is subscribed (e.g. a
+    background poller that should not start before the stage can serve)."""
+
+    name: str
+    settings: Settings
+    clock: Clock
+    registry: CollectorRegistry
+    start_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    def on_start(self, hook: Callable[[], None]) -> None:
+        self.start_hooks.append(hook)
+
+    @classmethod
+    def standalone(cls, name: str, settings: Settings, clock: Clock | None = None) -> StageContext:
+        """A context outside a runner (tests, batch tools): its own registry, the live clock unless given."""
+        return cls(name, settings, clock or LiveClock(), CollectorRegistry())
+
+
 @dataclass(frozen=True, slots=True)
 class StageSpec(Generic[S]):
     """What the runner needs to know about a consumer-driven stage."""
 
     name: str
     input_topics: tuple[Topic, ...]
-    make_state: Callable[[], S]
+    make_state: Callable[[StageContext], S]
     process: Callable[[Sequence[InRecord[Any]], S, Clock], Outputs]
     batch_max: int | None = None        # overrides Settings.batch_max
     batch_timeout_ms: int | None = None  # fill window after the first record; overrides Settings.batch_timeout_ms

@@ -26,7 +26,15 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import Gauge
 
 from streams.runtime.clock import Clock, LiveClock
-from streams.runtime.core import DownstreamUnavailable, FatalStageError, InRecord, Outputs, Reject, StageSpec
+from streams.runtime.core import (
+    DownstreamUnavailable,
+    FatalStageError,
+    InRecord,
+    Outputs,
+    Reject,
+    StageContext,
+    StageSpec,
+)
 from streams.runtime.delivery import Delivery, InFlightBatch
 from streams.runtime.dlq import dead_letter
 from streams.runtime.kafka import (
@@ -135,7 +143,10 @@ class StageRunner:
                 on_assign=self._on_assign,
                 on_revoke=lambda c, parts: self._on_revoke(c, producer, parts),
             )
-            state = self.spec.make_state()
+            context = StageContext(self.spec.name, settings, self.clock, self.metrics.registry)
+            state = self.spec.make_state(context)
+            for hook in context.start_hooks:
+                hook()
             self.health.set_live(True)
             self.log.info("stage %s consuming %s", self.spec.name, [t.value for t in self.spec.input_topics])
             try:

@@ -11,8 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SURGE_"
 
-StageName = Literal["ingest", "features", "infer", "decision", "sink"]
-STAGES: tuple[StageName, ...] = ("ingest", "features", "infer", "decision", "sink")
+StageName = Literal["ingest", "features", "infer", "decision", "sink", "outcomes"]
+STAGES: tuple[StageName, ...] = ("ingest", "features", "infer", "decision", "sink", "outcomes")
 
 
 class Settings(BaseSettings):
@@ -144,6 +144,21 @@ class Settings(BaseSettings):
     features_resume_lag_s: float = Field(1.0, ge=0, description="Features: dropped tiers come back once the "
                                          "event-time lag is at or below this")
 
+    # Outcomes stage and the risk state machine (streams/outcomes/).
+    outcomes_flush_ms: int = Field(200, ge=0, description="Outcomes: fill window per batch (one state snapshot "
+                                   "per batch)")
+    outcomes_stale_grace_s: float = Field(60.0, ge=0, description="Outcomes: a quiet instrument's open signals "
+                                          "time out this long after their deadline, by the newest event time seen")
+    risk_loss_streaks: str = Field("3,5,8", description="Risk: consecutive losses that enter CAUTIOUS, "
+                                   "RISK_AVERSE and SHUTDOWN")
+    risk_drawdowns: str = Field("0.05,0.10,0.15", description="Risk: paper-book drawdowns that enter CAUTIOUS, "
+                                "RISK_AVERSE and SHUTDOWN")
+    risk_recovery_wins: int = Field(3, ge=1, description="Risk: consecutive wins that step the state down by one")
+    risk_shutdown_cooloff_s: float = Field(3600.0, ge=0, description="Risk: SHUTDOWN ends (to RISK_AVERSE) after "
+                                           "this long, unless an operator resets it first")
+    risk_position_fraction: float = Field(0.1, gt=0, le=1, description="Risk: paper notional of one signal as a "
+                                          "fraction of the paper book")
+
     # Input validation (streams/runtime/validate.py), against each stage's clock.
     max_clock_skew_s: float = Field(60.0, ge=0, description="All stages: an event time (or stage stamp) more "
                                     "than this ahead of the stage's clock is dead-lettered (0: no bound)")
@@ -173,8 +188,7 @@ class Settings(BaseSettings):
         return tuple(s.strip().upper() for s in self.symbols.split(",") if s.strip())
 
     def stage_port(self, stage: str) -> int:
-        order = (*STAGES, "outcomes")
-        return self.metrics_base_port + order.index(stage)
+        return self.metrics_base_port + STAGES.index(stage)
 
     def warehouse_url(self) -> str:
         return self.clickhouse_url or f"surge+http://127.0.0.1:{self.warehouse_port}"

@@ -143,7 +143,7 @@ def spec(settings: Settings) -> StageSpec[SinkRuntime]:
     return StageSpec(
         name="sink",
         input_topics=(Topic.SIGNALS, Topic.OUTCOMES, Topic.DLQ),
-        make_state=lambda: make_runtime(settings),
+        make_state=lambda context: make_runtime(context.settings),
         process=process,
         on_close=close_runtime,
         flush=flush,

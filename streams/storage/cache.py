@@ -5,6 +5,8 @@ Redis is a cache for the live dashboard and "latest" reads, never the record: th
 * ``LATEST_KEY``: hash, symbol -> JSON of that symbol's latest signal
 * ``RECENT_KEY``: list of JSON signals, newest first, at most ``RECENT_MAX``
 * ``CHANNEL``: pub/sub, every new signal, for live dashboards
+* ``RISK_KEY``, ``RISK_RESET_KEY``, ``OUTCOMES_SNAPSHOT_KEY``: the outcomes stage's risk state, an operator's
+  reset request, and the stage's snapshot (see ``streams/outcomes/stage.py``)
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ LATEST_KEY: Final = "surge:signals:latest"
 RECENT_KEY: Final = "surge:signals:recent"
 RECENT_MAX: Final = 1000
 CHANNEL: Final = "surge:signals"
+# The risk state machine's current state (JSON), written by the outcomes stage, obeyed by the decision stage.
+RISK_KEY: Final = "surge:risk:state"
+# An operator's reset request (JSON {actor, reason}), taken by the outcomes stage at its next commit.
+RISK_RESET_KEY: Final = "surge:risk:reset"
+# The outcomes stage's state as of its last commit, so a restart resumes the open positions.
+OUTCOMES_SNAPSHOT_KEY: Final = "surge:outcomes:snapshot"
 
 
 def open_redis(url: str, timeout_s: float = 2.0) -> redis.Redis:

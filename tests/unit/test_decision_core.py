@@ -11,7 +11,7 @@ from streams.decision import stage
 from streams.decision.core import DecisionState, evaluate, process
 from streams.decision.cost import COST_MODEL_VERSION, REGIMES, SLIPPAGE_BPS, CostModel
 from streams.runtime.clock import ManualClock
-from streams.runtime.core import InRecord, Outputs
+from streams.runtime.core import InRecord, Outputs, StageContext
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 
@@ -353,7 +353,7 @@ def test_no_wait_for_a_symbol_that_never_acted(clock: ManualClock) -> None:
 def test_stage_spec() -> None:
     spec = stage.spec(settings())
     assert (spec.name, spec.input_topics, spec.batch_timeout_ms) == ("decision", (Topic.PREDICTIONS,), 0)
-    state = spec.make_state()
+    state = spec.make_state(StageContext.standalone("decision", settings()))
     assert isinstance(state, DecisionState)
     assert state.config.cooldown_us == 30 * SECOND
     assert state.cost.fee_bps == 2.0

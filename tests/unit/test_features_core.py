@@ -14,7 +14,7 @@ from schemas import SCHEMA_VERSION, common_pb2, features_pb2, market_pb2
 from streams.features import definitions as d
 from streams.features.core import FeatureState, RegimeThresholds, compute_frame, process
 from streams.runtime.clock import ManualClock
-from streams.runtime.core import InRecord, Outputs
+from streams.runtime.core import InRecord, Outputs, StageContext
 from streams.runtime.topics import Topic
 
 pytestmark = pytest.mark.unit
@@ -322,4 +322,4 @@ def test_stage_spec() -> None:
 
     s = spec(Settings())
     assert (s.name, s.input_topics, s.process) == ("features", (Topic.TICKS,), process)
-    assert isinstance(s.make_state(), FeatureState)
+    assert isinstance(s.make_state(StageContext.standalone("features", Settings())), FeatureState)

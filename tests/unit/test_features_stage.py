@@ -7,9 +7,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas import common_pb2, features_pb2
 from streams.features.core import FeatureState, process
-from streams.features.stage import TierMetrics, make_state, register_metrics, spec, warm_up_kernel
+from streams.features.stage import TierMetrics, new_state, register_metrics, spec, warm_up_kernel
 from streams.runtime.clock import ManualClock
-from streams.runtime.core import InRecord
+from streams.runtime.core import InRecord, StageContext
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 from tests.unit.test_features_oracle import walk
@@ -23,16 +23,17 @@ def test_spec_reads_the_backpressure_settings(monkeypatch: pytest.MonkeyPatch) -
     settings = Settings()
     s = spec(settings)
     assert (s.name, s.input_topics, s.process) == ("features", (Topic.TICKS,), process)
-    state = s.make_state()
+    context = StageContext.standalone("features", settings)
+    state = s.make_state(context)
     assert isinstance(state, FeatureState)
     assert (state.backpressure.drop_lag_s, state.backpressure.resume_lag_s) == (2.5, 0.5)
-    given = FeatureState()
-    assert spec(settings, given).make_state() is given
+    # The tier metrics are on the registry the context carries, i.e. on the stage's own /metrics.
+    assert context.registry.get_sample_value("surge_features_tiers_dropped", {"stage": "features"}) == 0.0
     assert warm_up_kernel() < 30.0  # compiled once, then loaded from numba's cache
 
 
 def test_tier_metrics_are_exported() -> None:
-    state = make_state(Settings())
+    state = new_state(Settings())
     assert state.backpressure.drop_lag_s == 5.0  # the default
     registry = CollectorRegistry()
     register_metrics(registry, state)

@@ -25,7 +25,7 @@ from streams.infer.core import process as infer
 from streams.infer.model import load_model
 from streams.runtime import validate as v
 from streams.runtime.clock import ManualClock
-from streams.runtime.core import InRecord, Outputs
+from streams.runtime.core import InRecord, Outputs, StageContext
 from streams.runtime.settings import Settings
 from streams.runtime.topics import InvalidMessage, Topic, decode
 from tests.unit.test_decision_core import pred
@@ -157,7 +157,7 @@ def vector_ids(out: Outputs) -> list[str]:
 
 
 def test_the_features_stage_wires_the_time_bounds() -> None:
-    state = features_stage.make_state(Settings())
+    state = features_stage.new_state(Settings())
     assert state.bounds == BOUNDS == v.TimeBounds(60 * SECOND, 315_360_000 * SECOND)
     assert FeatureState().bounds == v.UNBOUNDED  # a state built directly (batch tools, tests) has no time bound
 
@@ -313,7 +313,8 @@ def run_infer(vecs: list[features_pb2.FeatureVector], state: InferState, now_us:
 def test_the_infer_stage_wires_the_time_bounds(tmp_path: Path) -> None:
     from streams.infer.stage import make_state
 
-    state = make_state(Settings(model_dir=write_model(tmp_path / "toy"), infer_registry=False))
+    settings = Settings(model_dir=write_model(tmp_path / "toy"), infer_registry=False)
+    state = make_state(StageContext.standalone("infer", settings))
     assert state.bounds == BOUNDS
 
 
@@ -379,7 +380,7 @@ def with_(p: prediction_pb2.Prediction, **fields: float) -> prediction_pb2.Predi
 def test_the_decision_stage_wires_the_time_bounds() -> None:
     from streams.decision.stage import spec
 
-    assert spec(Settings()).make_state().config.bounds == BOUNDS
+    assert spec(Settings()).make_state(StageContext.standalone("decision", Settings())).config.bounds == BOUNDS
 
 
 def test_absurd_predictions_are_rejected_and_publish_no_signal() -> None:

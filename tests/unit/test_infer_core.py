@@ -19,7 +19,7 @@ from streams.infer.core import InferState, process
 from streams.infer.model import MODEL_FORMAT, ModelError, load_model, physical_cores, session_options, wilson_interval
 from streams.infer.stage import default_model_dir, spec
 from streams.runtime.clock import ManualClock
-from streams.runtime.core import InRecord, Outputs
+from streams.runtime.core import InRecord, Outputs, StageContext
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 
@@ -234,7 +234,7 @@ def test_stage_spec_batches_by_the_infer_settings(tmp_path: Path) -> None:
                         infer_registry=False)
     s = spec(settings)
     assert (s.name, s.input_topics, s.batch_max, s.batch_timeout_ms) == ("infer", (Topic.FEATURES,), 32, 25)
-    state = s.make_state()
+    state = s.make_state(StageContext.standalone("infer", settings))
     assert state.model.model_version == VERSION and state.serving.canary is None and not state.closers
     assert default_model_dir() == Path(__file__).resolve().parents[2] / "streams" / "infer" / "artifacts" / "default"
 

@@ -49,7 +49,7 @@ def records(ids: list[str]) -> list[InRecord[Any]]:
 
 def test_the_retry_after_a_failed_batch_starts_from_the_state_before_it() -> None:
     """Tried: a batch [a, b, poison, c] whose third record crashes the core after the first two changed state."""
-    spec: StageSpec[dict[str, int]] = StageSpec("t", (Topic.PREDICTIONS,), dict, counting_process,
+    spec: StageSpec[dict[str, int]] = StageSpec("t", (Topic.PREDICTIONS,), lambda context: {}, counting_process,
                                                 checkpoint=checkpoint)
     runner = StageRunner(spec, Settings(), clock=ManualClock(1))
     state = {"X": 10}
@@ -62,7 +62,7 @@ def test_the_retry_after_a_failed_batch_starts_from_the_state_before_it() -> Non
 
 def test_without_a_checkpoint_the_half_done_batch_would_count_twice() -> None:
     """The control case: the same batch with no checkpoint shows the bug the checkpoint fixes."""
-    spec: StageSpec[dict[str, int]] = StageSpec("t", (Topic.PREDICTIONS,), dict, counting_process)
+    spec: StageSpec[dict[str, int]] = StageSpec("t", (Topic.PREDICTIONS,), lambda context: {}, counting_process)
     state = {"X": 10}
     StageRunner(spec, Settings(), clock=ManualClock(1))._process_isolating_failures(
         records(["a", "b", "poison", "c"]), state)

@@ -102,7 +102,7 @@ def test_runner_isolates_a_record_that_crashes_the_core() -> None:
             out.emits.append(Emit(Topic.SIGNALS, rec.key, rec.value, 0))
         return out
 
-    spec: StageSpec[list[str]] = StageSpec("t", (Topic.PREDICTIONS,), list, process)
+    spec: StageSpec[list[str]] = StageSpec("t", (Topic.PREDICTIONS,), lambda context: [], process)
     runner = StageRunner(spec, Settings(), clock=ManualClock(1))
     recs = [InRecord(prediction_pb2.Prediction(prediction_id=i, symbol="X"), "X", "predictions.v1", 0, n)
             for n, i in enumerate(["a", "poison", "b"])]
@@ -130,7 +130,8 @@ def test_runner_does_not_isolate_fatal_errors() -> None:
     def process(batch: Sequence[InRecord[Any]], state: None, clock: Any) -> Outputs:
         raise FatalStageError("warehouse down")
 
-    runner = StageRunner(StageSpec("t", (Topic.PREDICTIONS,), lambda: None, process), Settings(), ManualClock(1))
+    spec: StageSpec[None] = StageSpec("t", (Topic.PREDICTIONS,), lambda context: None, process)
+    runner = StageRunner(spec, Settings(), ManualClock(1))
     rec = InRecord(prediction_pb2.Prediction(prediction_id="a", symbol="X"), "X", "predictions.v1", 0, 0)
     with pytest.raises(FatalStageError):
         runner._process_isolating_failures([rec], None)
@@ -151,11 +152,11 @@ def test_offsets_are_committed_only_for_the_acknowledged_prefix_of_batches() -> 
 
     from confluent_kafka import Consumer
 
-    from streams.runtime.kafka import DeliveryFailed, DeliveryTracker
     from streams.runtime.delivery import InFlightBatch
+    from streams.runtime.kafka import DeliveryFailed, DeliveryTracker
 
-    runner = StageRunner(StageSpec("t", (Topic.PREDICTIONS,), list, lambda b, s, c: Outputs()), Settings(),
-                         ManualClock(1))
+    spec: StageSpec[list[str]] = StageSpec("t", (Topic.PREDICTIONS,), lambda context: [], lambda b, s, c: Outputs())
+    runner = StageRunner(spec, Settings(), ManualClock(1))
     consumer = RecordingConsumer()
 
     def settle() -> None:

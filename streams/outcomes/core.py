@@ -1,0 +1,308 @@
+"""Outcomes core: signals.v1 + ticks.v1 -> outcomes.v1, each LONG/SHORT followed to its own triple barrier.
+
+Pure: no I/O; time is event time (the ticks' exchange times), so live, replay and backtest resolve the same
+signal the same way. Rules:
+
+* **Entry** at the signal's price (the mid at decision time) and its event time. The target and stop come from
+  the signal's barriers: LONG target ``price x (1 + U)``, stop ``price x (1 - D)``; SHORT target
+  ``price x (1 - D)``, stop ``price x (1 + U)`` (U, D = ``upper_barrier_bps``, ``lower_barrier_bps`` / 1e4).
+* **Path**: every trade of the signal's instrument after the entry, in order (the same prices the training
+  labels use). The first trade at or beyond the target is a WIN (``HIT_TARGET``), at or beyond the stop a LOSS
+  (``HIT_STOP``), exiting at that trade's price. A position whose horizon ends first is a TIMEOUT at the last
+  trade before the deadline; the deadline passes when any event of the instrument, or the newest event of any
+  instrument plus ``stale_grace_us``, is later.
+* **Costs**: ``realized_cost_bps`` = round-trip fees + the half spread of the book seen at entry + at exit (the
+  latest book top of the instrument, from snapshots and bookTickers); ``net_return_bps`` = realized return
+  minus realized cost. The signal's ``estimated_cost_bps`` is kept beside it, so cost error is measurable.
+* **Paper book**: one position of ``position_fraction`` of equity per signal; equity, PnL per symbol and the risk
+  state (``risk.py``) move with every outcome.
+
+Re-reads are idempotent (the state survives a restart as a snapshot, see ``stage.py``): a signal already open or
+resolved is skipped, and tick events at or before the instrument's newest processed event time are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from google.protobuf.message import Message
+
+from schemas import SCHEMA_VERSION, market_pb2, outcome_pb2, signal_pb2
+from streams.outcomes import risk
+from streams.runtime.clock import Clock
+from streams.runtime.core import Emit, InRecord, Outputs, Reject
+from streams.runtime.topics import Topic
+
+LONG: Final = signal_pb2.LONG
+SHORT: Final = signal_pb2.SHORT
+RESOLVED_MEMORY: Final = 100_000          # signal ids remembered after resolution, against redelivery
+RECENT_OUTCOMES: Final = 2_000            # kept for re-emission after a restart (the sink collapses duplicates)
+
+InstrumentKey = tuple[int, str]           # (Venue, symbol): spot and USD-M BTCUSDT are different instruments
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomesConfig:
+    fee_bps: float = 4.0                  # per side; round trip pays it twice
+    stale_grace_us: int = 60_000_000      # a quiet instrument's positions time out this long after the deadline
+    max_open_per_instrument: int = 1_000
+    policy: risk.RiskPolicy = field(default_factory=risk.RiskPolicy)
+
+
+@dataclass(slots=True)
+class OpenPosition:
+    signal_id: str
+    venue: int
+    symbol: str
+    decision: int
+    tier: int
+    horizon_min: int
+    entry_price: float
+    entry_us: int
+    deadline_us: int
+    target_price: float
+    stop_price: float
+    upper_bps: float
+    lower_bps: float
+    estimated_cost_bps: float
+    entry_half_spread_bps: float
+    last_price: float
+    last_us: int
+    mfe_bps: float = 0.0
+    mae_bps: float = 0.0
+
+    def direction(self) -> float:
+        return 1.0 if self.decision == LONG else -1.0
+
+    def return_bps(self, price: float) -> float:
+        return self.direction() * (price / self.entry_price - 1.0) * 1e4
+
+
+@dataclass(slots=True)
+class BookTop:
+    bid: float = 0.0
+    ask: float = 0.0
+
+    def half_spread_bps(self) -> float:
+        if self.bid <= 0 or self.ask <= 0 or self.ask < self.bid:
+            return 0.0
+        mid = (self.bid + self.ask) / 2.0
+        return (self.ask - self.bid) / 2.0 / mid * 1e4
+
+
+@dataclass(slots=True)
+class OutcomesState:
+    config: OutcomesConfig = field(default_factory=OutcomesConfig)
+    open: dict[InstrumentKey, list[OpenPosition]] = field(default_factory=dict)
+    tops: dict[InstrumentKey, BookTop] = field(default_factory=dict)
+    newest_event_us: dict[InstrumentKey, int] = field(default_factory=dict)
+    watermark_us: int = 0                 # newest event time of any instrument
+    resolved: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    recent: list[bytes] = field(default_factory=list)   # serialized recent outcomes, newest last
+    replay_on_start: list[bytes] = field(default_factory=list)
+    risk: risk.RiskState = field(default_factory=risk.RiskState)
+    pnl_bps_by_symbol: dict[str, float] = field(default_factory=dict)
+    # Risk transitions not yet written to the audit log by the stage's flush: (from, to, at_us, reason).
+    transitions: list[tuple[str, str, int, str]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def open_count(self) -> int:
+        return sum(len(p) for p in self.open.values())
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counts[what] = self.counts.get(what, 0) + n
+
+
+def instrument(venue: int, symbol: str) -> InstrumentKey:
+    return (int(venue), symbol)
+
+
+def open_position(signal: signal_pb2.Signal, top: BookTop | None) -> OpenPosition:
+    up, down = signal.upper_barrier_bps / 1e4, signal.lower_barrier_bps / 1e4
+    price = signal.price
+    long = signal.decision == LONG
+    return OpenPosition(
+        signal_id=signal.signal_id, venue=int(signal.venue), symbol=signal.symbol, decision=int(signal.decision),
+        tier=int(signal.tier), horizon_min=signal.horizon_min, entry_price=price, entry_us=signal.ts.exchange_us,
+        deadline_us=signal.ts.exchange_us + signal.horizon_min * 60_000_000,
+        target_price=price * (1 + up) if long else price * (1 - down),
+        stop_price=price * (1 - down) if long else price * (1 + up),
+        upper_bps=signal.upper_barrier_bps, lower_bps=signal.lower_barrier_bps,
+        estimated_cost_bps=signal.estimated_cost_bps,
+        entry_half_spread_bps=top.half_spread_bps() if top is not None else 0.0,
+        last_price=price, last_us=signal.ts.exchange_us,
+    )
+
+
+def signal_problem(signal: signal_pb2.Signal) -> tuple[str, str] | None:
+    if not (math.isfinite(signal.price) and signal.price > 0):
+        return "invalid_price", f"price is {signal.price!r}: must be finite and > 0"
+    for name in ("upper_barrier_bps", "lower_barrier_bps"):
+        value = getattr(signal, name)
+        if not (math.isfinite(value) and 0 < value < 10_000):
+            return "invalid_barrier", f"{name} is {value!r}: an actionable signal needs a barrier in (0, 10000) bps"
+    if signal.horizon_min <= 0:
+        return "invalid_horizon", "horizon_min must be > 0"
+    if signal.ts.exchange_us <= 0:
+        return "invalid_timestamp", "ts.exchange_us must be > 0"
+    return None
+
+
+def add_signal(state: OutcomesState, record: InRecord[Any], out: Outputs) -> None:
+    signal: signal_pb2.Signal = record.value
+    if signal.decision not in (LONG, SHORT):
+        state.count("waits_ignored")
+        return  # a WAIT opens no position
+    if signal.signal_id in state.resolved:
+        state.count("duplicates")
+        return
+    key = instrument(signal.venue, signal.symbol)
+    positions = state.open.get(key, [])
+    if any(p.signal_id == signal.signal_id for p in positions):
+        state.count("duplicates")
+        return
+    problem = signal_problem(signal)
+    if problem is not None:
+        out.rejects.append(Reject(record, *problem))
+        return
+    if len(positions) >= state.config.max_open_per_instrument:
+        out.rejects.append(Reject(record, "too_many_open", f"{signal.symbol} already follows "
+                                  f"{len(positions)} open signals (max {state.config.max_open_per_instrument})"))
+        return
+    state.open[key] = [*positions, open_position(signal, state.tops.get(key))]
+    state.count("opened")
+
+
+def apply_ticks(state: OutcomesState, batch: market_pb2.TickBatch, out: Outputs) -> None:
+    key = instrument(batch.venue, batch.symbol)
+    seen_us = state.newest_event_us.get(key, 0)
+    top = state.tops.setdefault(key, BookTop())
+    for event in batch.events:
+        kind = event.WhichOneof("event")
+        if kind == "trade":
+            at_us, price = event.trade.exchange_us, event.trade.price
+        elif kind == "book":
+            at_us, price = event.book.exchange_us, 0.0
+            if event.book.bids and event.book.asks:
+                top.bid, top.ask = event.book.bids[0].price, event.book.asks[0].price
+        elif kind == "book_ticker":
+            at_us, price = event.book_ticker.exchange_us, 0.0
+            top.bid, top.ask = event.book_ticker.bid_price, event.book_ticker.ask_price
+        else:
+            continue
+        if at_us <= seen_us:
+            continue  # re-read after a restart, or older than what this instrument has shown
+        seen_us = at_us
+        positions = state.open.get(key)
+        if positions:
+            _advance(state, key, positions, at_us, price, top, out)
+    state.newest_event_us[key] = seen_us
+    state.watermark_us = max(state.watermark_us, seen_us)
+
+
+def _advance(state: OutcomesState, key: InstrumentKey, positions: list[OpenPosition], at_us: int, price: float,
+             top: BookTop, out: Outputs) -> None:
+    still_open: list[OpenPosition] = []
+    for pos in positions:
+        if at_us <= pos.entry_us:
+            still_open.append(pos)
+            continue
+        if at_us >= pos.deadline_us:
+            resolve(state, pos, outcome_pb2.TIMEOUT, pos.last_price, pos.deadline_us, top, out)
+            continue
+        if price <= 0:
+            still_open.append(pos)
+            continue
+        r = pos.return_bps(price)
+        pos.mfe_bps, pos.mae_bps = max(pos.mfe_bps, r), min(pos.mae_bps, r)
+        pos.last_price, pos.last_us = price, at_us
+        long = pos.decision == LONG
+        if (price >= pos.target_price) if long else (price <= pos.target_price):
+            resolve(state, pos, outcome_pb2.HIT_TARGET, price, at_us, top, out)
+        elif (price <= pos.stop_price) if long else (price >= pos.stop_price):
+            resolve(state, pos, outcome_pb2.HIT_STOP, price, at_us, top, out)
+        else:
+            still_open.append(pos)
+    _set_open(state, key, still_open)
+
+
+def _set_open(state: OutcomesState, key: InstrumentKey, positions: list[OpenPosition]) -> None:
+    if positions:
+        state.open[key] = positions
+    else:
+        state.open.pop(key, None)
+
+
+def expire_stale(state: OutcomesState, out: Outputs) -> None:
+    """Time out positions of instruments that went quiet: the market as a whole has moved past their deadline."""
+    horizon_us = state.watermark_us - state.config.stale_grace_us
+    for key, positions in list(state.open.items()):
+        if not any(p.deadline_us <= horizon_us for p in positions):
+            continue
+        top = state.tops.get(key, BookTop())
+        keep = []
+        for pos in positions:
+            if pos.deadline_us <= horizon_us:
+                resolve(state, pos, outcome_pb2.TIMEOUT, pos.last_price, pos.deadline_us, top, out)
+                state.count("stale_timeouts")
+            else:
+                keep.append(pos)
+        _set_open(state, key, keep)
+
+
+def resolve(state: OutcomesState, pos: OpenPosition, label: int, exit_price: float, exit_us: int, top: BookTop,
+            out: Outputs) -> None:
+    realized = pos.return_bps(exit_price)
+    realized_cost = 2.0 * state.config.fee_bps + pos.entry_half_spread_bps + top.half_spread_bps()
+    net = realized - realized_cost
+    before = state.risk.level
+    state.risk = risk.after_outcome(state.risk, net, exit_us, state.config.policy)
+    if state.risk.level != before:
+        state.transitions.append((before.name, state.risk.level.name, exit_us, state.risk.reason))
+    state.pnl_bps_by_symbol[pos.symbol] = state.pnl_bps_by_symbol.get(pos.symbol, 0.0) + net
+    outcome = outcome_pb2.Outcome(
+        schema_version=SCHEMA_VERSION, outcome_id=pos.signal_id, signal_id=pos.signal_id, venue=pos.venue,  # type: ignore[arg-type]  # a Venue number
+        symbol=pos.symbol, decision=pos.decision, tier=pos.tier, horizon_min=pos.horizon_min,  # type: ignore[arg-type]  # enum numbers
+        label=label, entry_price=pos.entry_price, exit_price=exit_price,  # type: ignore[arg-type]  # an OutcomeLabel
+        realized_return_bps=realized, net_return_bps=net, max_favourable_bps=max(pos.mfe_bps, realized),
+        max_adverse_bps=min(pos.mae_bps, realized), entry_us=pos.entry_us, exit_us=exit_us,
+        time_to_barrier_us=exit_us - pos.entry_us, estimated_cost_bps=pos.estimated_cost_bps,
+        realized_cost_bps=realized_cost, upper_barrier_bps=pos.upper_bps, lower_barrier_bps=pos.lower_bps,
+        paper_equity=state.risk.equity, risk_state=state.risk.level.name,
+    )
+    outcome.ts.exchange_us = exit_us
+    out.emits.append(Emit(Topic.OUTCOMES, pos.symbol, outcome, exit_us))
+    state.resolved[pos.signal_id] = None
+    while len(state.resolved) > RESOLVED_MEMORY:
+        state.resolved.popitem(last=False)
+    state.recent.append(outcome.SerializeToString())
+    del state.recent[:-RECENT_OUTCOMES]
+    state.count(outcome_pb2.OutcomeLabel.Name(label))
+
+
+def process(batch: Sequence[InRecord[Message]], state: OutcomesState, clock: Clock) -> Outputs:
+    out = Outputs()
+    if state.replay_on_start:
+        # Outcomes resolved before a restart may not have been acknowledged: send them again (same ids).
+        for raw in state.replay_on_start:
+            outcome = outcome_pb2.Outcome.FromString(raw)
+            out.emits.append(Emit(Topic.OUTCOMES, outcome.symbol, outcome, outcome.exit_us))
+        state.replay_on_start = []
+    for record in batch:
+        value = record.value
+        if isinstance(value, signal_pb2.Signal):
+            add_signal(state, record, out)
+        elif isinstance(value, market_pb2.TickBatch):
+            apply_ticks(state, value, out)
+        else:
+            out.rejects.append(Reject(record, "unexpected_type", f"outcomes cannot use {type(value).__name__}"))
+    expire_stale(state, out)
+    before = state.risk.level
+    state.risk = risk.after_time(state.risk, state.watermark_us, state.config.policy)
+    if state.risk.level != before:
+        state.transitions.append((before.name, state.risk.level.name, state.watermark_us, state.risk.reason))
+    return out
