@@ -18,19 +18,16 @@ app = typer.Typer(help="surge: real-time crypto market signals over a Kafka-prot
 console = Console(stderr=True)
 
 
-def _settings() -> Settings:
+def _settings(**overrides: object) -> Settings:
+    """The SURGE_* environment with the given CLI flags on top (flags left at None are not given).
+
+    The flags go into the Settings object, never into os.environ: child processes get them from
+    ``Settings.to_env()`` (services/stack/supervisor.py)."""
     try:
-        return Settings()
+        return Settings.with_overrides(**overrides)
     except Exception as exc:
         console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from exc
-
-
-def _override_env(**values: object) -> None:
-    """CLI flags become SURGE_* variables, so the frozen Settings (and every child process) sees them."""
-    for key, value in values.items():
-        if value is not None:
-            os.environ[f"SURGE_{key.upper()}"] = str(value)
 
 
 @app.command()
@@ -45,8 +42,7 @@ def run(
 
     from services.stack.supervisor import RecyclePolicy, Supervisor, plan_children, resolve_source
 
-    _override_env(source=source, symbols=symbols, sim_events_per_s=rate, data_dir=data_dir)
-    settings = _settings()
+    settings = _settings(source=source, symbols=symbols, sim_events_per_s=rate, data_dir=data_dir)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s [supervisor] %(message)s")
     chosen = resolve_source(settings)
     children = plan_children(settings, chosen)
@@ -77,8 +73,7 @@ def stage(
     if name not in STAGES:
         console.print(f"[red]unknown stage {name!r}[/red]; choose one of {', '.join(STAGES)}")
         raise typer.Exit(2)
-    _override_env(source=source, venue=venue, symbols=symbols, top_n=top, replay_speed=speed)
-    settings = _settings()
+    settings = _settings(source=source, venue=venue, symbols=symbols, top_n=top, replay_speed=speed)
     configure_logging(settings, name)
     import importlib
 
@@ -133,8 +128,7 @@ def topics(partitions: Annotated[int | None, typer.Option(help="Partitions for n
     """Create the bus topics idempotently and list them."""
     from streams.runtime.kafka import admin_client, ensure_topics
 
-    _override_env(partitions=partitions)
-    settings = _settings()
+    settings = _settings(partitions=partitions)
     created = ensure_topics(settings)
     metadata = admin_client(settings).list_topics(timeout=10)
     table = Table("topic", "partitions", "created now")

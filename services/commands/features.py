@@ -25,6 +25,7 @@ def compute(
     """Compute the features of raw captures or 1-minute klines with the stream stage's own kernel."""
     from streams.features.batch import compute_inputs_frame, write_frame
     from streams.features.definitions import FEATURE_VERSION
+    from streams.runtime.settings import Settings
 
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
@@ -33,9 +34,14 @@ def compute(
     if venue is not None and venue not in ("spot", "usdm"):
         console.print(f"[red]unknown venue {venue!r}[/red]; choose spot or usdm")
         raise typer.Exit(2)
+    try:  # captures are replayed with the ingest stage's SURGE_* settings, read here and passed down
+        settings = Settings()
+    except Exception as exc:
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
     started = time.perf_counter()
     try:
-        frame = compute_inputs_frame(inputs, symbol=symbol, venue=venue)
+        frame = compute_inputs_frame(inputs, symbol=symbol, venue=venue, settings=settings)
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc

@@ -12,13 +12,6 @@ from rich.console import Console
 console = Console(stderr=True)
 
 
-def _override_env(**values: object) -> None:
-    # The same convention as services/cli.py: flags become SURGE_* variables the frozen Settings reads.
-    for key, value in values.items():
-        if value is not None:
-            os.environ[f"SURGE_{key.upper()}"] = str(value)
-
-
 def ingest(
     *,
     source: Annotated[str | None, typer.Option(help="auto | sim | live | replay:PATH")] = None,
@@ -33,10 +26,9 @@ def ingest(
     from streams.runtime.observability import configure_logging
     from streams.runtime.settings import Settings
 
-    _override_env(source=source, venue=venue, symbols=symbols, top_n=top, replay_speed=speed,
-                  replay_exit=exit_when_done)
-    try:
-        settings = Settings()
+    try:  # the flags go into the Settings object (init values win over SURGE_*), not into os.environ
+        settings = Settings.with_overrides(source=source, venue=venue, symbols=symbols, top_n=top,
+                                           replay_speed=speed, replay_exit=exit_when_done)
     except Exception as exc:
         console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from exc

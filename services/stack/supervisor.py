@@ -24,9 +24,10 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+from pydantic import SecretStr
 
 from services.stack.binaries import redis_command, tansu_command
-from streams.runtime.settings import STAGES, Settings
+from streams.runtime.settings import ENV_PREFIX, STAGES, Settings
 
 log = logging.getLogger("surge.supervisor")
 
@@ -111,16 +112,28 @@ def resolve_source(settings: Settings) -> str:
     return "sim"
 
 
-def plan_children(settings: Settings, source: str) -> list[ChildSpec]:
-    env = dict(os.environ)
-    env["SURGE_SOURCE"] = source
+def child_settings(settings: Settings, source: str) -> Settings:
+    """The settings every child of `surge run` gets: the run's own, with the resolved source."""
+    update: dict[str, object] = {"source": source}
     if settings.warehouse_token is None:
         # The warehouse service and its clients share this secret; children get it by environment (never argv,
         # which every user can read with ps). One per run, so it also survives a warehouse restart.
-        env["SURGE_WAREHOUSE_TOKEN"] = secrets.token_urlsafe(32)
-    if source.startswith("replay:"):
+        update["warehouse_token"] = SecretStr(secrets.token_urlsafe(32))
+    if source.startswith("replay:") and "features_backpressure_lag_s" not in settings.model_fields_set:
         # Recorded exchange times are old, so wall-clock lag would always look like backpressure.
-        env.setdefault("SURGE_FEATURES_BACKPRESSURE_LAG_S", "0")
+        update["features_backpressure_lag_s"] = 0.0
+    return settings.model_copy(update=update)
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """A child's environment: this process's (PATH, HOME, ...) with its SURGE_* variables replaced by the
+    settings object's, so CLI flags reach the children without the supervisor ever writing os.environ."""
+    inherited = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+    return inherited | settings.to_env()
+
+
+def plan_children(settings: Settings, source: str) -> list[ChildSpec]:
+    env = child_env(child_settings(settings, source))
     data_dir = settings.data_dir.resolve()
     children: list[ChildSpec] = []
     if settings.embedded:

@@ -32,6 +32,7 @@ from schemas import market_pb2
 from streams.features import definitions as d
 from streams.features.core import FeatureState, compute_frame, fold_rows
 from streams.features.rows import encode_bars
+from streams.runtime.settings import Settings
 
 log = logging.getLogger("surge.features.batch")
 
@@ -178,19 +179,19 @@ def detect_venue(files: Sequence[Path]) -> str:
     return "spot"
 
 
-def capture_batches(paths: Sequence[Path], venue: str | None = None,
-                    microbatch_ms: int | None = None) -> Iterator[market_pb2.TickBatch]:
-    """TickBatches of the captures in ``paths`` (merged by recorded time) exactly as the replay source emits them."""
+def capture_batches(paths: Sequence[Path], venue: str | None = None, *,
+                    settings: Settings | None = None) -> Iterator[market_pb2.TickBatch]:
+    """TickBatches of the captures in ``paths`` (merged by recorded time) exactly as the replay source emits them.
+
+    ``settings`` are the ingest stage's (micro-batch window, trade backfill, quarantine); the environment is
+    never read: without them, every setting is at its default (``Settings.defaults()``)."""
     from streams.ingest.binance import LiveOptions, new_state, venue_spec
     from streams.ingest.core import Frame
     from streams.ingest.replay import CHUNK_US, Replayer, capture_files, read_capture
     from streams.runtime.clock import ManualClock
-    from streams.runtime.settings import Settings
 
     files = [f for p in paths for f in capture_files(Path(p))]
-    settings = Settings()
-    if microbatch_ms is not None:
-        settings = settings.model_copy(update={"microbatch_ms": microbatch_ms})
+    options = LiveOptions.from_settings(settings if settings is not None else Settings.defaults())
     spec = venue_spec(venue or detect_venue(files))
     iterators = [read_capture(f, i) for i, f in enumerate(files)]
     lines = iterators[0] if len(iterators) == 1 else heapq.merge(
@@ -199,8 +200,7 @@ def capture_batches(paths: Sequence[Path], venue: str | None = None,
     if first is None:
         return
     clock = ManualClock(first.local_us)
-    replayer = Replayer(new_state(spec.venue, spec.futures, LiveOptions.from_settings(settings), first.local_us),
-                        clock)
+    replayer = Replayer(new_state(spec.venue, spec.futures, options, first.local_us), clock)
     chunk: list[Frame] = [(first.hint, first.payload, first.local_us)]
     chunk_us = first.local_us
     for line in lines:
@@ -223,9 +223,12 @@ def _tick_batches(emits: Sequence[object]) -> Iterator[market_pb2.TickBatch]:
             yield value
 
 
-def compute_capture_frame(paths: Sequence[Path], venue: str | None = None) -> pd.DataFrame:
-    """Features of raw captures: the stage's vectors, one row per (symbol, ts) with the state after ts."""
-    frame = compute_frame(capture_batches(paths, venue), FeatureState())
+def compute_capture_frame(paths: Sequence[Path], venue: str | None = None, *,
+                          settings: Settings | None = None) -> pd.DataFrame:
+    """Features of raw captures: the stage's vectors, one row per (symbol, ts) with the state after ts.
+
+    ``settings`` as for ``capture_batches`` (defaults when not given, never the environment)."""
+    frame = compute_frame(capture_batches(paths, venue, settings=settings), FeatureState())
     if frame.empty:
         return frame
     # The state's clock never goes backwards; a row stands for everything up to its millisecond.
@@ -238,8 +241,9 @@ def compute_capture_frame(paths: Sequence[Path], venue: str | None = None) -> pd
 
 
 def compute_inputs_frame(paths: Sequence[Path], *, symbol: str | None = None, venue: str | None = None,
-                         ) -> pd.DataFrame:
-    """Klines or captures (not both in one call) -> the feature frame."""
+                         settings: Settings | None = None) -> pd.DataFrame:
+    """Klines or captures (not both in one call) -> the feature frame (``settings``: see ``capture_batches``;
+    klines need none)."""
     kinds = {is_kline_path(Path(p)) for p in paths}
     if not paths:
         raise ValueError("no input")
@@ -247,7 +251,7 @@ def compute_inputs_frame(paths: Sequence[Path], *, symbol: str | None = None, ve
         raise ValueError("mixing klines and captures in one output is not supported: run them separately")
     if kinds == {True}:
         return compute_klines_frame(paths, symbol)
-    return compute_capture_frame(paths, venue)
+    return compute_capture_frame(paths, venue, settings=settings)
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:

@@ -175,6 +175,37 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
         return data
 
+    @classmethod
+    def with_overrides(cls, **values: Any) -> Settings:
+        """The environment's settings with ``values`` on top; ``None`` values (CLI flags not given) are skipped.
+
+        Init values win over ``SURGE_*`` variables, so the CLI turns flags into settings without writing
+        ``os.environ``; unknown names are an error (extra=forbid), as unknown variables are."""
+        return cls(**{name: value for name, value in values.items() if value is not None})
+
+    @classmethod
+    def defaults(cls) -> Settings:
+        """Every setting at its default and the environment ignored: for library calls given no settings."""
+        return cls.model_construct()
+
+    def to_env(self) -> dict[str, str]:
+        """The explicitly set settings (from the environment or init values) as ``SURGE_*`` variables, so that
+        ``Settings()`` in a child process with this environment equals this object.
+
+        ``None`` is left out: it is the default of every nullable setting. Secrets are rendered in clear, so the
+        result belongs in a child's environment, never on a command line or in a log."""
+        env: dict[str, str] = {}
+        for name in sorted(self.model_fields_set):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[ENV_PREFIX + name.upper()] = str(value)
+        return env
+
     @property
     def embedded(self) -> bool:
         return self.brokers is None
