@@ -1,1 +1,2 @@
-"""Offline training: builds model artifacts (``streams/infer/artifacts/``) from the simulator and the features core."""
+"""Offline training: one pipeline (``train.py``) from labelled bars to an infer-stage model artifact, fed by kline
+files (``surge train``) or by the simulator (``default_model``: the shipped ``streams/infer/artifacts/default``)."""

@@ -19,6 +19,17 @@ def _pp(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f} pp"
 
 
+def labels_text(lab: dict[str, Any]) -> str:
+    """The card's ``labels``: one barrier for every horizon (``theta_up`` / ``theta_dn``), or per horizon in bps."""
+    if "theta_up" in lab:
+        widths = f"upper +{lab['theta_up']:.2%}, lower -{lab['theta_dn']:.2%}"
+    else:
+        widths = "upper and lower " + ", ".join(
+            f"{_f(bps, 2)} bps at {h} min" for h, bps in lab["barrier_bps"].items())
+    return (f"triple barrier on {lab.get('bars', '1-minute')} bars, entry at the bar close, {widths}; both in one "
+            f"bar = {lab['both_in_one_bar']}; timeout = {lab['timeout']}")
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     tr = card["training"]
     cfg = card["config"]
@@ -29,8 +40,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"* **Intended use**: {card['intended_use']}.",
         f"* **Feature version** `{card['feature_version']}` ({len(cfg['features_used'])} features); "
         f"horizons (min) {card['horizons_min']}.",
-        f"* **Labels**: triple barrier on 1-minute bars, entry at the bar close, upper +{lab['theta_up']:.2%}, "
-        f"lower -{lab['theta_dn']:.2%}; both in one bar = DOWN; timeout = not up.",
+        f"* **Labels**: {labels_text(lab)}.",
         f"* **Model**: LightGBM per horizon, shipped objective **{card['objective']}**"
         f"{' (gamma ' + str(cfg['gamma']) + ')' if card['objective'] == 'focal' else ''}, "
         f"{cfg['num_boost_round']} rounds, {cfg['num_leaves']} leaves, learning rate {cfg['learning_rate']}; "
@@ -38,9 +48,10 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"* **Validation**: purged {cfg['folds']}-fold CV on label spans, embargo {cfg['embargo_frac']:.0%} of the "
         "training span; isotonic calibration fitted on out-of-fold scores (cross-fitted for the OOF metrics).",
         f"* **Training window**: {tr['train_window'].get('first_bar_utc', 'n/a')} to "
-        f"{tr['train_window'].get('last_bar_utc', 'n/a')} UTC; **evaluation window**: "
-        f"{tr['eval_window'].get('first_bar_utc', 'n/a')} to {tr['eval_window'].get('last_bar_utc', 'n/a')} UTC "
-        "(held out; labels of training samples never reach into it).",
+        f"{tr['train_window'].get('last_bar_utc', 'n/a')} UTC; "
+        + (f"**evaluation window**: {tr['eval_window'].get('first_bar_utc', 'n/a')} to "
+           f"{tr['eval_window'].get('last_bar_utc', 'n/a')} UTC (held out; labels of training samples never reach "
+           "into it)." if tr["eval_window"] else "no held-out evaluation window."),
         f"* **ONNX parity**: max |onnx - native| = {card['onnx_parity']['max_abs_diff_raw']:.3g} (raw), "
         f"{card['onnx_parity']['max_abs_diff_calibrated']:.3g} (calibrated) over {card['onnx_parity']['rows']} rows, "
         f"half of them with {card['onnx_parity']['nan_share_of_half']:.0%} of inputs set to NaN (the calibrated "
@@ -109,6 +120,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         for f in files:
             lines.append(f"| {role} | `{f['file']}` | {f.get('rows', 'n/a')} | {f.get('first_open_utc', 'n/a')} | "
                          f"{f.get('last_open_utc', 'n/a')} | `{f['sha256']}` |")
+    if not tr["train_files"]:
+        lines += ["", f"No data files: {tr['source']}."]
     lines += ["", f"Command: `{tr['command']}`", "", "## Limitations", ""]
     lines += [f"* {s}" for s in card["limitations"]]
     return "\n".join(lines) + "\n"

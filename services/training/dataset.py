@@ -1,9 +1,11 @@
-"""From a features frame of 1-minute bars (the features stage's batch driver) to labelled training samples.
+"""From a features frame of bars to labelled training samples.
 
-The frame comes from ``streams.features.batch.compute_klines_frame``: one row per bar with ``symbol``, ``ts``
-(bar open time, ms), the feature columns, ``feature_version`` and the bar's ``open/high/low/close``. This module
+The frame has one row per bar with ``symbol``, ``ts`` (bar open time, ms), the feature columns,
+``feature_version`` and the bar's ``open/high/low/close``: for klines it comes from the features stage's batch
+driver (``streams.features.batch.compute_klines_frame``), for the simulator from ``default_model``. This module
 adds no feature arithmetic: it only chooses which of the frame's columns are features, labels the bars with
-the triple barrier and describes each label's span for purging, embargo and uniqueness weights.
+the triple barrier of ``labels.py`` (``LabelSpec``) and describes each label's span for purging, embargo and
+uniqueness weights.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import gzip
 import hashlib
 import io
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +23,11 @@ import numpy.typing as npt
 import pandas as pd
 
 from services.training.labels import (
-    LABEL_INCOMPLETE,
-    LABEL_UP,
+    TIMEOUTS,
     BarrierConfig,
+    Timeout,
     average_uniqueness,
+    outcome,
     triple_barrier_segmented,
 )
 
@@ -126,26 +129,54 @@ def check_frame(frame: pd.DataFrame) -> str:
 
 
 @dataclass(frozen=True)
+class LabelSpec:
+    """What a label is: one triple barrier per horizon (``labels.BarrierConfig``: widths, and the length in bars),
+    keyed by the horizon in minutes; the bar length; and what a timeout counts as (``labels.outcome``)."""
+
+    barriers: Mapping[int, BarrierConfig]
+    bar_ms: int = BAR_MS
+    timeout: Timeout = "not up"
+
+    def __post_init__(self) -> None:
+        if not self.barriers:
+            raise ValueError("a label spec needs at least one horizon")
+        if self.bar_ms < 1:
+            raise ValueError(f"bar_ms must be positive, got {self.bar_ms}")
+        if self.timeout not in TIMEOUTS:
+            raise ValueError(f"timeout must be one of {TIMEOUTS}, got {self.timeout!r}")
+
+    @classmethod
+    def minute_bars(cls, horizons: Sequence[int], theta_up: float, theta_dn: float) -> LabelSpec:
+        """The same barrier at every horizon on 1-minute bars (H minutes = H bars), timeouts "not up"."""
+        return cls({h: BarrierConfig(theta_up, theta_dn, h) for h in horizons})
+
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        return tuple(self.barriers)
+
+
+@dataclass(frozen=True)
 class Labelled:
     """Bars sorted by (ts, symbol) with one label column per horizon."""
 
     frame: pd.DataFrame
     horizons: tuple[int, ...]
-    y: dict[int, FloatArray]         # 1.0 UP, 0.0 DOWN or TIMEOUT, NaN incomplete
+    y: dict[int, FloatArray]         # 1.0 UP, 0.0 not up (LabelSpec.timeout), NaN no label
     label: dict[int, IntArray]       # LABEL_* codes
-    end_ts: dict[int, IntArray]      # open time of the deciding bar (ms), -1 if incomplete
+    end_ts: dict[int, IntArray]      # open time of the deciding bar (ms), -1 without a label
     uniqueness: dict[int, FloatArray]
     symbol_codes: IntArray
+    bar_ms: int = BAR_MS             # the unit of label spans (purged CV, embargo)
 
     @property
     def ts(self) -> IntArray:
         return np.asarray(self.frame["ts"].to_numpy(), dtype=np.int64)
 
     def valid(self, h: int) -> BoolArray:
-        return np.asarray(self.label[h] != LABEL_INCOMPLETE, dtype=np.bool_)
+        return np.asarray(np.isfinite(self.y[h]), dtype=np.bool_)
 
 
-def label_frame(frame: pd.DataFrame, horizons: Sequence[int], theta_up: float, theta_dn: float) -> Labelled:
+def label_frame(frame: pd.DataFrame, spec: LabelSpec) -> Labelled:
     """Triple-barrier labels per horizon on every bar (entry at the bar's close)."""
     frame = frame.sort_values(["ts", "symbol"], kind="stable").reset_index(drop=True)
     ts = frame["ts"].to_numpy(dtype=np.int64)
@@ -158,10 +189,10 @@ def label_frame(frame: pd.DataFrame, horizons: Sequence[int], theta_up: float, t
     lab: dict[int, IntArray] = {}
     end_ts: dict[int, IntArray] = {}
     uniq: dict[int, FloatArray] = {}
-    for h in horizons:
-        seg = triple_barrier_segmented(ts, close, high, low, BarrierConfig(theta_up, theta_dn, h), BAR_MS, codes)
-        ok = seg.label != LABEL_INCOMPLETE
-        y[h] = np.where(ok, (seg.label == LABEL_UP).astype(np.float64), np.nan)
+    for h, barrier in spec.barriers.items():
+        seg = triple_barrier_segmented(ts, close, high, low, barrier, spec.bar_ms, codes)
+        y[h] = outcome(seg.label, close, seg.touch_price, spec.timeout)
+        ok = np.isfinite(y[h])
         lab[h] = seg.label
         end_ts[h] = np.where(ok, ts[np.maximum(seg.touch_row, 0)], -1)
         u = np.zeros(len(frame))
@@ -170,4 +201,4 @@ def label_frame(frame: pd.DataFrame, horizons: Sequence[int], theta_up: float, t
             end_pos = np.where(ok[m], pos[np.maximum(seg.touch_row[m], 0)], -1)
             u[m] = average_uniqueness(pos[m], end_pos)
         uniq[h] = u
-    return Labelled(frame, tuple(horizons), y, lab, end_ts, uniq, codes)
+    return Labelled(frame, spec.horizons, y, lab, end_ts, uniq, codes, spec.bar_ms)

@@ -3,12 +3,15 @@
 Entry is the close of bar t. The upper barrier is entry x (1 + theta_up), the lower entry x (1 - theta_dn),
 the vertical barrier H bars later. A later bar touches the upper barrier when its high >= upper and the lower
 when its low <= lower; a bar touching both is labelled DOWN, because inside one bar the order is unknown and
-the conservative reading protects a long signal. Neither within H is TIMEOUT, which counts as "not up".
+the conservative reading protects a long signal. Neither within H is TIMEOUT, which counts as "not up"
+(``outcome``), or, for a model whose ``1 - p_up`` must mean "lower barrier first", is decided by the sign of the
+move at the vertical barrier (no label when it is zero).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numba
 import numpy as np
@@ -21,6 +24,9 @@ LABEL_INCOMPLETE = -1  # fewer than H bars left: no label, never used for traini
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+
+Timeout = Literal["not up", "sign"]
+TIMEOUTS: tuple[Timeout, ...] = ("not up", "sign")
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,21 @@ def triple_barrier(close: FloatArray, high: FloatArray, low: FloatArray, config:
     label, touch, price, mfe, peak = _triple_barrier_kernel(
         close, high, low, config.theta_up, config.theta_dn, config.horizon)
     return BarrierLabels(label, touch, price, mfe, peak)
+
+
+def outcome(label: IntArray, entry: FloatArray, touch_price: FloatArray, timeout: Timeout = "not up") -> FloatArray:
+    """The 0/1 target of each label: 1.0 UP, 0.0 DOWN, NaN incomplete; a TIMEOUT is 0.0 ("not up") or, with
+    ``timeout="sign"``, 1.0 / 0.0 as the close at the vertical barrier (``touch_price``) is above / below the
+    entry, NaN when it is equal."""
+    if timeout not in TIMEOUTS:
+        raise ValueError(f"timeout must be one of {TIMEOUTS}, got {timeout!r}")
+    up = label == LABEL_UP
+    known = label != LABEL_INCOMPLETE
+    if timeout == "sign":
+        timed_out = label == LABEL_TIMEOUT
+        up = up | (timed_out & (touch_price > entry))
+        known = known & ~(timed_out & (touch_price == entry))
+    return np.where(known, up.astype(np.float64), np.nan)
 
 
 def cooldown_select(start_index: IntArray, end_index: IntArray, symbol_codes: IntArray | None = None) -> IntArray:

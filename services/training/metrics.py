@@ -1,8 +1,8 @@
 """Evaluation of probability forecasts for the model card: calibration, sharpness, ranking and top-k hits.
 
 Every metric takes calibrated probabilities ``p`` and 0/1 outcomes ``y`` of the same length. ECE is the
-headline calibration number (10 equal-width bins, as ``default_model.ece``); with rare positives most mass
-sits in the lowest bin, so an equal-mass (quantile) ECE is reported beside it.
+headline calibration number (``ece``: 10 equal-width bins); with rare positives most mass sits in the lowest
+bin, so an equal-mass (quantile) ECE is reported beside it.
 """
 
 from __future__ import annotations
@@ -14,13 +14,24 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from services.training.default_model import ECE_BINS, ece
-
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
+ECE_BINS = 10
 TOP_K: tuple[int, ...] = (10, 50, 100, 500)
 EPS = 1e-12
+
+
+def ece(p: FloatArray, y: FloatArray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: |mean forecast - observed frequency| over equal-width bins on [0, 1],
+    weighted by the bins' shares of the samples."""
+    idx = np.clip((p * bins).astype(np.int64), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.sum() / len(p) * abs(float(p[m].mean()) - float(y[m].mean()))
+    return total
 
 
 def reliability_bins(p: FloatArray, y: FloatArray, bins: int = ECE_BINS) -> list[dict[str, float]]:

@@ -1,5 +1,6 @@
 """``surge score``: calibrated probabilities of a model folder on a data file, through the serving code path
-(``streams.infer.model``: the ONNX graph and the calibration table), into a parquet file."""
+(``streams.infer.model``: the feature mapping the infer core uses, the ONNX graph and the calibration table),
+into a parquet file."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 
 from services.training import dataset
 from services.training.dataset import DataError, FrameFn, check_frame
-from streams.infer.model import load_model
+from streams.infer.model import feature_index, load_model
 
 DataKind = Literal["auto", "klines", "capture"]
 
@@ -35,10 +36,10 @@ def score_frame(model_dir: Path, frame: pd.DataFrame) -> pd.DataFrame:
     if version != model.feature_version:
         raise DataError(f"data has feature_version {version!r}, model {model.model_version} expects "
                         f"{model.feature_version!r}")
+    # By name onto the model's input order, as the infer core maps a FeatureVector; a column the frame lacks is NaN.
+    src, dst = feature_index(model.feature_names, [str(c) for c in frame.columns])
     x = np.full((len(frame), model.n_features), np.nan)
-    for j, name in enumerate(model.feature_names):
-        if name in frame.columns:
-            x[:, j] = frame[name].to_numpy(dtype=np.float64)
+    x[:, dst] = frame.iloc[:, src].to_numpy(dtype=np.float64)
     pred = model.predict(x)
     out = pd.DataFrame({"symbol": frame["symbol"].astype(str).to_numpy(),
                         "ts": frame["ts"].to_numpy(dtype=np.int64)})

@@ -1,21 +1,27 @@
-"""``surge train``: 1-minute bars -> features (the features stage's batch driver) -> triple-barrier labels ->
-purged k-fold LightGBM (focal loss beside plain log loss) -> isotonic calibration on out-of-fold scores ->
-one ONNX graph in the layout the infer stage serves -> parity check -> model card (JSON, markdown, PNG).
+"""The training pipeline, one for every dataset: labelled bars -> purged k-fold LightGBM (focal loss beside plain
+log loss) -> isotonic calibration on out-of-fold scores -> one ONNX graph in the layout the infer stage serves
+-> parity check -> model card (JSON, markdown, PNG). ``train_on`` runs it on a ``TrainingSet``; the datasets are
+
+* ``klines_set`` (``surge train``, ``train``): 1-minute bars -> features (the features stage's batch driver) ->
+  triple-barrier labels, with a held-out evaluation period;
+* ``services.training.default_model.simulator_set``: the built-in simulator through the ingest and features
+  cores, one-second bars, the shipped default model.
 
 Protocol, fixed before looking at any evaluation data (nothing below is tuned on the evaluation period):
 
 * Samples: every bar with a complete label. Features are computed over training and evaluation files in one
   causal pass (an evaluation bar sees the history a live model would have); a training sample is purged when
   its label span reaches the first evaluation bar.
-* Cross-validation: ``purged_kfold`` on label spans in minutes, embargo ``embargo_frac`` of the training span.
+* Cross-validation: ``purged_kfold`` on label spans in bars, embargo ``embargo_frac`` of the training span.
 * Weights: AFML average uniqueness of the label span (overlapping labels share information), then the classes
   balanced on those weights (``balanced_weights(y, base=uniqueness)``).
 * Calibration: isotonic on the out-of-fold raw scores. The out-of-fold metrics in the card are cross-fitted
   (each fold calibrated on the other folds only); the shipped table is fitted on all of them.
-* ONNX: thresholds rounded down to float32 (``default_model.round_thresholds``) so the graph takes the same
-  branches as LightGBM on float32 inputs; training inputs are float32-rounded too. Parity is measured.
+* ONNX: thresholds rounded down to float32 (``export.round_thresholds``) so the graph takes the same branches
+  as LightGBM on float32 inputs; training inputs are float32-rounded too. Parity is measured.
 * Evaluation metrics are computed on what the infer stage would serve: the ONNX graph plus the calibration
-  table, loaded with ``streams.infer.model.load_model``.
+  table, loaded with ``streams.infer.model.load_model``; every calibrated number in the card comes from
+  ``streams.infer.model.Calibration.apply``.
 """
 
 from __future__ import annotations
@@ -36,13 +42,14 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from services.training import export
 from services.training.card import card_markdown, plot_reliability
 from services.training.cv import purged_kfold
 from services.training.dataset import (
-    BAR_MS,
     DataError,
     FrameFn,
     Labelled,
+    LabelSpec,
     check_frame,
     feature_columns,
     kline_time_range,
@@ -50,22 +57,22 @@ from services.training.dataset import (
     label_frame,
     sha256_of,
 )
-from services.training.default_model import CAL_BINS, INPUT_NAME, OUTPUT_NAME, Z_95, round_thresholds, to_onnx
 from services.training.focal import as_binary_booster, focal_objective
 from services.training.labels import balanced_weights
 from services.training.metrics import probability_metrics
-from streams.infer.model import MODEL_FORMAT, load_model
+from streams.infer.model import MODEL_FORMAT, Calibration, load_model
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 ObjectiveName = Literal["focal", "logloss"]
 OBJECTIVES: tuple[ObjectiveName, ...] = ("focal", "logloss")
 
-PROBE_NAN_SHARE = 0.05
-
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything ``train_on`` does with a dataset. ``theta_up`` / ``theta_dn`` are the barriers of the kline
+    dataset (``klines_set``); the simulator's dataset derives its own from the decision stage's cost model."""
+
     horizons: tuple[int, ...] = (5, 10, 30)
     theta_up: float = 0.006
     theta_dn: float = 0.004
@@ -129,18 +136,6 @@ def fit_booster(x: FloatArray, y: FloatArray, w: FloatArray, names: Sequence[str
     return as_binary_booster(booster, init)
 
 
-def fit_isotonic_table(raw: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
-    from services.training.default_model import fit_isotonic
-
-    iso = fit_isotonic(raw, y)
-    return np.asarray(iso.X_thresholds_, dtype=np.float64), np.asarray(iso.y_thresholds_, dtype=np.float64)
-
-
-def apply_table(table: tuple[FloatArray, FloatArray], raw: FloatArray) -> FloatArray:
-    """Exactly what ``streams.infer.model.Calibration.apply`` does."""
-    return np.asarray(np.clip(np.interp(raw, table[0], table[1]), 0.0, 1.0), dtype=np.float64)
-
-
 def sample_weights(lab: Labelled, h: int, rows: IntArray, cfg: TrainConfig) -> FloatArray:
     base = lab.uniqueness[h][rows] if cfg.uniqueness else np.ones(len(rows))
     if cfg.class_weight == "none":
@@ -164,23 +159,21 @@ class Steps:
 @dataclass
 class HorizonResult:
     boosters: dict[str, lgb.Booster]
-    tables: dict[str, tuple[FloatArray, FloatArray]]
+    calibrations: dict[str, Calibration]
     oof_raw: dict[str, FloatArray]
     oof_metrics: dict[str, dict[str, Any]]
-    bin_edges: FloatArray
-    bin_counts: IntArray
     n_train: int
     base_rate: float
     folds_used: int
 
 
-def cross_fitted(oof: FloatArray, y: FloatArray, folds: list[tuple[IntArray, IntArray]]) -> FloatArray:
+def cross_fitted(oof: FloatArray, y: FloatArray, folds: list[tuple[IntArray, IntArray]], h: int) -> FloatArray:
     """Each test fold calibrated by isotonic fitted on the other folds' out-of-fold scores only."""
     out = np.full(len(y), np.nan)
     for _, test_idx in folds:
         other = np.ones(len(y), dtype=bool)
         other[test_idx] = False
-        out[test_idx] = apply_table(fit_isotonic_table(oof[other], y[other]), oof[test_idx])
+        out[test_idx] = export.fit_calibration(h, oof[other], y[other]).apply(oof[test_idx])
     return out
 
 
@@ -188,8 +181,8 @@ def train_horizon(lab: Labelled, h: int, rows: IntArray, x: FloatArray, names: S
                   advance: Callable[[], None]) -> HorizonResult:
     y = lab.y[h][rows]
     w = sample_weights(lab, h, rows, cfg)
-    start = lab.ts[rows] // BAR_MS
-    end = lab.end_ts[h][rows] // BAR_MS
+    start = lab.ts[rows] // lab.bar_ms
+    end = lab.end_ts[h][rows] // lab.bar_ms
     span = int(start.max() - start.min()) if len(start) else 0
     folds = list(purged_kfold(start, end, n_splits=cfg.folds, embargo=round(cfg.embargo_frac * span)))
     folds = [(tr, te) for tr, te in folds if len(tr) >= 2 * cfg.min_child_samples and 0 < y[tr].mean() < 1]
@@ -197,7 +190,7 @@ def train_horizon(lab: Labelled, h: int, rows: IntArray, x: FloatArray, names: S
         raise DataError(f"horizon {h}: too few samples or positives for {cfg.folds} purged folds")
     xs = x[rows]
     boosters: dict[str, lgb.Booster] = {}
-    tables: dict[str, tuple[FloatArray, FloatArray]] = {}
+    calibrations: dict[str, Calibration] = {}
     oof_raw: dict[str, FloatArray] = {}
     oof_metrics: dict[str, dict[str, Any]] = {}
     scored = np.zeros(len(rows), dtype=bool)
@@ -209,15 +202,13 @@ def train_horizon(lab: Labelled, h: int, rows: IntArray, x: FloatArray, names: S
         for tr, te in folds:
             oof[te] = fit_booster(xs[tr], y[tr], w[tr], names, cfg, obj).predict(xs[te])
             advance()
-        cal = cross_fitted(oof[scored], y[scored], [(tr, _reindex(te, scored)) for tr, te in folds])
+        cal = cross_fitted(oof[scored], y[scored], [(tr, _reindex(te, scored)) for tr, te in folds], h)
         oof_metrics[obj] = probability_metrics(cal, y[scored], base_rate_forecast=base_rate, raw=oof[scored])
         oof_raw[obj] = oof
-        tables[obj] = fit_isotonic_table(oof[scored], y[scored])
-        boosters[obj] = round_thresholds(fit_booster(xs, y, w, names, cfg, obj))
+        calibrations[obj] = export.fit_calibration(h, oof[scored], y[scored])
+        boosters[obj] = export.round_thresholds(fit_booster(xs, y, w, names, cfg, obj))
         advance()
-    counts, edges = np.histogram(oof_raw[cfg.objective][scored], bins=CAL_BINS, range=(0.0, 1.0))
-    return HorizonResult(boosters, tables, oof_raw, oof_metrics, edges.astype(np.float64),
-                         counts.astype(np.int64), len(rows), base_rate, len(folds))
+    return HorizonResult(boosters, calibrations, oof_raw, oof_metrics, len(rows), base_rate, len(folds))
 
 
 def _reindex(idx: IntArray, mask: npt.NDArray[np.bool_]) -> IntArray:
@@ -259,6 +250,64 @@ def split_rows(lab: Labelled, eval_range: tuple[int, int] | None, train_ranges: 
     return np.flatnonzero(train).astype(np.int64), np.flatnonzero(evaluation).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class TrainingSet:
+    """What ``train_on`` needs of a dataset: labelled bars and the rows to fit and evaluate on, with what the card
+    says about where they come from and what their labels mean."""
+
+    lab: Labelled
+    feature_version: str
+    rows: dict[int, tuple[IntArray, IntArray]]  # horizon -> (training rows, evaluation rows) of lab.frame
+    labels: dict[str, Any]  # what a label is (the card's "labels")
+    serve_labels: bool  # model.json states the labels: every prediction carries their barriers to the decision stage
+    version_prefix: str  # model_version = "<prefix>-lgbm-<digest of the served spec>"
+    source: str
+    command: str
+    intended_use: str
+    limitations: Callable[[dict[str, Any]], list[str]]  # the dataset's caveats, given the card's "training"
+    train_files: list[dict[str, Any]] = field(default_factory=list)
+    eval_files: list[dict[str, Any]] = field(default_factory=list)
+    eval_window: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # more of the card's "training", dataset-specific
+
+
+def klines_set(data: Sequence[Path], cfg: TrainConfig, *, eval_data: Sequence[Path] = (),
+               frame_fn: FrameFn | None = None, command: str = "", steps: Steps | None = None) -> TrainingSet:
+    """Kline files through the features stage's batch driver; ``eval_data`` is the held-out evaluation period."""
+    data = [Path(p) for p in data]
+    eval_data = [Path(p) for p in eval_data]
+    if set(data) & set(eval_data):
+        raise DataError("a file cannot be both training and evaluation data")
+    train_info = [file_info(p) for p in data]
+    eval_info = [file_info(p) for p in eval_data]
+    (steps or Steps(quiet=True)).log(
+        f"computing features of {len(data) + len(eval_data)} file(s) with the features batch driver")
+    frame = (frame_fn or klines_frame)(sorted(set(data) | set(eval_data), key=str))
+    feature_version = check_frame(frame)
+    lab = label_frame(frame, LabelSpec.minute_bars(cfg.horizons, cfg.theta_up, cfg.theta_dn))
+    eval_range = _span(eval_info) if eval_data else None
+    train_ranges = _ranges(train_info, lab)
+    ts = lab.ts
+    symbols = sorted({str(v) for v in lab.frame["symbol"]})
+    return TrainingSet(
+        lab=lab,
+        feature_version=feature_version,
+        rows={h: split_rows(lab, eval_range, train_ranges, h) for h in cfg.horizons},
+        labels={"kind": "triple_barrier_1m_bars", "theta_up": cfg.theta_up, "theta_dn": cfg.theta_dn,
+                "entry": "close of the bar", "both_in_one_bar": "DOWN", "timeout": "not up"},
+        serve_labels=True,
+        version_prefix="klines",
+        source="streams.features.batch.compute_klines_frame (the features stage's batch driver)",
+        command=command,
+        intended_use=f"research and paper trading of {', '.join(symbols)} 1-minute triple-barrier probabilities; "
+                     "not cleared for trading real money (see limitations)",
+        limitations=lambda training: kline_limitations(cfg, training),
+        train_files=train_info,
+        eval_files=eval_info,
+        eval_window=_window(ts[(ts >= eval_range[0]) & (ts <= eval_range[1])]) if eval_range else {},
+    )
+
+
 def train(
     data: Sequence[Path],
     out_dir: Path,
@@ -269,25 +318,23 @@ def train(
     quiet: bool = False,
     command: str = "",
 ) -> dict[str, Any]:
-    """Train, export, check parity and write the artifact folder; returns the card."""
-    data = [Path(p) for p in data]
-    eval_data = [Path(p) for p in eval_data]
-    if set(data) & set(eval_data):
-        raise DataError("a file cannot be both training and evaluation data")
+    """``surge train``: the pipeline on kline files; writes the artifact folder and returns the card."""
     steps = Steps(quiet)
-    train_info = [file_info(p) for p in data]
-    eval_info = [file_info(p) for p in eval_data]
-    steps.log(f"computing features of {len(data) + len(eval_data)} file(s) with the features batch driver")
-    frame = (frame_fn or klines_frame)(sorted(set(data) | set(eval_data), key=str))
-    feature_version = check_frame(frame)
+    ds = klines_set(data, cfg, eval_data=eval_data, frame_fn=frame_fn, command=command, steps=steps)
+    return train_on(ds, out_dir, cfg, steps)
+
+
+def train_on(ds: TrainingSet, out_dir: Path, cfg: TrainConfig, steps: Steps | None = None) -> dict[str, Any]:
+    """Train, export, check parity and write the artifact folder; returns the card."""
+    steps = steps or Steps(quiet=True)
+    lab = ds.lab
+    frame = lab.frame
+    if set(lab.horizons) != set(cfg.horizons) or set(ds.rows) != set(cfg.horizons):
+        raise DataError(f"dataset labels horizons {lab.horizons}, the config trains {cfg.horizons}")
+    feature_version = ds.feature_version
     names = feature_columns(frame, cfg.features or None)
     if not names:
         raise DataError("no feature columns in the frame")
-
-    lab = label_frame(frame, cfg.horizons, cfg.theta_up, cfg.theta_dn)
-    frame = lab.frame
-    train_ranges = _ranges(train_info, lab)
-    eval_range = _span(eval_info) if eval_data else None
     x_full = frame[names].to_numpy(dtype=np.float64)
     # The model must see what ONNX sees: float32 inputs.
     x = x_full.astype(np.float32).astype(np.float64)
@@ -298,7 +345,7 @@ def train(
         x = x[:, keep]
         steps.log(f"dropped {len(all_nan)} feature(s) that are NaN on every bar: {', '.join(all_nan)}")
 
-    rows_of = {h: split_rows(lab, eval_range, train_ranges, h) for h in cfg.horizons}
+    rows_of = ds.rows
     total = sum(len(OBJECTIVES) * (cfg.folds + 1) for _ in cfg.horizons)
     results: dict[int, HorizonResult] = {}
     with steps.progress:
@@ -310,7 +357,7 @@ def train(
         steps.progress.update(task, completed=total)
 
     shipped = [results[h].boosters[cfg.objective] for h in cfg.horizons]
-    proto = to_onnx(shipped, len(names))
+    proto = export.to_onnx(shipped, len(names))
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_bytes = proto.SerializeToString()
     onnx_sha = hashlib.sha256(onnx_bytes).hexdigest()
@@ -324,32 +371,20 @@ def train(
     xt = x[train_rows_any]
     mean = np.nan_to_num(np.nanmean(xt, axis=0)) if len(xt) else np.zeros(len(names))
     std = np.nan_to_num(np.nanstd(xt, axis=0), nan=1.0) if len(xt) else np.ones(len(names))
-    calibration = {
-        str(h): {
-            "x": [float(v) for v in results[h].tables[cfg.objective][0]],
-            "y": [float(v) for v in results[h].tables[cfg.objective][1]],
-            "bin_edges": [float(v) for v in results[h].bin_edges],
-            "bin_counts": [int(c) for c in results[h].bin_counts],
-            "z": Z_95,
-            "n_oof": int(results[h].bin_counts.sum()),
-        }
-        for h in cfg.horizons
-    }
+    calibration = {str(h): export.calibration_json(results[h].calibrations[cfg.objective]) for h in cfg.horizons}
     # The version names everything that changes a served number: graph, input contract, calibration, labels.
     served_spec = {"onnx_sha256": onnx_sha, "feature_version": feature_version, "features": list(names),
-                   "horizons": list(cfg.horizons), "calibration": calibration,
-                   "labels": [cfg.theta_up, cfg.theta_dn]}
+                   "horizons": list(cfg.horizons), "calibration": calibration, "labels": ds.labels}
     digest = hashlib.sha256(json.dumps(served_spec, sort_keys=True).encode()).hexdigest()
-    model_version = f"klines-lgbm-{digest[:10]}"
+    model_version = f"{ds.version_prefix}-lgbm-{digest[:10]}"
     ts = lab.ts
-    train_window = _window(ts[train_rows_any]) if len(train_rows_any) else {}
     training: dict[str, Any] = {
-        "command": command,
-        "source": "streams.features.batch.compute_klines_frame (the features stage's batch driver)",
-        "train_files": train_info,
-        "eval_files": eval_info,
-        "train_window": train_window,
-        "eval_window": _window(ts[(ts >= eval_range[0]) & (ts <= eval_range[1])]) if eval_range else {},
+        "command": ds.command,
+        "source": ds.source,
+        "train_files": ds.train_files,
+        "eval_files": ds.eval_files,
+        "train_window": _window(ts[train_rows_any]) if len(train_rows_any) else {},
+        "eval_window": ds.eval_window,
         "samples": {str(h): {"train": len(rows_of[h][0]), "eval": len(rows_of[h][1]),
                              "folds_used": results[h].folds_used} for h in cfg.horizons},
         "symbols": sorted({str(v) for v in frame["symbol"]}),
@@ -357,6 +392,7 @@ def train(
         "features_dropped_all_nan": all_nan,
         "lightgbm": {**{k: v for k, v in lgb_params(cfg).items() if k != "num_threads"},
                      "num_boost_round": cfg.num_boost_round, "version": lgb.__version__},
+        **ds.provenance,
     }
     meta: dict[str, Any] = {
         "format": MODEL_FORMAT,
@@ -364,10 +400,10 @@ def train(
         "feature_version": feature_version,
         "features": list(names),
         "horizons_min": list(cfg.horizons),
-        "onnx": {"file": "model.onnx", "input": INPUT_NAME, "output": OUTPUT_NAME, "sha256": onnx_sha,
+        "onnx": {"file": "model.onnx", "input": export.INPUT_NAME, "output": export.OUTPUT_NAME,
+                 "sha256": onnx_sha,
                  "layout": "p_up_raw[N, H]: uncalibrated P(upper barrier first), columns in horizons_min order"},
-        "labels": {"kind": "triple_barrier_1m_bars", "theta_up": cfg.theta_up, "theta_dn": cfg.theta_dn,
-                   "entry": "close of the bar", "both_in_one_bar": "DOWN", "timeout": "not up"},
+        **({"labels": ds.labels} if ds.serve_labels else {}),
         "calibration": calibration,
         "attribution": {
             "method": "(x - mean) / std * normalised gain importance averaged over horizons",
@@ -383,26 +419,13 @@ def train(
     # Parity and evaluation on exactly what the infer stage loads.
     served = load_model(out_dir, intra_op_threads=cfg.threads)
     probe_rows = np.unique(np.concatenate([train_rows_any, *(rows_of[h][1] for h in cfg.horizons)]))
-    probe = x[probe_rows].copy()
-    rng = np.random.default_rng(cfg.seed)
-    nan_probe = probe.copy()
-    nan_probe[rng.random(nan_probe.shape) < PROBE_NAN_SHARE] = np.nan
-    parity: dict[str, Any] = {"rows": int(2 * len(probe)), "nan_share_of_half": PROBE_NAN_SHARE}
-    worst = 0.0
-    worst_cal = 0.0
-    for batch in (probe, nan_probe):
-        onnx_raw = served.predict_raw(batch.astype(np.float32))
-        native = np.column_stack([b.predict(batch) for b in shipped])
-        worst = max(worst, float(np.max(np.abs(onnx_raw - native))) if len(batch) else 0.0)
-        cal_onnx = served.predict(batch).p_up
-        cal_native = np.column_stack([apply_table(results[h].tables[cfg.objective], native[:, j])
-                                      for j, h in enumerate(cfg.horizons)])
-        worst_cal = max(worst_cal, float(np.max(np.abs(cal_onnx - cal_native))) if len(batch) else 0.0)
-    parity.update(max_abs_diff_raw=worst, max_abs_diff_calibrated=worst_cal)
-    steps.log(f"ONNX parity: max |onnx - native| = {worst:.3g} raw, {worst_cal:.3g} calibrated "
-              f"over {parity['rows']} rows x {len(cfg.horizons)} horizons")
-    if worst > cfg.max_parity_diff:
-        raise RuntimeError(f"ONNX export differs from LightGBM by {worst} > {cfg.max_parity_diff}")
+    parity = export.parity(served, shipped, x[probe_rows], cfg.seed)
+    steps.log(f"ONNX parity: max |onnx - native| = {parity['max_abs_diff_raw']:.3g} raw, "
+              f"{parity['max_abs_diff_calibrated']:.3g} calibrated over {parity['rows']} rows x "
+              f"{len(cfg.horizons)} horizons")
+    if parity["max_abs_diff_raw"] > cfg.max_parity_diff:
+        raise RuntimeError(f"ONNX export differs from LightGBM by {parity['max_abs_diff_raw']} > "
+                           f"{cfg.max_parity_diff}")
 
     oof_metrics = {str(h): results[h].oof_metrics[cfg.objective] for h in cfg.horizons}
     eval_metrics: dict[str, Any] = {}
@@ -415,12 +438,12 @@ def train(
             continue
         y_ev = lab.y[h][ev]
         pred = served.predict(x[ev])
-        spans = (ts[ev] // BAR_MS, lab.end_ts[h][ev] // BAR_MS, lab.symbol_codes[ev])
+        spans = (ts[ev] // lab.bar_ms, lab.end_ts[h][ev] // lab.bar_ms, lab.symbol_codes[ev])
         eval_metrics[str(h)] = probability_metrics(pred.p_up[:, j], y_ev, base_rate_forecast=res.base_rate,
                                                    raw=pred.raw[:, j], spans=spans)
         for obj in OBJECTIVES:
             raw = np.asarray(res.boosters[obj].predict(x[ev]), dtype=np.float64)
-            m = probability_metrics(apply_table(res.tables[obj], raw), y_ev, base_rate_forecast=res.base_rate,
+            m = probability_metrics(res.calibrations[obj].apply(raw), y_ev, base_rate_forecast=res.base_rate,
                                     raw=raw)
             comparison[str(h)][obj]["eval"] = _headline(m)
 
@@ -431,9 +454,8 @@ def train(
         "feature_version": feature_version,
         "horizons_min": list(cfg.horizons),
         "objective": cfg.objective,
-        "intended_use": f"research and paper trading of {', '.join(training['symbols'])} 1-minute triple-barrier "
-                        "probabilities; not cleared for trading real money (see limitations)",
-        "labels": meta["labels"],
+        "intended_use": ds.intended_use,
+        "labels": ds.labels,
         "config": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                    "features_used": list(names), "features_dropped_all_nan": all_nan},
         "metrics": {"eval": eval_metrics, "oof": oof_metrics},
@@ -445,7 +467,7 @@ def train(
         "environment": {"python": platform.python_version(), "lightgbm": lgb.__version__,
                         "numpy": np.__version__, "platform": platform.platform()},
         "reliability_png": "reliability.png",
-        "limitations": limitations(cfg, eval_metrics, training),
+        "limitations": [*ds.limitations(training), *metric_limitations(eval_metrics)],
     }
     (out_dir / "card.json").write_text(json.dumps(strict_json(card), indent=1, allow_nan=False) + "\n",
                                        encoding="utf-8")
@@ -512,9 +534,9 @@ def streaming_note(training: dict[str, Any]) -> str:
             "checked by this training run.")
 
 
-def limitations(cfg: TrainConfig, eval_metrics: dict[str, Any], training: dict[str, Any]) -> list[str]:
-    """Plain statements a reviewer needs, some derived from the numbers."""
-    out = [
+def kline_limitations(cfg: TrainConfig, training: dict[str, Any]) -> list[str]:
+    """Plain statements a reviewer of a kline model needs."""
+    return [
         f"Trained on {', '.join(training['symbols'])} only; other symbols are out of distribution.",
         streaming_note(training),
         f"Labels: upper barrier +{cfg.theta_up:.2%} vs lower -{cfg.theta_dn:.2%} from the bar close; a bar "
@@ -528,6 +550,11 @@ def limitations(cfg: TrainConfig, eval_metrics: dict[str, Any], training: dict[s
         "With rare positives an ECE in percentage points is small by construction; compare the mean forecast "
         "with the base rate (calibration in the large) and the quantile ECE as well.",
     ]
+
+
+def metric_limitations(eval_metrics: dict[str, Any]) -> list[str]:
+    """Statements derived from the held-out numbers."""
+    out: list[str] = []
     for h, m in eval_metrics.items():
         if m["base_rate"] > 0 and not 0.67 <= m["mean_p"] / m["base_rate"] <= 1.5:
             out.append(f"h={h}: mean forecast {m['mean_p']:.4f} vs observed rate {m['base_rate']:.4f} on the "

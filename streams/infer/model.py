@@ -135,7 +135,14 @@ class Calibration:
             raise ModelError(f"horizon {horizon_min}: bin_edges must be increasing with len(bin_counts) + 1")
         return cls(horizon_min, x, y, edges, counts, float(doc.get("z", 1.96)))
 
+    def to_json(self) -> dict[str, Any]:
+        """The model.json entry that ``from_json`` reads back."""
+        return {"x": [float(v) for v in self.x], "y": [float(v) for v in self.y],
+                "bin_edges": [float(v) for v in self.bin_edges], "bin_counts": [int(c) for c in self.bin_counts],
+                "z": self.z}
+
     def apply(self, raw: FloatArray) -> FloatArray:
+        """Calibrated probabilities of raw ones: what the infer stage serves, and what training evaluates."""
         return np.clip(np.interp(raw, self.x, self.y), 0.0, 1.0)
 
     def counts(self, raw: FloatArray) -> IntArray:

@@ -18,6 +18,7 @@ from services.training.labels import (
     BarrierConfig,
     balanced_weights,
     cooldown_select,
+    outcome,
     triple_barrier,
 )
 
@@ -44,6 +45,16 @@ def test_up_down_both_and_timeout_cases() -> None:
     assert out.label.tolist()[5:] == [LABEL_INCOMPLETE] * 3
     assert out.mfe[0] == pytest.approx(0.01)
     assert out.time_to_peak[0] == 2
+
+
+def test_outcome_of_a_timeout_is_not_up_or_the_sign_of_the_move() -> None:
+    label = np.array([LABEL_UP, LABEL_DOWN, LABEL_TIMEOUT, LABEL_TIMEOUT, LABEL_TIMEOUT, LABEL_INCOMPLETE])
+    entry = np.full(6, 100.0)
+    touch = np.array([101.0, 99.0, 100.5, 99.5, 100.0, np.nan])
+    np.testing.assert_array_equal(outcome(label, entry, touch), [1.0, 0.0, 0.0, 0.0, 0.0, np.nan])
+    np.testing.assert_array_equal(outcome(label, entry, touch, "sign"), [1.0, 0.0, 1.0, 0.0, np.nan, np.nan])
+    with pytest.raises(ValueError, match="timeout"):
+        outcome(label, entry, touch, "up")  # type: ignore[arg-type]
 
 
 def test_default_barriers_match_the_issue() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.training.default_model import round_thresholds, to_onnx
+from services.training.export import round_thresholds, to_onnx
 from services.training.focal import HESS_FLOOR, as_binary_booster, focal_grad_hess, focal_loss, focal_objective
 
 pytestmark = pytest.mark.unit

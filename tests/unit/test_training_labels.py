@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.training.cv import purged_kfold
-from services.training.dataset import BAR_MS, label_frame
+from services.training.dataset import BAR_MS, LabelSpec, label_frame
 from services.training.labels import (
     LABEL_DOWN,
     LABEL_INCOMPLETE,
@@ -20,6 +20,7 @@ from services.training.labels import (
     BarrierConfig,
     average_uniqueness,
     balanced_weights,
+    outcome,
     triple_barrier,
     triple_barrier_segmented,
 )
@@ -153,7 +154,7 @@ def test_training_labels_never_reach_the_evaluation_period(rets: list[float], ho
     n = len(close)
     frame = pd.DataFrame({"symbol": "X", "ts": np.arange(n, dtype=np.int64) * BAR_MS, "close": close,
                           "high": high, "low": low, "feature_version": "f"})
-    lab = label_frame(frame, [horizon], 0.002, 0.002)
+    lab = label_frame(frame, LabelSpec.minute_bars([horizon], 0.002, 0.002))
     split = min(split, n - 1)
     eval_lo = split * BAR_MS
     train, ev = split_rows(lab, (eval_lo, (n - 1) * BAR_MS), [(0, (n - 1) * BAR_MS)], horizon)
@@ -162,3 +163,22 @@ def test_training_labels_never_reach_the_evaluation_period(rets: list[float], ho
     # Only samples whose label is still open at the split are dropped, nothing else.
     expected = [i for i in range(n) if lab.valid(horizon)[i] and lab.end_ts[horizon][i] < eval_lo]
     assert train.tolist() == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps, st.integers(1, 10))
+def test_sign_labels_differ_from_not_up_only_on_timeouts(rets: list[float], horizon: int) -> None:
+    close, high, low = path(rets * 2, 0.001, 0.001)
+    n = len(close)
+    frame = pd.DataFrame({"symbol": "X", "ts": np.arange(n, dtype=np.int64) * 1000, "close": close,
+                          "high": high, "low": low, "feature_version": "f"})
+    spec = LabelSpec({7: BarrierConfig(0.003, 0.003, horizon)}, bar_ms=1000, timeout="sign")
+    lab = label_frame(frame, spec)
+    plain = label_frame(frame, LabelSpec({7: BarrierConfig(0.003, 0.003, horizon)}, bar_ms=1000))
+    assert lab.bar_ms == 1000 and lab.horizons == (7,)
+    seg = triple_barrier(close, high, low, BarrierConfig(0.003, 0.003, horizon))
+    np.testing.assert_array_equal(lab.y[7], outcome(seg.label, close, seg.touch_price, "sign"))
+    decided = seg.label != LABEL_TIMEOUT
+    np.testing.assert_array_equal(lab.y[7][decided], plain.y[7][decided])
+    # A flat timeout has no label, so no span either.
+    assert np.all(lab.end_ts[7][~lab.valid(7)] == -1) and np.all(lab.end_ts[7][lab.valid(7)] >= 0)
