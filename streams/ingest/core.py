@@ -31,6 +31,7 @@ from schemas import SCHEMA_VERSION, common_pb2, market_pb2
 from streams.ingest.book import BookState, DepthUpdate, Level, OrderBook, SyncStatus
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit
+from streams.runtime.instrument import key_of
 from streams.runtime.source import SourceReject
 from streams.runtime.topics import Topic
 
@@ -918,7 +919,7 @@ def _emit_batch(state: IngestState, st: SymbolState, out: IngestOutputs) -> None
     if st.quarantined_since_us >= 0:
         flags.add(common_pb2.QUARANTINED)
     batch.quality_flags.extend(sorted(flags))
-    out.emits.append(Emit(topic=Topic.TICKS, key=st.symbol, value=batch, exchange_us=exchange_us))
+    out.emits.append(Emit(topic=Topic.TICKS, key=key_of(batch), value=batch, exchange_us=exchange_us))
     st.pending = []
     st.window_open_us = -1
     st.newest_exchange_us = st.newest_estimated_us = st.newest_local_us = 0

@@ -35,6 +35,7 @@ from schemas import SCHEMA_VERSION, market_pb2, outcome_pb2, signal_pb2
 from streams.outcomes import risk
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit, InRecord, Outputs, Reject
+from streams.runtime.instrument import key_of
 from streams.runtime.topics import Topic
 
 LONG: Final = signal_pb2.LONG
@@ -275,7 +276,7 @@ def resolve(state: OutcomesState, pos: OpenPosition, label: int, exit_price: flo
         paper_equity=state.risk.equity, risk_state=state.risk.level.name,
     )
     outcome.ts.exchange_us = exit_us
-    out.emits.append(Emit(Topic.OUTCOMES, pos.symbol, outcome, exit_us))
+    out.emits.append(Emit(Topic.OUTCOMES, key_of(outcome), outcome, exit_us))
     state.resolved[pos.signal_id] = None
     while len(state.resolved) > RESOLVED_MEMORY:
         state.resolved.popitem(last=False)
@@ -290,7 +291,7 @@ def process(batch: Sequence[InRecord[Message]], state: OutcomesState, clock: Clo
         # Outcomes resolved before a restart may not have been acknowledged: send them again (same ids).
         for raw in state.replay_on_start:
             outcome = outcome_pb2.Outcome.FromString(raw)
-            out.emits.append(Emit(Topic.OUTCOMES, outcome.symbol, outcome, outcome.exit_us))
+            out.emits.append(Emit(Topic.OUTCOMES, key_of(outcome), outcome, outcome.exit_us))
         state.replay_on_start = []
     for record in batch:
         value = record.value

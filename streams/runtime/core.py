@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
 from streams.runtime.clock import Clock, LiveClock
+from streams.runtime.observability import HealthState
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 
@@ -74,13 +75,14 @@ ProcessFn = Callable[[Sequence[InRecord[Any]], Any, Clock], Outputs]
 @dataclass(frozen=True)
 class StageContext:
     """What a stage's state factory gets from the process that runs it: its settings, the clock every core
-    reads, the registry behind the stage's own /metrics, and hooks run once the consumer is subscribed (e.g. a
-    background poller that should not start before the stage can serve)."""
+    reads, the registry behind the stage's own /metrics, its health (for detail on /healthz), and hooks run once
+    the consumer is subscribed (e.g. a background poller that should not start before the stage can serve)."""
 
     name: str
     settings: Settings
     clock: Clock
     registry: CollectorRegistry
+    health: HealthState = field(default_factory=HealthState)  # the stage's /healthz and /readyz
     start_hooks: list[Callable[[], None]] = field(default_factory=list)
 
     def on_start(self, hook: Callable[[], None]) -> None:

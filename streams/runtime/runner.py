@@ -143,7 +143,7 @@ class StageRunner:
                 on_assign=self._on_assign,
                 on_revoke=lambda c, parts: self._on_revoke(c, producer, parts),
             )
-            context = StageContext(self.spec.name, settings, self.clock, self.metrics.registry)
+            context = StageContext(self.spec.name, settings, self.clock, self.metrics.registry, self.health)
             state = self.spec.make_state(context)
             for hook in context.start_hooks:
                 hook()

@@ -125,12 +125,51 @@ class Settings(BaseSettings):
                                     "on the same rows (shadow scoring)")
     canary_rollback_rule: Literal["any", "all"] = Field("any", description="Canary rollback when any / all of the "
                                                         "two metrics breach their threshold")
-    decision_horizon_min: int = Field(5, ge=1, description="Horizon the decision stage acts on")
-    tier_a_utility_bps: float = Field(4.0, description="Net utility (bps) for tier A")
-    tier_b_utility_bps: float = Field(1.0, description="Net utility (bps) for tier B")
-    min_edge: float = Field(0.04, ge=0, le=0.5, description="Minimum |p_up - 0.5| to act")
-    cooldown_s: float = Field(30.0, ge=0, description="Per-symbol cooldown after an actionable signal")
+    decision_horizons: str = Field("", description="Horizons (minutes) the decision stage acts on, comma-separated;"
+                                   " empty: every horizon a prediction carries")
+    decision_profile: Literal["conservative", "balanced", "aggressive"] = Field(
+        "balanced", description="Preset of the tier thresholds tau (probability) and kappa (utility / cost); the "
+        "SURGE_TAU_*/SURGE_KAPPA_* settings override single values")
+    tau_a: float | None = Field(None, ge=0, le=1, description="Tier A: the side's probability must be >= this "
+                                "(balanced 0.75)")
+    kappa_a: float | None = Field(None, description="Tier A: net utility / cost must be >= this (balanced 1.20)")
+    tau_b: float | None = Field(None, ge=0, le=1, description="Tier B: probability threshold (balanced 0.65)")
+    kappa_b: float | None = Field(None, description="Tier B: utility / cost threshold (balanced 1.00)")
+    degraded_tau_step: float = Field(0.05, ge=0, description="Degradation: tau raised by this when the input "
+                                     "carries a degrading quality flag (and only tier A is allowed)")
+    degraded_kappa_step: float = Field(0.20, ge=0, description="Degradation: kappa raised by this on flagged input")
+    risk_averse_tau_step: float = Field(0.05, ge=0, description="Risk state RISK_AVERSE: tau raised by this (and "
+                                        "the cooldown doubled, halving the signal rate)")
+    cooldown_low_vol_s: float = Field(1800.0, ge=0, description="Cooldown per instrument and horizon after an "
+                                      "actionable signal, in a low-volatility regime")
+    cooldown_medium_vol_s: float = Field(1200.0, ge=0, description="... in a medium-volatility regime")
+    cooldown_high_vol_s: float = Field(600.0, ge=0, description="... in a high-volatility regime (and unknown)")
+    decision_max_exchange_lag_s: float = Field(2.0, ge=0, description="Actionable signals pause while the input's "
+                                               "exchange time lags the clock by more than this (0: never)")
+    risk_refresh_ms: int = Field(500, ge=0, description="Decision: how long the risk state read from Redis is "
+                                 "reused before it is read again")
     fee_bps: float = Field(2.0, ge=0, description="Taker fee per side in bps (cost model)")
+    # Cost model cost-v3 (streams/decision/cost.py). Fees: Binance VIP 0, no BNB discount.
+    fee_spot_taker_bps: float = Field(10.0, ge=0, description="Cost model: spot taker fee per side (bps)")
+    fee_spot_maker_bps: float = Field(10.0, ge=0, description="Cost model: spot maker fee per side (bps)")
+    fee_usdm_taker_bps: float = Field(5.0, ge=0, description="Cost model: USD-M taker fee per side (bps)")
+    fee_usdm_maker_bps: float = Field(2.0, ge=0, description="Cost model: USD-M maker fee per side (bps)")
+    cost_tables: Path | None = Field(None, description="Cost model: table artifact (JSON from `surge cost fit`) "
+                                     "used when Redis has none; default: the packaged one")
+    cost_notional_usd: float = Field(10_000.0, gt=0, description="Cost model: order notional (quote currency) "
+                                     "a decision is priced for")
+    cost_quantile: Literal["p25", "p50", "p75", "p95", "p97.5", "p99"] = Field(
+        "p50", description="Cost model: slippage quantile of normal conditions")
+    cost_stressed_quantile: Literal["p25", "p50", "p75", "p95", "p97.5", "p99"] = Field(
+        "p97.5", description="Cost model: slippage quantile in a volatility or liquidation burst")
+    cost_opportunity_rate: float = Field(0.05, ge=0, description="Cost model: annual rate of the capital tied up "
+                                         "for the horizon (opportunity cost)")
+    cost_funding_interval_h: float = Field(8.0, gt=0, description="Cost model: USD-M funding interval; the rate is "
+                                           "pro-rated to the horizon over it")
+    cost_l1_ttl_ms: float = Field(200.0, ge=0, le=5000, description="Cost model: in-process cache TTL of the "
+                                  "tables read from Redis")
+    cost_redis_retry_s: float = Field(5.0, ge=0, description="Cost model: after a Redis error, serve cached or "
+                                      "packaged tables this long before trying Redis again")
 
     # Observability.
     log_level: str = Field("INFO", description="Python log level")

@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from schemas import SCHEMA_VERSION, dlq_pb2, features_pb2, market_pb2, outcome_pb2, prediction_pb2, signal_pb2
+from streams.runtime.instrument import key_of
 
 
 class Topic(StrEnum):
@@ -54,6 +55,7 @@ _ID_FIELD: dict[Topic, str] = {
 
 
 SYMBOL_MAX_CHARS: Final = 32
+KEY_SHOWN_BYTES: Final = 48  # of a mismatching record key, in the dead letter's reason
 SYMBOL_PATTERN: Final = re.compile(r"[A-Z0-9_-]+")
 ID_MAX_BYTES: Final = 128  # batch_id and vector_id (= the batch_id)
 VERSION_MAX_BYTES: Final = 64  # model/feature/cost model versions
@@ -201,8 +203,9 @@ def decode(topic: str, key: bytes | None, payload: bytes | None) -> Message:
     symbol = getattr(message, "symbol")  # noqa: B009 - every keyed payload has it
     if not symbol:
         raise InvalidMessage("missing_symbol", f"{message.DESCRIPTOR.name}.symbol is empty")
-    if key is not None and key.decode("utf-8", "replace") != symbol:
-        shown = key if len(key) <= SYMBOL_MAX_CHARS else key[:SYMBOL_MAX_CHARS] + b"..."  # a reason stays small
-        raise InvalidMessage("key_mismatch", f"record key {shown!r} ({len(key)} bytes) differs from symbol "
-                             f"{symbol!r}")
+    expected = key_of(message)  # type: ignore[arg-type]  # every keyed payload has venue and symbol
+    if key is not None and key.decode("utf-8", "replace") != expected:
+        shown = key if len(key) <= KEY_SHOWN_BYTES else key[:KEY_SHOWN_BYTES] + b"..."  # a reason stays small
+        raise InvalidMessage("key_mismatch", f"record key {shown!r} ({len(key)} bytes) differs from the "
+                             f"instrument key {expected!r}")
     return message

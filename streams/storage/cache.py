@@ -2,11 +2,14 @@
 
 Redis is a cache for the live dashboard and "latest" reads, never the record: the warehouse is. Layout:
 
-* ``LATEST_KEY``: hash, symbol -> JSON of that symbol's latest signal
+* ``LATEST_KEY``: hash, instrument key (``BINANCE_SPOT:BTCUSDT``) -> JSON of its latest signal
 * ``RECENT_KEY``: list of JSON signals, newest first, at most ``RECENT_MAX``
 * ``CHANNEL``: pub/sub, every new signal, for live dashboards
 * ``RISK_KEY``, ``RISK_RESET_KEY``, ``OUTCOMES_SNAPSHOT_KEY``: the outcomes stage's risk state, an operator's
   reset request, and the stage's snapshot (see ``streams/outcomes/stage.py``)
+* ``COST_ACTIVE_KEY``: string, the active cost-table version; ``COST_TABLES_PREFIX + version``: hash, one per
+  table version, ``venue:regime`` -> JSON cost entry and ``adv:venue:symbol`` -> ADV (``streams/decision/cost.py``,
+  loaded by ``surge cost load``)
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ RISK_KEY: Final = "surge:risk:state"
 RISK_RESET_KEY: Final = "surge:risk:reset"
 # The outcomes stage's state as of its last commit, so a restart resumes the open positions.
 OUTCOMES_SNAPSHOT_KEY: Final = "surge:outcomes:snapshot"
+# The decision stage's cost tables: the active version, and one hash per version (``surge cost load``).
+COST_ACTIVE_KEY: Final = "surge:cost:active"
+COST_TABLES_PREFIX: Final = "surge:cost:tables:"
 
 
 def open_redis(url: str, timeout_s: float = 2.0) -> redis.Redis:
@@ -37,6 +43,12 @@ def open_redis(url: str, timeout_s: float = 2.0) -> redis.Redis:
     return redis.Redis.from_url(
         url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
     )
+
+
+def instrument_field(doc: dict[str, Any]) -> str:
+    """The latest hash's field of a signal document: its instrument key (``BINANCE_SPOT:BTCUSDT``), so spot and
+    USD-M of one symbol keep separate latest signals. The document's venue is already the enum's name."""
+    return f"{doc['venue']}:{doc['symbol']}"
 
 
 class SignalCache:
@@ -52,7 +64,7 @@ class SignalCache:
         pipe = self.client.pipeline(transaction=False)
         for doc in docs:
             payload = orjson.dumps(doc)
-            pipe.hset(LATEST_KEY, doc["symbol"], payload)
+            pipe.hset(LATEST_KEY, instrument_field(doc), payload)
             pipe.lpush(RECENT_KEY, payload)  # pushed in arrival order, so the head is the newest
             pipe.publish(CHANNEL, payload)
         pipe.ltrim(RECENT_KEY, 0, RECENT_MAX - 1)
@@ -78,4 +90,5 @@ class SignalCache:
     def latest(self) -> list[dict[str, Any]]:
         """The latest signal of every symbol, sorted by symbol."""
         raw: dict[bytes, bytes] = self.client.hgetall(LATEST_KEY)  # type: ignore[assignment]  # sync client
-        return sorted((orjson.loads(v) for v in raw.values()), key=lambda d: str(d.get("symbol", "")))
+        return sorted((orjson.loads(v) for v in raw.values()),
+                      key=lambda d: (str(d.get("symbol", "")), str(d.get("venue", ""))))

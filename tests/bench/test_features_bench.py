@@ -94,7 +94,7 @@ def bench_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProce
 
 
 def broker_rate(stack: StackProcesses, batches: Sequence[market_pb2.TickBatch]) -> dict[str, float]:
-    stack.produce([(Topic.TICKS.value, b.symbol, b.SerializeToString()) for b in batches])
+    stack.send(Topic.TICKS.value, batches)
     consumer = Consumer(consumer_config(stack.settings, f"bench-{uuid.uuid4().hex[:8]}", from_beginning=True))
     consumer.subscribe([Topic.FEATURES.value])
     stack.start_stage("features")

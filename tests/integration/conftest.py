@@ -11,10 +11,14 @@ from tests.integration.stack import StackProcesses, start_infrastructure
 
 # Decision thresholds that make every test prediction actionable, so counts are exact.
 ALWAYS_ACT = {
-    "SURGE_COOLDOWN_S": "0",
-    "SURGE_MIN_EDGE": "0",
-    "SURGE_TIER_A_UTILITY_BPS": "-100000",
-    "SURGE_TIER_B_UTILITY_BPS": "-100000",
+    "SURGE_TAU_A": "0",
+    "SURGE_KAPPA_A": "-1000000",
+    "SURGE_COOLDOWN_LOW_VOL_S": "0",
+    "SURGE_COOLDOWN_MEDIUM_VOL_S": "0",
+    "SURGE_COOLDOWN_HIGH_VOL_S": "0",
+    "SURGE_DECISION_HORIZONS": "5",
+    # Test predictions are stamped "now"; a loaded CI box must not turn them into paused WAITs.
+    "SURGE_DECISION_MAX_EXCHANGE_LAG_S": "0",
 }
 
 

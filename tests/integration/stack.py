@@ -12,16 +12,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from confluent_kafka import Producer
+from google.protobuf.message import Message
 
 from services.stack.binaries import redis_command, tansu_command
 from services.stack.supervisor import port_open
+from streams.runtime.instrument import key_of
 from streams.runtime.kafka import ensure_topics, produce_all, producer_config
 from streams.runtime.settings import Settings
 from tests.conftest import REPO_ROOT, ephemeral_port_range, free_port
@@ -115,6 +117,10 @@ class StackProcesses:
 
     def produce(self, records: list[tuple[str, str, bytes]]) -> None:
         produce_all(self.producer(), [(t, k, v, None) for t, k, v in records])
+
+    def send(self, topic: str, messages: Sequence[Message]) -> None:
+        """Produce bus messages keyed by their instrument, as every stage keys them."""
+        self.produce([(topic, key_of(m), m.SerializeToString()) for m in messages])  # type: ignore[arg-type]
 
     def warehouse_rows(self, sql: str) -> list[dict[str, Any]]:
         from streams.storage.warehouse import open_warehouse_from

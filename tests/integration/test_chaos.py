@@ -30,7 +30,7 @@ def test_kill9_decision_and_sink_mid_stream_loses_nothing(infra: StackProcesses)
     for chunk_start in range(0, N_PREDICTIONS, CHUNK):
         preds = [prediction(i, now_us + i) for i in range(chunk_start, chunk_start + CHUNK)]
         expected_ids.update(f"{p.prediction_id}:5" for p in preds)
-        infra.produce([("predictions.v1", p.symbol, p.SerializeToString()) for p in preds])
+        infra.send("predictions.v1", preds)
         if chunk_start == 3 * CHUNK:
             infra.kill9("decision")  # dies with records consumed but possibly not committed
             infra.start_stage("decision")
@@ -68,7 +68,7 @@ def test_broker_outage_is_ridden_out(infra: StackProcesses) -> None:
     before = signal_count(infra)
     now_us = time.time_ns() // 1000
     first = [prediction(50_000 + i, now_us + i) for i in range(300)]
-    infra.produce([("predictions.v1", p.symbol, p.SerializeToString()) for p in first])
+    infra.send("predictions.v1", first)
     broker = infra.procs["broker"]
     broker.send_signal(sig.SIGSTOP)
     try:
@@ -76,7 +76,7 @@ def test_broker_outage_is_ridden_out(infra: StackProcesses) -> None:
     finally:
         broker.send_signal(sig.SIGCONT)
     second = [prediction(60_000 + i, now_us + i) for i in range(300)]
-    infra.produce([("predictions.v1", p.symbol, p.SerializeToString()) for p in second])
+    infra.send("predictions.v1", second)
     wait_for(lambda: signal_count(infra) >= before + 600, 120, "all 600 signals after the outage", interval_s=0.5)
     time.sleep(2)
     assert signal_count(infra) == before + 600

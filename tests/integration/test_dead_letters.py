@@ -59,7 +59,7 @@ def test_malformed_input_is_dead_lettered_and_stages_keep_going(infra: StackProc
 
     # Later valid input on the same partition is still processed end to end.
     good = prediction(10_000, time.time_ns() // 1000, symbol="BTCUSDT")
-    infra.produce([("predictions.v1", "BTCUSDT", good.SerializeToString())])
+    infra.send("predictions.v1", [good])
     wait_for(lambda: bool(infra.warehouse_rows(
         f"SELECT signal_id FROM surge.signals FINAL WHERE signal_id = '{good.prediction_id}:5'")), 60,
         "the valid prediction's signal in ClickHouse")

@@ -30,7 +30,8 @@ def surge_run(
 ) -> Iterator[tuple[subprocess.Popen[bytes], StackProcesses]]:
     root = tmp_path_factory.mktemp("run")
     env = stack_env(root, SURGE_SOURCE="auto", SURGE_SIM_EVENTS_PER_S="1500", SURGE_SYMBOLS="BTCUSDT,ETHUSDT,SOLUSDT",
-                    **{**ALWAYS_ACT, "SURGE_COOLDOWN_S": "0.5"},
+                    **{**ALWAYS_ACT, "SURGE_COOLDOWN_LOW_VOL_S": "0.5", "SURGE_COOLDOWN_MEDIUM_VOL_S": "0.5",
+                       "SURGE_COOLDOWN_HIGH_VOL_S": "0.5"},
                     # auto must fall back to the simulator: point "Binance" at a closed local port.
                     SURGE_BINANCE_REST_URL="http://127.0.0.1:9")
     handle = StackProcesses(root=root, env=env)

@@ -65,7 +65,7 @@ def test_live_stage_and_batch_driver_give_identical_vectors(parity_infra: StackP
     expected = compute_frame(batches)
     assert len(expected) == len(batches) and expected["vector_id"].is_unique
 
-    parity_infra.produce([(Topic.TICKS.value, b.symbol, b.SerializeToString()) for b in batches])
+    parity_infra.send(Topic.TICKS.value, batches)
     parity_infra.start_stage("features")
     got = read_vectors(parity_infra, len(batches))
     print(f"\n{len(batches)} TickBatches -> {len(got)} vectors through the live stage in "

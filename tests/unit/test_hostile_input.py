@@ -27,6 +27,7 @@ from streams.runtime import validate as v
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord, Outputs, StageContext
 from streams.runtime.settings import Settings
+from streams.runtime.instrument import key_of
 from streams.runtime.topics import InvalidMessage, Topic, decode
 from tests.unit.test_decision_core import pred
 from tests.unit.test_decision_core import settings as decision_settings
@@ -62,7 +63,7 @@ def feature_vector(**overrides: Any) -> features_pb2.FeatureVector:
     return vec
 
 
-def decode_error(topic: Topic, key: bytes, message: Any) -> tuple[str, str]:
+def decode_error(topic: Topic, key: bytes | None, message: Any) -> tuple[str, str]:
     with pytest.raises(InvalidMessage) as info:
         decode(topic.value, key, message.SerializeToString())
     return info.value.error_type, info.value.reason
@@ -72,11 +73,11 @@ def test_a_10_mb_data_window_id_is_refused_at_decode() -> None:
     """Probe: a FeatureVector whose data_window_id is 10 MB (infer copied it into a prediction the producer
     could not send, and crashed on every restart)."""
     huge = feature_vector(data_window_id="x" * TEN_MB)
-    assert decode_error(Topic.FEATURES, b"BTCUSDT", huge) == (
+    assert decode_error(Topic.FEATURES, None, huge) == (
         "field_too_large", "FeatureVector.data_window_id is 10485760 bytes, limit 256")
     # At the limit it decodes; the same vector with a normal window id is fine.
-    assert decode(Topic.FEATURES.value, b"BTCUSDT", feature_vector(data_window_id="w" * 256).SerializeToString())
-    decoded = decode(Topic.FEATURES.value, b"BTCUSDT", feature_vector().SerializeToString())
+    assert decode(Topic.FEATURES.value, None, feature_vector(data_window_id="w" * 256).SerializeToString())
+    decoded = decode(Topic.FEATURES.value, None, feature_vector().SerializeToString())
     assert isinstance(decoded, features_pb2.FeatureVector) and decoded.data_window_id == "BTCUSDT:1-7"
 
 
@@ -106,17 +107,17 @@ def test_nested_and_derived_id_bounds_at_decode() -> None:
     """Probe: an oversize name inside a prediction's top_features, and derived ids at and past their bound."""
     p = pred(0.9)
     p.top_features[0].name = "t" * 129
-    assert decode_error(Topic.PREDICTIONS, b"BTCUSDT", p) == (
+    assert decode_error(Topic.PREDICTIONS, None, p) == (
         "field_too_large", "Prediction.top_features[0].name is 129 bytes, limit 128")
     ok = pred(0.9)
     ok.prediction_id = "p" * 256  # a 128-byte vector id + ':' + a 64-byte version + room for the horizon
-    assert decode(Topic.PREDICTIONS.value, b"BTCUSDT", ok.SerializeToString())
+    assert decode(Topic.PREDICTIONS.value, key_of(ok).encode(), ok.SerializeToString())
     ok.prediction_id += "p"
-    assert decode_error(Topic.PREDICTIONS, b"BTCUSDT", ok) == (
+    assert decode_error(Topic.PREDICTIONS, None, ok) == (
         "field_too_large", "Prediction.prediction_id is 257 bytes, limit 256")
     sig = signal_pb2.Signal(schema_version=SCHEMA_VERSION, signal_id="s1", symbol="BTCUSDT",
                             cost_model_version="c" * 65)
-    assert decode_error(Topic.SIGNALS, b"BTCUSDT", sig) == (
+    assert decode_error(Topic.SIGNALS, None, sig) == (
         "field_too_large", "Signal.cost_model_version is 65 bytes, limit 64")
 
 
@@ -125,7 +126,8 @@ def test_a_huge_key_does_not_make_a_huge_dead_letter_reason() -> None:
     with pytest.raises(InvalidMessage) as info:
         decode(Topic.FEATURES.value, b"K" * TEN_MB, feature_vector().SerializeToString())
     assert info.value.error_type == "key_mismatch"
-    assert info.value.reason == (f"record key {b'K' * 32 + b'...'!r} (10485760 bytes) differs from symbol 'BTCUSDT'")
+    assert info.value.reason == (f"record key {b'K' * 48 + b'...'!r} (10485760 bytes) differs from the instrument "
+                                 "key 'SIMULATOR:BTCUSDT'")
 
 
 def test_a_stage_output_of_valid_input_passes_the_next_decode() -> None:
@@ -135,10 +137,10 @@ def test_a_stage_output_of_valid_input_passes_the_next_decode() -> None:
     signal_id = f"{prediction_id}:{2**32 - 1}"
     p = pred(0.9)
     p.prediction_id, p.model_version = prediction_id, "m" * 64
-    assert decode(Topic.PREDICTIONS.value, b"BTCUSDT", p.SerializeToString())
+    assert decode(Topic.PREDICTIONS.value, key_of(p).encode(), p.SerializeToString())
     s = signal_pb2.Signal(schema_version=SCHEMA_VERSION, signal_id=signal_id, symbol="BTCUSDT",
                           data_window_id=f"{'S' * 32}:{2**64 - 1}-{2**64 - 1}")
-    assert decode(Topic.SIGNALS.value, b"BTCUSDT", s.SerializeToString())
+    assert decode(Topic.SIGNALS.value, key_of(s).encode(), s.SerializeToString())
 
 
 # --- features -------------------------------------------------------------------------------------------------
@@ -380,7 +382,8 @@ def with_(p: prediction_pb2.Prediction, **fields: float) -> prediction_pb2.Predi
 def test_the_decision_stage_wires_the_time_bounds() -> None:
     from streams.decision.stage import spec
 
-    assert spec(Settings()).make_state(StageContext.standalone("decision", Settings())).config.bounds == BOUNDS
+    runtime = spec(Settings()).make_state(StageContext.standalone("decision", Settings()))
+    assert runtime.state.config.bounds == BOUNDS
 
 
 def test_absurd_predictions_are_rejected_and_publish_no_signal() -> None:

@@ -12,6 +12,7 @@ from streams.ingest import core
 from streams.ingest.core import Frame, IngestOutputs, IngestState, apply_snapshot, flush, process
 from streams.ingest.simulator import MarketSimulator
 from streams.runtime.clock import ManualClock
+from streams.runtime.instrument import key_of
 from streams.runtime.topics import Topic, decode
 
 pytestmark = pytest.mark.unit
@@ -52,7 +53,7 @@ def batches(out: IngestOutputs) -> list[market_pb2.TickBatch]:
     for emit in out.emits:
         assert emit.topic is Topic.TICKS
         assert isinstance(emit.value, market_pb2.TickBatch)
-        assert emit.key == emit.value.symbol
+        assert emit.key == key_of(emit.value)  # the instrument key: venue and symbol
         assert emit.exchange_us == emit.value.ts.exchange_us
         result.append(emit.value)
     return result
@@ -155,7 +156,7 @@ def test_simulator_run_is_deterministic_and_books_never_cross() -> None:
             assert [lv.price for lv in snap.asks] == sorted(lv.price for lv in snap.asks)
             assert list(batch.quality_flags) == [common_pb2.SIMULATED]
             # Valid on the bus as the next stage will decode it.
-            decode(Topic.TICKS.value, batch.symbol.encode(), batch.SerializeToString())
+            decode(Topic.TICKS.value, key_of(batch).encode(), batch.SerializeToString())
         assert seqs["BTCUSDT"] >= 45  # ~50 windows of 20 ms in 1 s
         return [e.value.SerializeToString() for e in out.emits]
 

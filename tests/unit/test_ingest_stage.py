@@ -78,7 +78,8 @@ def test_loop_produces_valid_tick_batches_and_counts_them() -> None:
         assert isinstance(key, str)
         batch = decode(topic, key.encode(), value)
         assert isinstance(batch, market_pb2.TickBatch)
-        assert batch.batch_id == f"simulator:{key}:{batch.sequence}"
+        assert key == f"SIMULATOR:{batch.symbol}"  # the instrument key
+        assert batch.batch_id == f"simulator:{batch.symbol}:{batch.sequence}"
         sequences.setdefault(key, []).append(batch.sequence)
         events += sum(1 for ev in batch.events if ev.WhichOneof("event") != "book")
     assert events == raw  # nothing lost, nothing duplicated

@@ -64,7 +64,8 @@ def test_a_long_that_touches_its_target_is_a_win_at_that_trade() -> None:
     half_entry, half_exit = 0.01 / 100.0 * 1e4, 0.01 / 100.6 * 1e4
     assert o.realized_cost_bps == pytest.approx(4.0 + half_entry + half_exit)
     assert o.net_return_bps == pytest.approx(61.0 - o.realized_cost_bps)
-    assert (o.estimated_cost_bps, o.max_favourable_bps, o.max_adverse_bps) == (6.0, pytest.approx(61.0), 0.0)
+    assert (o.estimated_cost_bps, o.max_adverse_bps) == (6.0, 0.0)
+    assert o.max_favourable_bps == pytest.approx(61.0)
     assert (o.outcome_id, o.signal_id, o.venue, o.decision, o.tier) == ("BTCUSDT:1:5", "BTCUSDT:1:5", SPOT,
                                                                         signal_pb2.LONG, signal_pb2.TIER_A)
     assert o.paper_equity == pytest.approx(1.0 + 0.1 * o.net_return_bps / 1e4)
@@ -77,7 +78,7 @@ def test_a_long_that_touches_its_stop_first_is_a_loss() -> None:
     [o] = outcomes(run(state, ticks((T0 + 1, 99.8), (T0 + 2, 100.5), (T0 + 3, 99.6), (T0 + 4, 101.0))))
     assert (o.label, o.exit_price) == (outcome_pb2.HIT_STOP, 99.6)
     assert o.realized_return_bps == pytest.approx(-40.0)
-    assert (o.max_favourable_bps, o.max_adverse_bps) == (pytest.approx(50.0), pytest.approx(-40.0))
+    assert [o.max_favourable_bps, o.max_adverse_bps] == pytest.approx([50.0, -40.0])
 
 
 def test_a_short_wins_at_the_lower_barrier_and_loses_at_the_upper() -> None:
@@ -85,8 +86,8 @@ def test_a_short_wins_at_the_lower_barrier_and_loses_at_the_upper() -> None:
     run(state, signal(1, signal_pb2.SHORT), signal(2, signal_pb2.SHORT, symbol="ETHUSDT"))
     [win] = outcomes(run(state, ticks((T0 + 1, 99.7), (T0 + 2, 99.6))))
     [loss] = outcomes(run(state, ticks((T0 + 1, 100.3), (T0 + 2, 100.6), symbol="ETHUSDT")))
-    assert (win.label, win.realized_return_bps) == (outcome_pb2.HIT_TARGET, pytest.approx(40.0))
-    assert (loss.label, loss.realized_return_bps) == (outcome_pb2.HIT_STOP, pytest.approx(-60.0))
+    assert (win.label, loss.label) == (outcome_pb2.HIT_TARGET, outcome_pb2.HIT_STOP)
+    assert [win.realized_return_bps, loss.realized_return_bps] == pytest.approx([40.0, -60.0])
 
 
 def test_no_barrier_within_the_horizon_times_out_at_the_last_price_before_the_deadline() -> None:

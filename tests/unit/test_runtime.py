@@ -55,7 +55,7 @@ def _signal(**kw: Any) -> signal_pb2.Signal:
 
 
 def test_decode_accepts_valid_message() -> None:
-    msg = decode("signals.v1", b"BTCUSDT", _signal().SerializeToString())
+    msg = decode("signals.v1", b"VENUE_UNSPECIFIED:BTCUSDT", _signal().SerializeToString())
     assert isinstance(msg, signal_pb2.Signal) and msg.signal_id == "s1"
 
 
@@ -69,6 +69,8 @@ def test_decode_accepts_valid_message() -> None:
         (_signal(signal_id="").SerializeToString(), b"BTCUSDT", "missing_id"),
         (_signal(symbol="").SerializeToString(), b"", "missing_symbol"),
         (_signal().SerializeToString(), b"ETHUSDT", "key_mismatch"),
+        (_signal().SerializeToString(), b"BTCUSDT", "key_mismatch"),               # the symbol alone is not the key
+        (_signal(venue=1).SerializeToString(), b"BINANCE_USDM:BTCUSDT", "key_mismatch"),  # spot keyed as USD-M
         (_signal().SerializeToString() + b"\xa8\x1f\x05", b"BTCUSDT", "unknown_fields"),  # field 501
         (b"", b"BTCUSDT", "schema_version"),                          # empty bytes parse as all defaults
     ],

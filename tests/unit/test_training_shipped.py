@@ -81,7 +81,7 @@ def test_scores_real_may_klines(shared_data: Path, tmp_path: Path) -> None:
     # "not up"), so not one of May's small p_up values becomes a SHORT; symmetric cost-v1 made nearly all SHORTs.
     barriers = load_model(FOLDER).barriers
     assert (barriers.upper_bps, barriers.lower_bps, barriers.timeout_counts_as_not_up) == (60.0, 40.0, True)
-    state = DecisionState.from_settings(Settings(cooldown_s=0.0, decision_horizon_min=5))
+    state = DecisionState.from_settings(Settings(decision_horizons="5"))
     decided: Counter[int] = Counter()
     for p_up in scored["p_up_5"]:
         horizon = prediction_pb2.HorizonProbability(
@@ -89,8 +89,8 @@ def test_scores_real_may_klines(shared_data: Path, tmp_path: Path) -> None:
             lower_barrier_bps=barriers.lower_bps, timeout_counts_as_not_up=barriers.timeout_counts_as_not_up)
         prediction = prediction_pb2.Prediction(symbol="BTCUSDT", horizons=[horizon], regime="vol_low_depth_thick",
                                                spread_bps=0.1)
-        decided[evaluate(prediction, state.config, state.cost).decision] += 1
-    assert (scored["p_up_5"] < 0.5 - state.config.min_edge).mean() > 0.99  # what cost-v1 would have shorted
+        decided[evaluate(prediction, horizon, state.config, state.cost).decision] += 1
+    assert (scored["p_up_5"] < 0.5 - 0.04).mean() > 0.99  # what cost-v1 (a 0.04 edge from 0.5) would have shorted
     # May's p_up_5 never comes near the break-even p* = 0.4 (the card's mean forecast is ~0.4 %): all WAIT.
     assert scored["p_up_5"].max() < 0.4
     assert decided == Counter({signal_pb2.WAIT: len(scored)})

@@ -1,0 +1,82 @@
+"""The decision stage around its core, against a real Redis: idea claims across processes, the risk state."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import redis
+
+from schemas import signal_pb2
+from streams.decision import stage
+from streams.runtime.clock import ManualClock
+from streams.runtime.core import InRecord, Outputs, StageContext
+from streams.storage.cache import RISK_KEY
+from tests.unit.test_decision_core import SECOND, T0, pred, settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    r = redis.Redis.from_url(redis_url)
+    r.flushall()
+    return r
+
+
+def process_of(redis_url: str, **overrides: object) -> stage.DecisionRuntime:
+    """One decision process: its own in-memory state, the shared Redis."""
+    s = settings(**{"redis_url": redis_url, "cooldown_low_vol_s": 1800, "risk_refresh_ms": 0, **overrides})
+    return stage.spec(s).make_state(StageContext.standalone("decision", s))
+
+
+def run(rt: stage.DecisionRuntime, clock: ManualClock, *preds: object) -> Outputs:
+    return stage.process([InRecord(value=p, key="") for p in preds], rt, clock)  # type: ignore[arg-type]
+
+
+def ids(out: Outputs) -> list[str]:
+    return [e.value.signal_id for e in out.emits]  # type: ignore[attr-defined]
+
+
+def test_two_processes_publish_one_signal_per_idea(redis_url: str, client: redis.Redis) -> None:
+    """Tried: process A sees prediction 1 of BTCUSDT; process B, with empty memory (a second replica, or A
+    restarted), sees prediction 2 of the same idea a second later. Only A's signal exists; an ETHUSDT idea that
+    only B sees is B's."""
+    clock = ManualClock(T0)
+    a, b = process_of(redis_url), process_of(redis_url)
+    assert ids(run(a, clock, pred(0.9, i=1))) == ["BTCUSDT:1:m7:5"]
+    clock.advance_us(SECOND)
+    assert ids(run(b, clock, pred(0.9, i=2), pred(0.9, i=3, symbol="ETHUSDT"))) == ["ETHUSDT:3:m7:5"]
+    assert b.state.rule_counts == {"claimed_elsewhere": 1}
+    assert client.get("surge:idea:BINANCE_SPOT:BTCUSDT:5") == b"BTCUSDT:1:m7:5"
+    assert 1_799_000 <= int(client.pttl("surge:idea:BINANCE_SPOT:BTCUSDT:5")) <= 1_800_000
+
+
+def test_a_restarted_process_resends_its_own_unacknowledged_signal(redis_url: str) -> None:
+    """A redelivered prediction yields the same signal id, which matches the claim: it is sent again (the sink
+    keeps one), never lost."""
+    clock = ManualClock(T0)
+    assert ids(run(process_of(redis_url), clock, pred(0.9, i=1))) == ["BTCUSDT:1:m7:5"]
+    restarted = process_of(redis_url)
+    assert ids(run(restarted, clock, pred(0.9, i=1))) == ["BTCUSDT:1:m7:5"]
+
+
+def test_the_decision_obeys_the_risk_state_in_redis(redis_url: str, client: redis.Redis) -> None:
+    clock = ManualClock(T0)
+    rt = process_of(redis_url, cooldown_low_vol_s=0)
+    client.set(RISK_KEY, orjson.dumps({"level": "SHUTDOWN"}))
+    assert run(rt, clock, pred(0.99, i=1)).emits == []
+    assert rt.state.rule_counts == {"risk_shutdown": 1}
+    client.set(RISK_KEY, orjson.dumps({"level": "CAUTIOUS"}))
+    out = run(rt, clock, pred(0.99, i=2), pred(0.78, i=3, symbol="ETHUSDT"))
+    assert [(e.value.signal_id, e.value.tier) for e in out.emits] == [  # type: ignore[attr-defined]
+        ("BTCUSDT:2:m7:5", signal_pb2.TIER_A)]
+    client.delete(RISK_KEY)
+    assert ids(run(rt, clock, pred(0.78, i=4, symbol="ETHUSDT"))) == ["ETHUSDT:4:m7:5"]
+
+
+def test_without_redis_the_local_cooldown_still_holds(tmp_path: object) -> None:
+    rt = process_of("unix:///nonexistent/redis.sock")
+    clock = ManualClock(T0)
+    assert ids(run(rt, clock, pred(0.9, i=1))) == ["BTCUSDT:1:m7:5"]
+    assert run(rt, clock, pred(0.9, i=2)).emits == []
+    assert rt.redis_failures == 3  # two risk reads and one claim round (the second batch had none to claim)
