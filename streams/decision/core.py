@@ -18,7 +18,9 @@ default all a prediction carries):
     (the stage reports it on /healthz and a metric); replays run without this rule;
   - the risk state of the paper book (``streams/outcomes/risk.py``, read by the stage from Redis): CAUTIOUS
     allows tier A only; RISK_AVERSE also raises tau and doubles the cooldown (half the rate); SHUTDOWN allows
-    no actionable signal.
+    no actionable signal;
+  - live quality (``streams/outcomes/quality.py``): bounded offsets added to tau and kappa when the live ECE
+    drifts from the model's held-out ECE or the realized utility falls below its floor.
 * **Position ideas**: an idea is (venue, symbol, horizon). After a LONG/SHORT the idea cools down for the
   regime's cooldown (10-30 min by volatility); candidates for one idea within a batch are merged (the best
   utility wins). WAIT is emitted only as the transition to flat: the idea's last emitted decision was
@@ -143,6 +145,8 @@ class DecisionState:
     cost: CostModel
     ideas: dict[IdeaKey, IdeaState] = field(default_factory=dict)
     risk: RiskLevel = RiskLevel.NORMAL     # set by the stage from the outcomes stage's risk state
+    tau_offset: float = 0.0                # set by the stage from the outcomes stage's live quality
+    kappa_offset: float = 0.0
     paused: str = ""                       # why actionable signals are paused ("" when they are not)
     exchange_lag_us: int = 0               # of the newest input
     claims: list[Claim] = field(default_factory=list)
@@ -163,6 +167,8 @@ class Conditions:
     degraded: bool = False
     risk: RiskLevel = RiskLevel.NORMAL
     paused: bool = False
+    tau_offset: float = 0.0     # from live quality (the outcomes stage), within its bounds
+    kappa_offset: float = 0.0
 
 
 NORMAL_CONDITIONS: Final = Conditions()
@@ -214,6 +220,9 @@ def evaluate(prediction: prediction_pb2.Prediction, horizon: prediction_pb2.Hori
                                 timeout_counts_as_not_up=horizon.timeout_counts_as_not_up)
     estimated = cost.round_trip_cost_bps(prediction.regime, prediction.spread_bps)
     tier_a, tier_b = config.tier_a, config.tier_b
+    if conditions.tau_offset or conditions.kappa_offset:
+        tier_a = TierRule(tier_a.tau + conditions.tau_offset, tier_a.kappa + conditions.kappa_offset)
+        tier_b = TierRule(tier_b.tau + conditions.tau_offset, tier_b.kappa + conditions.kappa_offset)
     if conditions.degraded:
         tier_a = TierRule(tier_a.tau + config.degraded_tau_step, tier_a.kappa + config.degraded_kappa_step)
     if conditions.risk == RiskLevel.RISK_AVERSE:
@@ -292,8 +301,10 @@ def _evaluate_counting(state: DecisionState, prediction: prediction_pb2.Predicti
             state.count("risk_shutdown")
         elif conditions.degraded:
             state.count("degraded_input")
-        else:
+        elif conditions.risk != RiskLevel.NORMAL:
             state.count(f"risk_{conditions.risk.name.lower()}")
+        else:
+            state.count("quality_adapted")
     return ev
 
 
@@ -315,7 +326,8 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
         state.paused = f"exchange lag {state.exchange_lag_us / 1e6:.1f}s > " \
                        f"{config.max_exchange_lag_us / 1e6:g}s" if lagging else ""
         conditions = Conditions(degraded=any(f in DEGRADING_FLAGS for f in prediction.quality_flags),
-                                risk=state.risk, paused=lagging)
+                                risk=state.risk, paused=lagging, tau_offset=state.tau_offset,
+                                kappa_offset=state.kappa_offset)
         instrument = Instrument(prediction.venue, prediction.symbol)
         for horizon in horizons_to_act_on(prediction, config):
             ev = _evaluate_counting(state, prediction, horizon, conditions)

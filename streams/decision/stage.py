@@ -1,12 +1,13 @@
 """The decision stage: the pure core, plus what needs Redis: the risk state it obeys and the claims that keep a
 position idea to one signal across replicas and restarts.
 
-Per batch: the risk state (``RISK_KEY``, written by the outcomes stage) is re-read when the last read is older
-than ``SURGE_RISK_REFRESH_MS``; the core decides; then every actionable signal's idea is claimed with
-``SET key signal_id NX PX cooldown``. A claim already held with the *same* signal id is ours (a redelivery after
-a restart: the signal is sent again, and the sink keeps one); a claim held with another id belongs to another
-process, so the signal is dropped and the idea's state put back. With Redis unreachable the stage keeps
-deciding on its in-memory cooldowns alone (one replica stays correct), counts it, and says so on /healthz.
+Per batch: the risk state and the live-quality threshold offsets (``RISK_KEY``, ``ADAPT_KEY``, written by the
+outcomes stage) are re-read when the last read is older than ``SURGE_RISK_REFRESH_MS``; the core decides; then
+every actionable signal's idea is claimed with ``SET key signal_id NX PX cooldown``. A claim already held with
+the *same* signal id is ours (a redelivery after a restart: the signal is sent again, and the sink keeps one); a
+claim held with another id belongs to another process, so the signal is dropped and the idea's state put back.
+With Redis unreachable the stage keeps deciding on its in-memory cooldowns alone (one replica stays correct),
+counts it, and says so on /healthz.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from streams.runtime.core import InRecord, Outputs, StageContext, StageSpec
 from streams.runtime.observability import HealthState
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
-from streams.storage.cache import RISK_KEY, open_redis
+from streams.storage.cache import ADAPT_KEY, RISK_KEY, open_redis
 
 log = logging.getLogger("surge.decision")
 
@@ -49,7 +50,7 @@ def refresh_risk(rt: DecisionRuntime, now_us: int) -> None:
         return
     rt.risk_read_us = now_us
     try:
-        raw = rt.redis.get(RISK_KEY)
+        raw, adapt_raw = rt.redis.mget([RISK_KEY, ADAPT_KEY])
     except redis.RedisError as exc:
         rt.redis_failures += 1
         log.warning("risk state unreadable, keeping %s: %s", rt.state.risk.name, exc)
@@ -61,6 +62,9 @@ def refresh_risk(rt: DecisionRuntime, now_us: int) -> None:
                     if level == RiskLevel.RISK_AVERSE else "no actionable signals" if level == RiskLevel.SHUTDOWN
                     else "normal")
     rt.state.risk = level
+    adapt = orjson.loads(adapt_raw) if adapt_raw is not None else {}
+    rt.state.tau_offset = float(adapt.get("tau_offset", 0.0))
+    rt.state.kappa_offset = float(adapt.get("kappa_offset", 0.0))
 
 
 def claim_ideas(rt: DecisionRuntime, out: Outputs) -> Outputs:

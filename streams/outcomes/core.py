@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 
 from schemas import SCHEMA_VERSION, market_pb2, outcome_pb2, signal_pb2
 from streams.outcomes import risk
+from streams.outcomes.quality import LiveQuality, Sample, adapt
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit, InRecord, Outputs, Reject
 from streams.runtime.instrument import key_of
@@ -75,6 +76,8 @@ class OpenPosition:
     last_us: int
     mfe_bps: float = 0.0
     mae_bps: float = 0.0
+    p_up: float = 0.5             # the signal's probability, for live calibration
+    model_version: str = ""
 
     def direction(self) -> float:
         return 1.0 if self.decision == LONG else -1.0
@@ -109,6 +112,10 @@ class OutcomesState:
     pnl_bps_by_symbol: dict[str, float] = field(default_factory=dict)
     # Risk transitions not yet written to the audit log by the stage's flush: (from, to, at_us, reason).
     transitions: list[tuple[str, str, int, str]] = field(default_factory=list)
+    quality: LiveQuality = field(default_factory=LiveQuality)
+    held_out_ece_pp: dict[str, float] = field(default_factory=dict)  # per model version, set by the stage
+    # Quality adaptations not yet audited: (action, model_version, at_us, reason).
+    quality_events: list[tuple[str, str, int, str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
     def open_count(self) -> int:
@@ -135,7 +142,7 @@ def open_position(signal: signal_pb2.Signal, top: BookTop | None) -> OpenPositio
         upper_bps=signal.upper_barrier_bps, lower_bps=signal.lower_barrier_bps,
         estimated_cost_bps=signal.estimated_cost_bps,
         entry_half_spread_bps=top.half_spread_bps() if top is not None else 0.0,
-        last_price=price, last_us=signal.ts.exchange_us,
+        last_price=price, last_us=signal.ts.exchange_us, p_up=signal.p_up, model_version=signal.model_version,
     )
 
 
@@ -265,6 +272,10 @@ def resolve(state: OutcomesState, pos: OpenPosition, label: int, exit_price: flo
     if state.risk.level != before:
         state.transitions.append((before.name, state.risk.level.name, exit_us, state.risk.reason))
     state.pnl_bps_by_symbol[pos.symbol] = state.pnl_bps_by_symbol.get(pos.symbol, 0.0) + net
+    long = pos.decision == LONG
+    state.quality.add(Sample(p_side=pos.p_up if long else 1.0 - pos.p_up, won=label == outcome_pb2.HIT_TARGET,
+                             net_bps=net, estimated_cost_bps=pos.estimated_cost_bps,
+                             realized_cost_bps=realized_cost, model_version=pos.model_version))
     outcome = outcome_pb2.Outcome(
         schema_version=SCHEMA_VERSION, outcome_id=pos.signal_id, signal_id=pos.signal_id, venue=pos.venue,  # type: ignore[arg-type]  # a Venue number
         symbol=pos.symbol, decision=pos.decision, tier=pos.tier, horizon_min=pos.horizon_min,  # type: ignore[arg-type]  # enum numbers
@@ -302,6 +313,10 @@ def process(batch: Sequence[InRecord[Message]], state: OutcomesState, clock: Clo
         else:
             out.rejects.append(Reject(record, "unexpected_type", f"outcomes cannot use {type(value).__name__}"))
     expire_stale(state, out)
+    if state.quality.since_adapt:
+        model = state.quality.samples[-1].model_version if state.quality.samples else ""
+        for action, reason in adapt(state.quality, state.held_out_ece_pp.get(model, math.nan)):
+            state.quality_events.append((action, model, state.watermark_us, reason))
     before = state.risk.level
     state.risk = risk.after_time(state.risk, state.watermark_us, state.config.policy)
     if state.risk.level != before:

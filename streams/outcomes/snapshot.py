@@ -16,6 +16,7 @@ import orjson
 
 from streams.outcomes import risk
 from streams.outcomes.core import BookTop, OpenPosition, OutcomesConfig, OutcomesState
+from streams.outcomes.quality import Sample
 
 SNAPSHOT_VERSION: Final = 1
 RESOLVED_IN_SNAPSHOT: Final = 20_000     # enough to recognise any signal redelivered after a restart
@@ -35,6 +36,9 @@ def dumps(state: OutcomesState) -> bytes:
         "risk": state.risk.to_json(),
         "pnl_bps_by_symbol": state.pnl_bps_by_symbol,
         "counts": state.counts,
+        "quality": {"samples": [dataclasses.astuple(q) for q in state.quality.samples],
+                    "tau_offset": state.quality.tau_offset, "kappa_offset": state.quality.kappa_offset,
+                    "flagged": sorted(state.quality.flagged), "since_adapt": state.quality.since_adapt},
     })
 
 
@@ -56,4 +60,11 @@ def loads(raw: bytes, config: OutcomesConfig) -> OutcomesState:
     state.risk = risk.RiskState.from_json(doc["risk"])
     state.pnl_bps_by_symbol = {str(k): float(v) for k, v in doc["pnl_bps_by_symbol"].items()}
     state.counts = {str(k): int(v) for k, v in doc["counts"].items()}
+    quality = doc.get("quality")
+    if quality is not None:
+        state.quality.samples.extend(Sample(*item) for item in quality["samples"])
+        state.quality.tau_offset = float(quality["tau_offset"])
+        state.quality.kappa_offset = float(quality["kappa_offset"])
+        state.quality.flagged = set(quality["flagged"])
+        state.quality.since_adapt = int(quality["since_adapt"])
     return state

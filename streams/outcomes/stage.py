@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -31,8 +32,8 @@ from streams.runtime.clock import Clock
 from streams.runtime.core import DownstreamUnavailable, InRecord, Outputs, Reject, StageContext, StageSpec
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
-from streams.storage.cache import OUTCOMES_SNAPSHOT_KEY, RISK_KEY, RISK_RESET_KEY, open_redis
-from streams.storage.registry import AUDIT_COLUMNS
+from streams.storage.cache import ADAPT_KEY, OUTCOMES_SNAPSHOT_KEY, RISK_KEY, RISK_RESET_KEY, open_redis
+from streams.storage.registry import AUDIT_COLUMNS, ModelRegistry, RegistryError
 from streams.storage.warehouse import Warehouse, WarehouseError, apply_ddl, open_warehouse_from
 
 log = logging.getLogger("surge.outcomes")
@@ -60,17 +61,24 @@ def config_from_settings(settings: Settings) -> core.OutcomesConfig:
                                policy=policy)
 
 
+QUALITY_COLUMNS = ("at_us", "model_version", "n", "ece_pp", "brier", "pr_auc", "hit_at_k", "avg_utility_bps",
+                   "false_positive_rate", "cost_mape_pct", "tau_offset", "kappa_offset")
+QUALITY_EVERY_US = 10_000_000  # of event time between two live_quality rows
+
+
 @dataclass
 class OutcomesRuntime:
     state: core.OutcomesState
     redis: redis.Redis
     warehouse: Warehouse
     database: str | None = None   # set: the schema is applied before the first audit insert
+    registry: ModelRegistry | None = None
+    quality_written_us: int = 0
 
 
-def audit_row(action: str, previous: str, reason: str, at_us: int) -> list[object]:
-    audit_id = hashlib.sha256(f"{at_us}:{action}:{previous}:{reason}".encode()).hexdigest()[:20]
-    return [audit_id, action, ACTOR, "", previous, reason, at_us]
+def audit_row(action: str, previous: str, reason: str, at_us: int, *, model_version: str = "") -> list[object]:
+    audit_id = hashlib.sha256(f"{at_us}:{action}:{previous}:{model_version}:{reason}".encode()).hexdigest()[:20]
+    return [audit_id, action, ACTOR, model_version, previous, reason, at_us]
 
 
 def take_reset(rt: OutcomesRuntime) -> None:
@@ -91,6 +99,36 @@ def take_reset(rt: OutcomesRuntime) -> None:
                               f"{state.risk.reason}: {request.get('reason', '')}".rstrip(": ")))
 
 
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def learn_held_out_ece(rt: OutcomesRuntime) -> None:
+    """The held-out ECE of every model in the quality window, from the registry, so drift is measured against
+    what the model promised; a model the registry does not know counts as 0 pp."""
+    state = rt.state
+    for sample in state.quality.samples:
+        version = sample.model_version
+        if version in state.held_out_ece_pp or rt.registry is None:
+            continue
+        try:
+            ece = rt.registry.get(version).calibration_ece
+        except RegistryError:
+            ece = math.nan
+        state.held_out_ece_pp[version] = ece * 100.0  # the registry keeps ECE as a fraction
+
+
+def write_quality(rt: OutcomesRuntime) -> None:
+    state, rep = rt.state, rt.state.quality.last
+    if rep is None or rep.n == 0 or state.watermark_us - rt.quality_written_us < QUALITY_EVERY_US:
+        return
+    row = [state.watermark_us, rep.model_version, rep.n, *(_finite(v) for v in (
+        rep.ece_pp, rep.brier, rep.pr_auc, rep.hit_at_k, rep.avg_utility_bps, rep.false_positive_rate,
+        rep.cost_mape_pct)), state.quality.tau_offset, state.quality.kappa_offset]
+    rt.warehouse.insert("live_quality", [row], QUALITY_COLUMNS)
+    rt.quality_written_us = state.watermark_us
+
+
 def flush(rt: OutcomesRuntime) -> list[Reject]:
     try:
         if rt.database is not None:
@@ -98,15 +136,23 @@ def flush(rt: OutcomesRuntime) -> list[Reject]:
             rt.database = None
         take_reset(rt)
         state = rt.state
-        if state.transitions:
-            rows = [audit_row(f"risk_{to.lower()}", before, reason, at_us)
-                    for before, to, at_us, reason in state.transitions]
+        learn_held_out_ece(rt)
+        rows = [audit_row(f"risk_{to.lower()}", before, reason, at_us)
+                for before, to, at_us, reason in state.transitions]
+        rows += [audit_row(f"quality_{action}", "", reason, at_us, model_version=model)
+                 for action, model, at_us, reason in state.quality_events]
+        if rows:
             rt.warehouse.insert("audit_logs", rows, AUDIT_COLUMNS)
             for before, to, _, reason in state.transitions:
                 log.warning("RISK %s -> %s: %s", before, to, reason)
-            state.transitions = []
+            for action, model, _, reason in state.quality_events:
+                log.warning("QUALITY %s (%s): %s", action, model, reason)
+            state.transitions, state.quality_events = [], []
+        write_quality(rt)
         pipe = rt.redis.pipeline(transaction=True)
         pipe.set(RISK_KEY, orjson.dumps(state.risk.to_json()))
+        pipe.set(ADAPT_KEY, orjson.dumps({"tau_offset": state.quality.tau_offset,
+                                          "kappa_offset": state.quality.kappa_offset}))
         pipe.set(OUTCOMES_SNAPSHOT_KEY, snapshot.dumps(state))
         pipe.execute()
     except (redis.RedisError, WarehouseError) as exc:
@@ -152,6 +198,22 @@ class OutcomesMetrics(Collector):
         for symbol, value in sorted(state.pnl_bps_by_symbol.items()):
             pnl.add_metric(["outcomes", symbol], value)
         yield pnl
+        rep = state.quality.last
+        if rep is not None:
+            quality = GaugeMetricFamily("surge_live_quality", "Live signal quality over the rolling outcomes window "
+                                        "(ece_pp, brier, pr_auc, hit_at_k, avg_utility_bps, false_positive_rate, "
+                                        "cost_mape_pct, n)", labels=["stage", "metric"])
+            for name in ("ece_pp", "brier", "pr_auc", "hit_at_k", "avg_utility_bps", "false_positive_rate",
+                         "cost_mape_pct", "n"):
+                value = float(getattr(rep, name))
+                if math.isfinite(value):
+                    quality.add_metric(["outcomes", name], value)
+            yield quality
+        offsets = GaugeMetricFamily("surge_decision_threshold_offset", "Offsets live quality adds to the decision "
+                                    "thresholds", labels=["stage", "threshold"])
+        offsets.add_metric(["outcomes", "tau"], state.quality.tau_offset)
+        offsets.add_metric(["outcomes", "kappa"], state.quality.kappa_offset)
+        yield offsets
         counts = CounterMetricFamily("surge_outcomes_events", "Signals opened, resolved by label, skipped",
                                      labels=["stage", "kind"])
         for kind, n in sorted(state.counts.items()):
@@ -172,8 +234,9 @@ def make_state(context: StageContext) -> OutcomesRuntime:
         state = snapshot.loads(raw, config)  # type: ignore[arg-type]  # a sync client returns bytes
         log.info("outcomes: resumed %d open signal(s), risk %s, %d outcome(s) to send again",
                  state.open_count(), state.risk.level.name, len(state.replay_on_start))
-    rt = OutcomesRuntime(state=state, redis=client, warehouse=open_warehouse_from(settings),
-                         database=settings.clickhouse_database)
+    warehouse = open_warehouse_from(settings)
+    rt = OutcomesRuntime(state=state, redis=client, warehouse=warehouse, database=settings.clickhouse_database,
+                         registry=ModelRegistry(warehouse, context.clock))
     context.registry.register(OutcomesMetrics(rt))
     return rt
 

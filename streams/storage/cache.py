@@ -30,6 +30,8 @@ CHANNEL: Final = "surge:signals"
 RISK_KEY: Final = "surge:risk:state"
 # An operator's reset request (JSON {actor, reason}), taken by the outcomes stage at its next commit.
 RISK_RESET_KEY: Final = "surge:risk:reset"
+# Threshold offsets the outcomes stage's live quality adapts (JSON {tau_offset, kappa_offset}); decision adds them.
+ADAPT_KEY: Final = "surge:decision:adapt"
 # The outcomes stage's state as of its last commit, so a restart resumes the open positions.
 OUTCOMES_SNAPSHOT_KEY: Final = "surge:outcomes:snapshot"
 # The decision stage's cost tables: the active version, and one hash per version (``surge cost load``).
