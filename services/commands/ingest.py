@@ -56,7 +56,7 @@ def fake_exchange(
     """Serve a recorded Binance capture over Binance's own WebSocket and REST URLs, with fault injection."""
     import logging
 
-    from services.fake_exchange.server import FakeOptions, main
+    from services.testing.fake_exchange.server import FakeOptions, main
 
     if venue not in ("spot", "usdm"):
         console.print(f"[red]unknown venue {venue!r}[/red]; choose spot or usdm")

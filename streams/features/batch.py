@@ -185,13 +185,11 @@ def capture_batches(paths: Sequence[Path], venue: str | None = None, *,
 
     ``settings`` are the ingest stage's (micro-batch window, trade backfill, quarantine); the environment is
     never read: without them, every setting is at its default (``Settings.defaults()``)."""
-    from streams.ingest.binance import LiveOptions, new_state, venue_spec
     from streams.ingest.core import Frame
     from streams.ingest.replay import CHUNK_US, Replayer, capture_files, read_capture
-    from streams.runtime.clock import ManualClock
+    from streams.venues.binance.spec import venue_spec
 
     files = [f for p in paths for f in capture_files(Path(p))]
-    options = LiveOptions.from_settings(settings if settings is not None else Settings.defaults())
     spec = venue_spec(venue or detect_venue(files))
     iterators = [read_capture(f, i) for i, f in enumerate(files)]
     lines = iterators[0] if len(iterators) == 1 else heapq.merge(
@@ -199,8 +197,7 @@ def capture_batches(paths: Sequence[Path], venue: str | None = None, *,
     first = next(lines, None)
     if first is None:
         return
-    clock = ManualClock(first.local_us)
-    replayer = Replayer(new_state(spec.venue, spec.futures, options, first.local_us), clock)
+    replayer = Replayer.for_capture(settings if settings is not None else Settings.defaults(), spec, first.local_us)
     chunk: list[Frame] = [(first.hint, first.payload, first.local_us)]
     chunk_us = first.local_us
     for line in lines:

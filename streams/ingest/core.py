@@ -1,15 +1,18 @@
-"""Pure ingest core: raw Binance-shaped frames -> normalised MarketEvents, local books, per-symbol TickBatches.
+"""Pure, venue-neutral ingest core: normalised events -> local books, dedupe, quarantine, per-symbol TickBatches.
 
-No Kafka and no I/O here: ``process`` turns a batch of raw frames into ``Emit``s of ``TickBatch`` (one per symbol
-per micro-batch window), dead letters for frames it cannot use, re-snapshot requests and trade backfill requests.
-The caller (``stage.py`` for the simulator, ``binance.py`` live, ``replay.py``) owns the I/O and answers them.
+No Kafka, no I/O and no venue here. A codec (``events.Codec``; Binance's is ``streams.venues.binance.codec``)
+turns raw frames into normalised events (``events.py``) with the venue's sequence ids; ``process`` decodes a
+batch of frames with the state's codec, ``ingest`` takes events a codec already produced. Either way the
+outputs are ``Emit``s of ``TickBatch`` (one per symbol per micro-batch window), dead letters for frames the
+codec rejected or the book refused, re-snapshot requests and trade backfill requests. The caller (``stage.py``
+for the simulator, ``streams.venues.binance.feed`` live, ``replay.py``) owns the I/O and answers them.
 
 Data quality is enforced and measured here, per symbol:
 
-* books follow Binance's sync procedure (``book.py``); a gap, a crossed book, an unusable diff, a reconnect or a
-  ``bookTicker`` that disagrees with the book at the same update id loses sync: the book is re-snapshotted once
+* books follow the venue's sync procedure (``book.py``); a gap, a crossed book, an unusable diff, a reconnect or
+  a best bid/ask that disagrees with the book at the same update id loses sync: the book is re-snapshotted once
   per episode (``resyncs`` by reason), never continued silently;
-* duplicates (trade id, bookTicker update id, markPrice time, depth diffs at or below the book) are dropped, so
+* duplicates (trade id, ticker update id, mark price time, depth diffs at or below the book) are dropped, so
   overlapping connections and replays never duplicate an event on ``ticks.v1``;
 * a trade-id gap holds the symbol's later trades until the caller backfills the missing ids from REST (or the
   timeout passes), then emits them in id order; ids never recovered count as lost;
@@ -19,9 +22,8 @@ Data quality is enforced and measured here, per symbol:
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -29,14 +31,25 @@ import orjson
 
 from schemas import SCHEMA_VERSION, common_pb2, market_pb2
 from streams.ingest.book import BookState, DepthUpdate, Level, OrderBook, SyncStatus
+from streams.ingest.events import (
+    Codec,
+    DepthEvent,
+    MarkPriceEvent,
+    NormalizedEvent,
+    Raw,
+    Rejected,
+    SnapshotEvent,
+    TickerEvent,
+    TradeEvent,
+)
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit
 from streams.runtime.instrument import key_of
 from streams.runtime.source import SourceReject
 from streams.runtime.topics import Topic
 
-# (symbol hint or stream name such as "btcusdt@depth@100ms", raw JSON bytes or decoded dict, local receive µs)
-Frame = tuple[str, bytes | Mapping[str, Any], int]
+# (stream name or symbol the frame is known by, e.g. "btcusdt@depth@100ms"; the frame as received; local µs)
+Frame = tuple[str, Raw, int]
 
 TOP_LEVELS = 20                  # BookSnapshot depth per side: what the features stage reads the book from
 MAX_BATCH_EVENTS = 2_000         # flush early so one TickBatch stays far below Kafka's 1 MB message limit
@@ -55,19 +68,9 @@ RESYNC_BAD_DEPTH = "bad_depth"
 
 STAGE: Final = "ingest"
 
-
-class BadFrame(ValueError):
-    """A frame the core cannot use; ``error_type`` is the machine-readable dead-letter class."""
-
-    def __init__(self, error_type: str, reason: str) -> None:
-        super().__init__(reason)
-        self.error_type = error_type
-        self.reason = reason
-
-
 @dataclass(frozen=True, slots=True)
 class DeadLetterOut:
-    """A bad frame for dlq.v1, with its original bytes (dict frames are re-serialised as JSON)."""
+    """A bad frame for dlq.v1, with its original bytes (decoded frames are re-serialised as JSON)."""
 
     raw_bytes: bytes
     error_type: str
@@ -164,7 +167,7 @@ class IngestState:
     """Everything ``process`` keeps between calls. ``sequence_base`` keeps batch ids unique across sessions."""
 
     venue: common_pb2.Venue = common_pb2.SIMULATOR
-    futures: bool = False                  # USD-M depth continuity rule (pu)
+    futures: bool = False                  # depth continuity by the previous final id (Binance USD-M's pu)
     microbatch_ms: int = 20
     sequence_base: int = 0
     top_levels: int = TOP_LEVELS
@@ -176,6 +179,7 @@ class IngestState:
     quarantine_resync_interval_us: int = 30_000_000
     symbols: dict[str, SymbolState] = field(default_factory=dict)
     unattributed_bad_inputs: int = 0       # bad frames whose symbol could not be told
+    codec: Codec | None = None             # decodes the frames of ``process``; see IngestConfig.new_state
 
     def symbol_state(self, symbol: str) -> SymbolState:
         st = self.symbols.get(symbol)
@@ -188,233 +192,16 @@ class IngestState:
         return common_pb2.Venue.Name(self.venue).lower()
 
 
-# --- validation helpers ----------------------------------------------------------------------------------------
-
-
-def _field(data: Mapping[str, Any], key: str) -> Any:
-    try:
-        return data[key]
-    except KeyError:
-        raise BadFrame("missing_field", f"field {key!r} missing") from None
-
-
-def _int(data: Mapping[str, Any], key: str) -> int:
-    value = _field(data, key)
-    if type(value) is not int:  # bool is an int subclass and never a valid id or time
-        raise BadFrame("missing_field", f"field {key!r} is not an integer: {value!r}")
-    return value
-
-
-def _price(value: Any, what: str) -> float:
-    try:
-        price = float(value)
-    except (TypeError, ValueError):
-        raise BadFrame("invalid_price", f"{what} is not numeric: {value!r}") from None
-    if not 0.0 < price < math.inf:
-        raise BadFrame("invalid_price", f"{what} is not positive and finite: {value!r}")
-    return price
-
-
-def _size(value: Any, what: str) -> float:
-    try:
-        size = float(value)
-    except (TypeError, ValueError):
-        raise BadFrame("invalid_size", f"{what} is not numeric: {value!r}") from None
-    if not 0.0 <= size < math.inf:
-        raise BadFrame("invalid_size", f"{what} is negative or not finite: {value!r}")
-    return size
-
-
-def _levels(data: Mapping[str, Any], key: str) -> list[Level]:
-    raw = _field(data, key)
-    if not isinstance(raw, list | tuple):
-        raise BadFrame("missing_field", f"field {key!r} is not a list of levels")
-    try:
-        levels = [(float(p), float(q)) for p, q in raw]
-    except (TypeError, ValueError):
-        return [_level(entry, key) for entry in raw]  # the slow path names the bad value
-    for price, qty in levels:
-        if not (0.0 < price < math.inf and 0.0 <= qty < math.inf):
-            _price(price, f"{key} price")
-            _size(qty, f"{key} qty")
-    return levels
-
-
-def _level(entry: Any, key: str) -> Level:
-    if not isinstance(entry, list | tuple) or len(entry) != 2:
-        raise BadFrame("missing_field", f"{key} level is not a [price, qty] pair: {entry!r}")
-    return _price(entry[0], f"{key} price"), _size(entry[1], f"{key} qty")
-
-
-def _checked_trade(data: Mapping[str, Any], ingest_us: int, *, id_key: str, price_key: str, qty_key: str,
-                   maker_key: str, time_key: str) -> market_pb2.MarketEvent:
-    """A trade with every field checked; the WebSocket and REST payloads differ only in their key names."""
-    event = market_pb2.MarketEvent()
-    trade = event.trade
-    trade.trade_id = _int(data, id_key)
-    trade.price = _price(_field(data, price_key), "trade price")
-    qty = _size(_field(data, qty_key), "trade qty")
-    if qty == 0.0:
-        raise BadFrame("invalid_size", "trade qty is zero")
-    trade.qty = qty
-    maker = _field(data, maker_key)
-    if type(maker) is not bool:
-        raise BadFrame("missing_field", f"field {maker_key!r} is not a boolean: {maker!r}")
-    trade.buyer_is_maker = maker
-    trade.exchange_us = _int(data, time_key) * 1000
-    trade.ingest_us = ingest_us
-    return event
-
-
-# --- parsers: one per event type ---------------------------------------------------------------------------------
-
-
-def parse_trade(data: Mapping[str, Any], local_us: int) -> market_pb2.MarketEvent:
-    """Spot/futures ``<symbol>@trade``. Sample (spot BTCUSDT, 2024-08-08)::
-
-        {"e":"trade","E":1723161255343,"s":"BTCUSDT","t":3735683259,"p":"61837.63000000",
-         "q":"0.02000000","T":1723161255342,"m":true,"M":true}
-    """
-    try:  # fast path: every field present and plausible; anything else takes the checks below
-        trade_id, price, qty, maker, at_ms = data["t"], float(data["p"]), float(data["q"]), data["m"], data["T"]
-    except (KeyError, TypeError, ValueError):
-        pass
-    else:
-        if (type(trade_id) is int and type(at_ms) is int and type(maker) is bool and 0.0 < price < math.inf
-                and 0.0 < qty < math.inf):
-            return market_pb2.MarketEvent(trade={
-                "trade_id": trade_id, "price": price, "qty": qty, "buyer_is_maker": maker,
-                "exchange_us": at_ms * 1000, "ingest_us": local_us})
-    return _checked_trade(data, local_us, id_key="t", price_key="p", qty_key="q", maker_key="m", time_key="T")
-
-
-def parse_depth(data: Mapping[str, Any], local_us: int) -> tuple[market_pb2.MarketEvent, DepthUpdate]:
-    """Diff depth ``<symbol>@depth[@100ms]``; futures add ``T`` and ``pu``. Sample (spot BTCUSDT)::
-
-        {"e":"depthUpdate","E":1723161255308,"s":"BTCUSDT","U":50093239203,"u":50093239207,
-         "b":[["55653.87000000","0.00000000"]],"a":[["61838.04000000","0.32332000"],
-         ["61844.30000000","0.40163000"],["61862.50000000","0.05019000"],["61862.51000000","0.00000000"]]}
-
-    USD-M sample: {"e":"depthUpdate","E":1723161261998,"T":1723161261993,"s":"BTCUSDT","U":5123108235337,
-    "u":5123108237014,"pu":5123108234952,"b":[["33000.00","5.203"],["60751.60","2.466"]],"a":[...]}
-    """
-    first, final = _int(data, "U"), _int(data, "u")
-    prev = _int(data, "pu") if "pu" in data else 0
-    if final < first:
-        raise BadFrame("invalid_update_id", f"final update id {final} < first {first}")
-    bids, asks = _levels(data, "b"), _levels(data, "a")
-    exchange_us = _int(data, "E") * 1000
-    event = market_pb2.MarketEvent(depth={
-        "first_update_id": first, "final_update_id": final, "prev_final_update_id": prev,
-        "bids": [{"price": price, "qty": qty} for price, qty in bids],
-        "asks": [{"price": price, "qty": qty} for price, qty in asks],
-        "exchange_us": exchange_us, "ingest_us": local_us})
-    return event, DepthUpdate(first, final, prev, bids, asks, exchange_us, local_us)
-
-
-def parse_book_ticker(data: Mapping[str, Any], local_us: int) -> market_pb2.MarketEvent:
-    """``<symbol>@bookTicker``; spot has no event time (``exchange_us`` stays 0), futures add e/E/T. Sample::
-
-        {"u":50093239212,"s":"BTCUSDT","b":"61837.63000000","B":"3.78826000","a":"61837.64000000",
-         "A":"1.54698000"}
-    """
-    try:  # fast path, as in parse_trade
-        update_id, bid, bid_qty = data["u"], float(data["b"]), float(data["B"])
-        ask, ask_qty, at_ms = float(data["a"]), float(data["A"]), data.get("E", 0)
-    except (KeyError, TypeError, ValueError):
-        pass
-    else:
-        if (type(update_id) is int and type(at_ms) is int and 0.0 < bid < math.inf and 0.0 < ask < math.inf
-                and 0.0 <= bid_qty < math.inf and 0.0 <= ask_qty < math.inf):
-            return market_pb2.MarketEvent(book_ticker={
-                "update_id": update_id, "bid_price": bid, "bid_qty": bid_qty, "ask_price": ask, "ask_qty": ask_qty,
-                "exchange_us": at_ms * 1000, "ingest_us": local_us})
-    event = market_pb2.MarketEvent()
-    ticker = event.book_ticker
-    ticker.update_id = _int(data, "u")
-    ticker.bid_price = _price(_field(data, "b"), "bid price")
-    ticker.bid_qty = _size(_field(data, "B"), "bid qty")
-    ticker.ask_price = _price(_field(data, "a"), "ask price")
-    ticker.ask_qty = _size(_field(data, "A"), "ask qty")
-    ticker.exchange_us = _int(data, "E") * 1000 if "E" in data else 0
-    ticker.ingest_us = local_us
-    return event
-
-
-def parse_mark_price(data: Mapping[str, Any], local_us: int) -> market_pb2.MarketEvent:
-    """USD-M ``<symbol>@markPrice@1s``. Sample (BTCUSDT perpetual, 2023-04-05)::
-
-        {"e":"markPriceUpdate","E":1680652701000,"s":"BTCUSDT","p":"28147.27373413","P":"28142.15563565",
-         "i":"28159.75642857","r":"0.00002754","T":1680652800000}
-    """
-    event = market_pb2.MarketEvent()
-    mark = event.mark_price
-    mark.mark_price = _price(_field(data, "p"), "mark price")
-    mark.index_price = _price(_field(data, "i"), "index price")
-    try:
-        rate = float(_field(data, "r"))
-    except (TypeError, ValueError):
-        raise BadFrame("invalid_field", f"funding rate is not numeric: {data.get('r')!r}") from None
-    if not math.isfinite(rate):
-        raise BadFrame("invalid_field", f"funding rate is not finite: {data.get('r')!r}")
-    mark.funding_rate = rate
-    mark.next_funding_us = _int(data, "T") * 1000
-    mark.exchange_us = _int(data, "E") * 1000
-    mark.ingest_us = local_us
-    return event
-
-
-def parse_snapshot(data: Mapping[str, Any]) -> tuple[int, list[Level], list[Level], int]:
-    """REST ``GET /api/v3/depth`` (futures ``/fapi/v1/depth`` adds E and T) -> (lastUpdateId, bids, asks, µs).
-
-    Sample (spot BTCUSDT, truncated)::
-
-        {"lastUpdateId":50093239218,"bids":[["61837.63000000","3.78826000"],["61837.62000000","0.61700000"],...],
-         "asks":[["61837.64000000","1.54698000"],...]}
-    """
-    exchange_us = _int(data, "E") * 1000 if "E" in data else 0
-    return _int(data, "lastUpdateId"), _levels(data, "bids"), _levels(data, "asks"), exchange_us
-
-
-
-
-def parse_rest_trade(data: Mapping[str, Any], ingest_us: int) -> market_pb2.MarketEvent:
-    """One trade of REST ``GET /api/v3/historicalTrades`` / ``/api/v3/trades`` (``/fapi/v1/trades``). Sample::
-
-        {"id":3735683259,"price":"61837.63000000","qty":"0.02000000","quoteQty":"1236.75260000",
-         "time":1723161255342,"isBuyerMaker":true,"isBestMatch":true}
-    """
-    return _checked_trade(data, ingest_us, id_key="id", price_key="price", qty_key="qty", maker_key="isBuyerMaker",
-                          time_key="time")
-
-
 # --- the core -------------------------------------------------------------------------------------------------
 
 
-def symbol_of(hint: str) -> str:
-    """"btcusdt@depth@100ms" or "BTCUSDT" -> "BTCUSDT"."""
-    return hint.split("@", 1)[0].upper()
-
-
-def _raw_bytes(raw: bytes | Mapping[str, Any]) -> bytes:
+def _raw_bytes(raw: object) -> bytes:
     if isinstance(raw, bytes | bytearray | memoryview):
         return bytes(raw)
     try:
         return orjson.dumps(raw)
     except TypeError:
         return repr(raw).encode()
-
-
-def sniff_stream(raw: bytes | Mapping[str, Any]) -> str:
-    """The stream name of an undecodable combined-stream frame, so it can still be attributed; "" if none."""
-    if not isinstance(raw, bytes | bytearray):
-        return ""
-    start = raw.find(b'"stream":"')
-    if start < 0:
-        return ""
-    start += 10
-    end = raw.find(b'"', start)
-    return bytes(raw[start:end]).decode("ascii", "replace") if end > start else ""
 
 
 def _fail(state: IngestState, st: SymbolState, now_us: int) -> None:
@@ -432,15 +219,15 @@ def _fail(state: IngestState, st: SymbolState, now_us: int) -> None:
         st.next_snapshot_us = now_us + state.quarantine_resync_interval_us
 
 
-def _dead_letter(state: IngestState, symbol: str, raw: bytes | Mapping[str, Any], exc: BadFrame,
-                 out: IngestOutputs, *, now_us: int) -> None:
+def _dead_letter(state: IngestState, symbol: str, raw: object, error_type: str, reason: str, out: IngestOutputs, *,
+                 now_us: int) -> None:
     st = state.symbols.get(symbol)
     if st is not None:  # garbage symbols in bad frames must not create books
         st.bad_inputs += 1
         _fail(state, st, now_us)
     else:
         state.unattributed_bad_inputs += 1
-    out.dead_letters.append(DeadLetterOut(_raw_bytes(raw), exc.error_type, exc.reason, symbol))
+    out.dead_letters.append(DeadLetterOut(_raw_bytes(raw), error_type, reason, symbol))
 
 
 def _request_resync(state: IngestState, st: SymbolState, out: IngestOutputs, now_us: int) -> None:
@@ -467,8 +254,20 @@ def _lose_sync(state: IngestState, st: SymbolState, reason: str, out: IngestOutp
         _request_resync(state, st, out, now_us)
 
 
+def codec_of(state: IngestState) -> Codec:
+    """The codec that decodes ``state``'s frames."""
+    codec = state.codec
+    if codec is None:
+        # A state built by hand rather than by IngestConfig.new_state: its venue's codec. Imported here, so the
+        # core itself depends on no venue package.
+        from streams.ingest.config import codec_for
+
+        codec = state.codec = codec_for(state.venue)
+    return codec
+
+
 def process(batch: Sequence[Frame], state: IngestState, clock: Clock) -> IngestOutputs:
-    """Normalise ``batch``, keep the books, and emit the TickBatches whose window has elapsed.
+    """Decode ``batch`` with the state's codec, keep the books, and emit the TickBatches whose window has elapsed.
 
     Windows are judged on ``clock.now_us()``: an expired window is flushed before this batch is added, so
     events that arrive within ``microbatch_ms`` of a window's first event share one TickBatch.
@@ -476,9 +275,21 @@ def process(batch: Sequence[Frame], state: IngestState, clock: Clock) -> IngestO
     out = IngestOutputs()
     now_us = clock.now_us()
     _flush(state, now_us, out, force=False)
+    decode = codec_of(state).decode
     for hint, raw, local_us in batch:
         out.frames_in += 1
-        _process_frame(state, out, hint, raw, local_us, now_us=now_us)
+        _ingest(state, out, decode(hint, raw, local_us), now_us)
+    return out
+
+
+def ingest(events: Iterable[NormalizedEvent], state: IngestState, clock: Clock) -> IngestOutputs:
+    """``process`` for events a codec already decoded (one frame each)."""
+    out = IngestOutputs()
+    now_us = clock.now_us()
+    _flush(state, now_us, out, force=False)
+    for event in events:
+        out.frames_in += 1
+        _ingest(state, out, event, now_us)
     return out
 
 
@@ -493,18 +304,18 @@ def flush(state: IngestState, clock: Clock, *, force: bool = False) -> IngestOut
     return out
 
 
-def apply_snapshot(state: IngestState, symbol: str, snapshot: bytes | Mapping[str, Any], clock: Clock,
+def apply_snapshot(state: IngestState, symbol: str, snapshot: Raw | SnapshotEvent, clock: Clock,
                    local_us: int | None = None) -> IngestOutputs:
-    """Seed or re-seed a symbol's book from a REST snapshot (decoded dict or raw JSON bytes)."""
+    """Seed or re-seed a symbol's book from a REST snapshot (raw, decoded by the state's codec, or normalised)."""
     out = IngestOutputs()
     now_us = clock.now_us()
-    try:
-        data = _decode(snapshot)
-    except BadFrame as exc:
-        _dead_letter(state, symbol, snapshot, exc, out, now_us=now_us)
-        return out
-    _apply_snapshot(state, out, symbol, snapshot, data=data, local_us=now_us if local_us is None else local_us,
-                    now_us=now_us)
+    if not isinstance(snapshot, SnapshotEvent):
+        decoded = codec_of(state).decode_snapshot(symbol, snapshot, now_us if local_us is None else local_us)
+        if isinstance(decoded, Rejected):
+            _dead_letter(state, decoded.symbol, decoded.raw, decoded.error_type, decoded.reason, out, now_us=now_us)
+            return out
+        snapshot = decoded
+    _apply_snapshot(state, out, snapshot, now_us)
     return out
 
 
@@ -539,9 +350,10 @@ def resume_trades(state: IngestState, symbols: Iterable[str], clock: Clock) -> I
     return out
 
 
-def apply_trade_backfill(state: IngestState, symbol: str, trades: bytes | Sequence[Mapping[str, Any]],
-                         clock: Clock) -> IngestOutputs:
-    """Fill a symbol's trade gap with REST trades (raw JSON list or decoded), then emit the held trades in order.
+def apply_trade_backfill(state: IngestState, symbol: str, trades: bytes | Sequence[Any], clock: Clock,
+                         ) -> IngestOutputs:
+    """Fill a symbol's trade gap with REST trades (decoded by the state's codec), then emit the held trades in
+    order.
 
     Whatever is still missing afterwards is counted as lost. An answer for a gap already released is ignored.
     """
@@ -550,28 +362,13 @@ def apply_trade_backfill(state: IngestState, symbol: str, trades: bytes | Sequen
     st = state.symbols.get(symbol)
     if st is None or st.trade_gap is None:
         return out
-    records: Any = trades
-    if isinstance(trades, bytes | bytearray):
-        try:
-            records = orjson.loads(trades)
-        except orjson.JSONDecodeError as exc:
-            _dead_letter(state, symbol, trades, BadFrame("malformed_json", f"undecodable trades: {exc}"), out,
-                         now_us=now_us)
-            records = []
-    if not isinstance(records, list | tuple):
-        _dead_letter(state, symbol, _raw_bytes(records), BadFrame(
-            "malformed_json", "REST trades are not a JSON list"), out, now_us=now_us)
-        records = []
     first = st.trade_gap[0]
     held = st.held_trades
-    for record in records:
-        try:
-            if not isinstance(record, Mapping):
-                raise BadFrame("malformed_json", "REST trade is not an object")
-            event = parse_rest_trade(record, now_us)
-        except BadFrame as exc:
-            _dead_letter(state, symbol, _raw_bytes(record), exc, out, now_us=now_us)
+    for decoded in codec_of(state).decode_trades(symbol, trades, now_us):
+        if type(decoded) is Rejected:
+            _dead_letter(state, symbol, decoded.raw, decoded.error_type, decoded.reason, out, now_us=now_us)
             continue
+        event = decoded.event
         trade_id = event.trade.trade_id
         if trade_id >= first and trade_id not in held:
             held[trade_id] = event
@@ -580,112 +377,59 @@ def apply_trade_backfill(state: IngestState, symbol: str, trades: bytes | Sequen
     return out
 
 
-def _decode(raw: bytes | Mapping[str, Any]) -> Mapping[str, Any]:
-    # Exact type checks first: ABC isinstance checks are slow on the hot path.
-    if type(raw) is bytes:
-        try:
-            data: Any = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadFrame("malformed_json", f"undecodable JSON: {exc}") from None
-        if type(data) is dict:
-            return data
-    elif type(raw) is dict:  # the simulator's frames
-        return raw
-    if isinstance(raw, Mapping):
-        data = raw
-    elif type(raw) is not bytes:
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadFrame("malformed_json", f"undecodable JSON: {exc}") from None
-    if not isinstance(data, Mapping):
-        raise BadFrame("malformed_json", f"expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _process_frame(state: IngestState, out: IngestOutputs, hint: str, raw: bytes | Mapping[str, Any], local_us: int,
-                   *, now_us: int) -> None:
-    symbol = ""
-    stream = hint
-    kind: Any = None
-    try:
-        data = _decode(raw)
-        if "stream" in data and "data" in data:  # combined-stream envelope
-            named_stream = data["stream"]
-            if type(named_stream) is str:
-                stream = named_stream
-            data = data["data"]
-            if type(data) is not dict and not isinstance(data, Mapping):
-                raise BadFrame("malformed_json", "combined-stream 'data' is not an object")
-        named = data.get("s")
-        symbol = named.upper() if type(named) is str and named else symbol_of(stream)
-        if "lastUpdateId" in data:
-            _apply_snapshot(state, out, symbol, raw, data=data, local_us=local_us, now_us=now_us)
-            return
-        if not symbol:
-            raise BadFrame("missing_field", "no symbol in the frame or its stream name")
-        kind = data.get("e")
-        update: DepthUpdate | None = None
-        ticker: market_pb2.BookTicker | None = None
-        trade: market_pb2.Trade | None = None
-        # Most frequent first: bookTicker (spot ones have no "e"), trade, depthUpdate.
-        if kind == "bookTicker" or (kind is None and "u" in data and "A" in data):
-            event = parse_book_ticker(data, local_us)
-            ticker = event.book_ticker
-            exchange_us = ticker.exchange_us
-        elif kind == "trade":
-            event = parse_trade(data, local_us)
-            trade = event.trade
-            exchange_us = trade.exchange_us
-        elif kind == "depthUpdate":
-            event, update = parse_depth(data, local_us)
-            exchange_us = update.exchange_us
-        elif kind == "markPriceUpdate":
-            event = parse_mark_price(data, local_us)
-            exchange_us = event.mark_price.exchange_us
-            st = state.symbols.get(symbol)
-            if st is not None and exchange_us <= st.last_mark_us:
-                st.duplicates += 1
-                return
-        else:
-            raise BadFrame("unknown_event_type", f"unknown event type {kind!r}")
-    except BadFrame as exc:
-        if not symbol:
-            stream = stream or sniff_stream(raw)
-            symbol = symbol_of(stream)
-        _dead_letter(state, symbol, raw, exc, out, now_us=now_us)
+def _ingest(state: IngestState, out: IngestOutputs, ev: NormalizedEvent, now_us: int) -> None:
+    # Exact type checks (the event classes are final): cheaper than isinstance on the hot path.
+    if type(ev) is SnapshotEvent:
+        _apply_snapshot(state, out, ev, now_us)
+        return
+    if type(ev) is Rejected:
+        symbol = ev.symbol
+        _dead_letter(state, symbol, ev.raw, ev.error_type, ev.reason, out, now_us=now_us)
         bad = state.symbols.get(symbol)
-        if bad is not None and (kind == "depthUpdate" or "@depth" in stream) and bad.book.synced:
+        if bad is not None and ev.depth and bad.book.synced:
             _lose_sync(state, bad, RESYNC_BAD_DEPTH, out, now_us)  # the lost diff leaves the book unknown
         return
-
+    symbol = ev.symbol
+    event = ev.event
+    local_us = ev.local_us
+    if type(ev) is MarkPriceEvent:
+        mark = state.symbols.get(symbol)
+        if mark is not None and event.mark_price.exchange_us <= mark.last_mark_us:
+            mark.duplicates += 1
+            return
     st = state.symbols.get(symbol) or state.symbol_state(symbol)
     book = st.book
-    event_ms = data.get("E")
-    if type(event_ms) is int:
+    sent_us = ev.sent_us
+    if sent_us:
         # Exchange-minus-local clock offset; network latency is in it too, which is what "drift" must bound.
-        sample = event_ms * 1000 - local_us
+        sample = sent_us - local_us
         st.drift_ewma_us = sample if st.drift_ewma_us is None else st.drift_ewma_us + DRIFT_ALPHA * (
             sample - st.drift_ewma_us)
-    if trade is not None:
+    if type(ev) is TradeEvent:
+        exchange_us = event.trade.exchange_us
         if not _accept_trade(state, st, event, out, now_us):
             return
-    elif ticker is not None:
+    elif type(ev) is TickerEvent:
+        ticker = event.book_ticker
+        exchange_us = ticker.exchange_us
         if ticker.update_id <= st.last_ticker_id:
             st.duplicates += 1
             return
         st.last_ticker_id = ticker.update_id
         if not exchange_us:
-            # Spot bookTicker carries no time: estimate it from the receive time and the measured clock offset.
+            # A ticker without a venue time (Binance spot's): estimated from the receive time and the clock offset.
             exchange_us = ticker.exchange_us = local_us + round(st.drift_ewma_us or 0.0)
             st.newest_estimated_us = max(st.newest_estimated_us, exchange_us)
             exchange_us = 0
         if book.state in _SYNCED:
             _note_ticker(state, st, ticker, out, now_us)
-    elif update is not None:
-        if not _apply_diff(state, st, update, raw, out, now_us=now_us):
+    elif type(ev) is DepthEvent:
+        update = ev.update
+        exchange_us = update.exchange_us
+        if not _apply_diff(state, st, update, ev.raw, out, now_us=now_us):
             return
-    else:
+    else:  # MarkPriceEvent
+        exchange_us = event.mark_price.exchange_us
         st.last_mark_us = exchange_us
     if book.state not in _SYNCED:
         st.window_flags.add(common_pb2.BOOK_RESYNCING)
@@ -694,8 +438,8 @@ def _process_frame(state: IngestState, out: IngestOutputs, hint: str, raw: bytes
     _add_event(state, out, st, event, local_us=local_us, now_us=now_us)
 
 
-def _apply_diff(state: IngestState, st: SymbolState, update: DepthUpdate, raw: bytes | Mapping[str, Any],
-                out: IngestOutputs, *, now_us: int) -> bool:
+def _apply_diff(state: IngestState, st: SymbolState, update: DepthUpdate, raw: Raw, out: IngestOutputs, *,
+                now_us: int) -> bool:
     """Apply one diff to the book; False when the diff must not be passed on (stale or crossing)."""
     book = st.book
     first_after_snapshot = book.state is BookState.AWAITING_FIRST
@@ -713,8 +457,8 @@ def _apply_diff(state: IngestState, st: SymbolState, update: DepthUpdate, raw: b
         _request_resync(state, st, out, now_us)  # no-op while a request is outstanding
         return True
     if status is SyncStatus.CROSSED:
-        _dead_letter(state, st.symbol, raw, BadFrame(
-            "crossed_book", f"best bid >= best ask after update {update.final_update_id}"), out, now_us=now_us)
+        _dead_letter(state, st.symbol, raw, "crossed_book",
+                     f"best bid >= best ask after update {update.final_update_id}", out, now_us=now_us)
         _lose_sync(state, st, RESYNC_CROSSED, out, now_us)
         return False
     # GAP. Right after a snapshot it means the snapshot is older than the stream: fetch a newer one.
@@ -733,7 +477,7 @@ def _apply_diff(state: IngestState, st: SymbolState, update: DepthUpdate, raw: b
 
 def _note_ticker(state: IngestState, st: SymbolState, ticker: market_pb2.BookTicker, out: IngestOutputs,
                  now_us: int) -> None:
-    """Compare a bookTicker with the book at the same update id, now or once the book gets there."""
+    """Compare a best bid/ask with the book at the same update id, now or once the book gets there."""
     top = ((ticker.bid_price, ticker.bid_qty), (ticker.ask_price, ticker.ask_qty))
     last = st.book.last_update_id
     if ticker.update_id == last:
@@ -836,31 +580,23 @@ def _add_event(state: IngestState, out: IngestOutputs, st: SymbolState, event: m
         _emit_batch(state, st, out)
 
 
-def _apply_snapshot(state: IngestState, out: IngestOutputs, symbol: str, raw: bytes | Mapping[str, Any], *,
-                    data: Mapping[str, Any], local_us: int, now_us: int) -> None:
-    if not symbol:
-        _dead_letter(state, symbol, raw, BadFrame("missing_field", "snapshot without a symbol hint"), out,
-                     now_us=now_us)
-        return
-    try:
-        last_id, bids, asks, exchange_us = parse_snapshot(data)
-    except BadFrame as exc:
-        _dead_letter(state, symbol, raw, exc, out, now_us=now_us)
-        return
+def _apply_snapshot(state: IngestState, out: IngestOutputs, snapshot: SnapshotEvent, now_us: int) -> None:
+    symbol = snapshot.symbol
     st = state.symbol_state(symbol)
     st.resync_requested = st.resync_deferred = False
     st.snapshots += 1
     st.pending_tickers.clear()
-    status = st.book.apply_snapshot(last_id, bids, asks, exchange_us=exchange_us, local_us=local_us)
+    last_id = snapshot.last_update_id
+    status = st.book.apply_snapshot(last_id, snapshot.bids, snapshot.asks, exchange_us=snapshot.exchange_us,
+                                    local_us=snapshot.local_us)
     if status is SyncStatus.GAP:
         # The snapshot is older than the buffered stream (or the buffer overflowed): ask for a newer one.
         st.snapshot_retries += 1
         st.window_flags.add(common_pb2.SEQUENCE_GAP)
         _request_resync(state, st, out, now_us)
     elif status is SyncStatus.CROSSED:
-        _dead_letter(state, symbol, raw, BadFrame(
-            "crossed_book", f"best bid >= best ask after snapshot {last_id} and its buffered diffs"), out,
-            now_us=now_us)
+        _dead_letter(state, symbol, snapshot.raw, "crossed_book",
+                     f"best bid >= best ask after snapshot {last_id} and its buffered diffs", out, now_us=now_us)
         _request_resync(state, st, out, now_us)
 
 

@@ -31,13 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.ingest import core
-from streams.ingest.binance import LiveOptions, new_state, venue_spec
+from streams.ingest.config import IngestConfig
 from streams.ingest.core import STAGE, Frame, IngestOutputs
 from streams.ingest.quality import IngestQuality, health_detail
 from streams.runtime.clock import Clock, ManualClock
 from streams.runtime.observability import HealthState, StageMetrics
 from streams.runtime.settings import Settings
 from streams.runtime.source import SourceRunner
+from streams.venues.binance.codec import CODEC, sniff_event_time_us, sniff_stream, symbol_of
+from streams.venues.binance.spec import VenueSpec, venue_spec
 
 log = logging.getLogger("surge.ingest.replay")
 
@@ -83,22 +85,9 @@ def to_micros(raw_ts: bytes) -> int:
     return ts * 1_000_000        # seconds
 
 
-def _event_time_us(payload: bytes) -> int | None:
-    """The first ``"E":<ms>`` of a frame, without decoding it (the core decodes once, later)."""
-    at = payload.find(b'"E":')
-    if at < 0:
-        return None
-    at += 4
-    end = at
-    while end < len(payload) and payload[end:end + 1] in b" 0123456789":
-        end += 1
-    digits = payload[at:end].strip()
-    return int(digits) * 1000 if digits else None
-
-
 def _stream_symbol(payload: bytes) -> str:
-    stream = core.sniff_stream(payload)
-    return core.symbol_of(stream) if stream else ""
+    stream = sniff_stream(payload)
+    return symbol_of(stream) if stream else ""
 
 
 def split_line(line: bytes, previous_us: int) -> tuple[int, bytes] | None:
@@ -107,7 +96,7 @@ def split_line(line: bytes, previous_us: int) -> tuple[int, bytes] | None:
     if not line:
         return None
     if line[:1] in (b"{", b"["):
-        at = _event_time_us(line)
+        at = sniff_event_time_us(line)
         return (at if at is not None else previous_us), line
     head, sep, rest = line.partition(b" ")
     if not sep or not head[:1].isdigit():
@@ -190,6 +179,14 @@ class Replayer:
         self.stats = ReplayStats()
         self._waiting: set[str] = set()
 
+    @classmethod
+    def for_capture(cls, settings: Settings, spec: VenueSpec, start_us: int) -> Replayer:
+        """A replayer of ``spec``'s captures from recorded time ``start_us``: the state ``IngestConfig`` builds from
+        ``settings``, batch ids based on ``start_us`` (replaying again yields the same ids) and a replay clock."""
+        state = IngestConfig.from_settings(settings).new_state(spec.venue, futures=spec.futures,
+                                                               sequence_base=start_us, codec=CODEC)
+        return cls(state, ManualClock(start_us))
+
     def feed(self, frames: list[Frame], at_us: int) -> IngestOutputs:
         """Process frames recorded from ``at_us`` on; answers trade gaps at once (nothing to backfill from)."""
         if at_us > self.clock.now_us():
@@ -231,10 +228,9 @@ def run_replay(settings: Settings, path: Path, *, publisher: SourceRunner, metri
     if first is None:
         log.error("replay capture %s holds no frame", path)
         return 2
-    clock = ManualClock(first.local_us)
+    replayer = Replayer.for_capture(settings, spec, first.local_us)
+    clock, state = replayer.clock, replayer.state
     publisher.clock = clock  # dead letters and latency metrics in recorded time
-    state = new_state(spec.venue, spec.futures, LiveOptions.from_settings(settings), first.local_us)
-    replayer = Replayer(state, clock)
     health.set_live(True, source=f"replay:{path}", venue=spec.name, speed=settings.replay_speed)
     health.set_ready(True, phase="replaying")
     log.info("ingest from REPLAY of %s (%s, speed %s)", path, spec.name, settings.replay_speed)

@@ -1,10 +1,11 @@
 """Ingest stage runner: one of three sources -> the pure ingest core -> ticks.v1 (+ dlq.v1).
 
 ``settings.source`` picks the source: ``sim`` (the built-in simulator, paced by the clock), ``live`` (Binance
-WebSocket + REST, ``binance.py``), ``replay:PATH`` (recorded captures, ``replay.py``) or ``auto``: live when the
-venue's REST ping answers, else the simulator, and it says which, loudly. Every source produces the same
-TickBatches; the stage serves /metrics (with the data-quality series of ``quality.py``), /healthz (detail:
-quarantined, resyncing and clock-degraded symbols, connections) and /readyz.
+WebSocket + REST, ``streams.venues.binance.feed``), ``replay:PATH`` (recorded captures, ``replay.py``) or
+``auto``: live when the venue spec's REST ping answers, else the simulator, and it says which, loudly. Every
+source produces the same TickBatches from states built by ``IngestConfig``; the stage serves /metrics (with the
+data-quality series of ``quality.py``), /healthz (detail: quarantined, resyncing and clock-degraded symbols,
+connections) and /readyz.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from confluent_kafka import Producer
 
 from schemas import common_pb2
 from streams.ingest import core
-from streams.ingest.binance import base_urls, run_live, venue_spec
+from streams.ingest.config import IngestConfig
 from streams.ingest.core import STAGE
 from streams.ingest.quality import IngestQuality, health_detail
 from streams.ingest.replay import capture_files, parse_speed, run_replay
@@ -32,6 +33,8 @@ from streams.runtime.runner import StopFlag
 from streams.runtime.settings import Settings
 from streams.runtime.source import SourceRunner
 from streams.runtime.topics import Topic
+from streams.venues.binance.feed import run_live
+from streams.venues.binance.spec import base_urls, ping_url, venue_spec
 
 __all__ = ["STAGE", "IngestLoop", "resolve_source", "run"]
 
@@ -55,8 +58,7 @@ class IngestLoop:
         self.publisher = SourceRunner(STAGE, producer, metrics, tracer, clock, source_topic=SIM_SOURCE_TOPIC)
         self.sim = MarketSimulator(settings.symbol_list, settings.sim_events_per_s, settings.sim_seed)
         # Batch ids restart per session; basing sequences on the session start keeps them unique across restarts.
-        self.state = core.IngestState(
-            venue=common_pb2.SIMULATOR, microbatch_ms=settings.microbatch_ms, sequence_base=clock.now_us())
+        self.state = IngestConfig.from_settings(settings).new_state(common_pb2.SIMULATOR, sequence_base=clock.now_us())
         self.resyncs = 0
 
     def seed_books(self) -> None:
@@ -116,16 +118,16 @@ def resolve_source(settings: Settings) -> str:
         return f"replay:{path}"
     if kind == "auto":
         spec = venue_spec(settings.venue)
-        _, rest = base_urls(settings, spec)
+        ping = ping_url(settings)
         try:
-            reachable = httpx.get(rest + spec.ping_path, timeout=2.0).status_code == 200
+            reachable = httpx.get(ping, timeout=2.0).status_code == 200
         except httpx.HTTPError:
             reachable = False
         if reachable:
-            log.warning("SOURCE: LIVE Binance %s public streams (%s answers)", spec.name, rest)
+            log.warning("SOURCE: LIVE Binance %s public streams (%s answers)", spec.name, ping)
             return "live"
         log.warning("SOURCE: built-in market SIMULATOR (Binance %s at %s not reachable); data is NOT real",
-                    spec.name, rest)
+                    spec.name, ping)
         return "sim"
     raise ValueError(f"unknown ingest source {settings.source!r}: use auto, sim, live or replay:PATH")
 

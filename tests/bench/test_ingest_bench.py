@@ -1,10 +1,11 @@
 """Ingest throughput (make bench, not make test). Results: bench/results/ingest.json.
 
 1. Core, per CPU core: every real capture in ../shared/data/binance/ws_messages/hftbacktest is loaded into memory,
-   then fed through ``core.process`` (orjson parse, validation, normalisation to MarketEvents, local book apply
-   with the sync checks, bookTicker cross-check, micro-batching into TickBatches) on one thread, in 50-frame
-   chunks on a replay clock. TickBatch serialisation is timed separately. Best of 3 runs (shared machines are
-   noisy); process CPU time, so other processes' load counts as little as possible. Target: >= 50,000 msgs/s.
+   then fed through ``core.process`` (the Binance codec's orjson parse, validation and normalisation to events;
+   the core's local book apply with the sync checks, bookTicker cross-check, micro-batching into TickBatches) on
+   one thread, in 50-frame chunks on a replay clock. TickBatch serialisation is timed separately. Best of 3 runs
+   (shared machines are noisy); process CPU time, so other processes' load counts as little as possible. Target:
+   >= 50,000 msgs/s.
 2. Loopback end to end: `surge fake-exchange` replays spot BTCUSDT+ETHUSDT to the real `surge stage ingest
    --source live` process, which publishes to the real Tansu broker; at several replay speeds the frames/s the
    stage ingested (its own counter), the TickBatches/s it got acknowledged, and whether every trade arrived.
@@ -30,6 +31,7 @@ from schemas import common_pb2
 from streams.ingest import core
 from streams.ingest.replay import read_captures
 from streams.runtime.clock import LiveClock, ManualClock
+from streams.venues.binance.codec import CODEC
 from tests.conftest import REPO_ROOT, free_port
 from tests.integration.stack import StackProcesses, http_ok, start_infrastructure, wait_for
 from tests.integration.test_ingest_live import expected_from, metric_sum, scrape, session_batches, trade_ids
@@ -71,7 +73,7 @@ def core_throughput(label: str, venue: str, folder: Path) -> dict[str, Any]:
     for _ in range(REPEATS):
         clock = ManualClock(lines[0][2])
         state = core.IngestState(venue=common_pb2.BINANCE_USDM if futures else common_pb2.BINANCE_SPOT,
-                                 futures=futures, sequence_base=lines[0][2])
+                                 futures=futures, sequence_base=lines[0][2], codec=CODEC)
         outs: list[core.IngestOutputs] = []
         started = time.process_time()
         for i in range(0, len(lines), CHUNK):

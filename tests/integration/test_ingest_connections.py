@@ -11,13 +11,15 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas import market_pb2
-from services.fake_exchange.server import ExchangeThread, FakeExchange, FakeOptions, load_capture
-from streams.ingest.binance import BinanceRest, LiveFeed, LiveOptions, resolve_symbols, venue_spec
+from services.testing.fake_exchange.server import ExchangeThread, FakeExchange, FakeOptions, load_capture
 from streams.ingest.quality import IngestQuality
 from streams.runtime.clock import LiveClock
 from streams.runtime.observability import HealthState, StageMetrics, make_tracer_provider
 from streams.runtime.settings import Settings
 from streams.runtime.source import SourceRunner
+from streams.venues.binance.feed import LiveFeed, LiveOptions, resolve_symbols
+from streams.venues.binance.rest import BinanceRest
+from streams.venues.binance.spec import venue_spec
 from tests.conftest import free_port
 from tests.unit.test_ingest_stage import FakeProducer
 

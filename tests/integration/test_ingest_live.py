@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import common_pb2, dlq_pb2, market_pb2
-from services.fake_exchange.server import load_capture
+from services.testing.fake_exchange.server import load_capture
 from streams.runtime.clock import LiveClock
 from streams.runtime.kafka import consumer_config
 from streams.runtime.topics import Topic

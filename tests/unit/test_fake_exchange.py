@@ -10,7 +10,7 @@ import pytest
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from services.fake_exchange.server import (
+from services.testing.fake_exchange.server import (
     Capture,
     CaptureEvent,
     FakeBook,

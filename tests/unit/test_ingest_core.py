@@ -1,4 +1,5 @@
-"""Unit tests of the pure ingest core: parsing, books, micro-batching, quality flags, dead letters."""
+"""Unit tests of the pure ingest core: Binance frames (through the state's codec) and normalised events, books,
+micro-batching, quality flags, dead letters."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 
 from schemas import SCHEMA_VERSION, common_pb2, market_pb2
 from streams.ingest import core
+from streams.ingest.book import DepthUpdate
 from streams.ingest.core import Frame, IngestOutputs, IngestState, apply_snapshot, flush, process
+from streams.ingest.events import DepthEvent, Rejected, SnapshotEvent, TradeEvent
 from streams.ingest.simulator import MarketSimulator
 from streams.runtime.clock import ManualClock
 from streams.runtime.instrument import key_of
@@ -339,20 +342,28 @@ def test_big_windows_are_split_to_bound_the_message_size() -> None:
     assert len(rest.events) == 6
 
 
-def test_parsers_accept_the_real_samples_from_their_docstrings() -> None:
-    spot_trade = orjson.loads(b'{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":3735683259,'
-                              b'"p":"61837.63000000","q":"0.02000000","T":1723161255342,"m":true,"M":true}')
-    ev = core.parse_trade(spot_trade, 5)
-    assert (ev.trade.trade_id, ev.trade.price, ev.trade.qty) == (3735683259, 61837.63, 0.02)
-    assert ev.trade.buyer_is_maker and ev.trade.exchange_us == 1723161255342000 and ev.trade.ingest_us == 5
-    spot_depth = orjson.loads(b'{"e":"depthUpdate","E":1723161255308,"s":"BTCUSDT","U":50093239203,'
-                              b'"u":50093239207,"b":[["55653.87000000","0.00000000"]],"a":[["61838.04000000",'
-                              b'"0.32332000"],["61844.30000000","0.40163000"]]}')
-    ev, update = core.parse_depth(spot_depth, 5)
-    assert (update.first_update_id, update.final_update_id, update.prev_final_update_id) == (
-        50093239203, 50093239207, 0)
-    assert update.bids == [(55653.87, 0.0)] and len(ev.depth.asks) == 2
-    spot_ticker = orjson.loads(b'{"u":50093239212,"s":"BTCUSDT","b":"61837.63000000","B":"3.78826000",'
-                               b'"a":"61837.64000000","A":"1.54698000"}')
-    bt = core.parse_book_ticker(spot_ticker, 5).book_ticker
-    assert (bt.update_id, bt.bid_price, bt.ask_qty, bt.exchange_us) == (50093239212, 61837.63, 1.54698, 0)
+def test_the_core_takes_normalised_events_from_any_codec() -> None:
+    """No JSON and no codec: events as a codec of any venue would hand them over, through ``core.ingest``."""
+    clock = ManualClock(T0)
+    state = IngestState(venue=common_pb2.BINANCE_USDM, futures=True)
+    seed = SnapshotEvent("BTCUSDT", 100, [(100.0, 1.0)], [(101.0, 2.0)], 0, T0, b"{}")
+    assert core.ingest([seed], state, clock).resync_requests == []
+
+    def trade(trade_id: int) -> TradeEvent:
+        ev = market_pb2.MarketEvent(trade={"trade_id": trade_id, "price": 100.5, "qty": 1.0, "exchange_us": T0,
+                                           "ingest_us": T0})
+        return TradeEvent("BTCUSDT", ev, T0, sent_us=T0)
+
+    update = DepthUpdate(95, 101, 99, [(100.0, 3.0)], [], T0, T0)
+    diff = DepthEvent("BTCUSDT", market_pb2.MarketEvent(depth={"first_update_id": 95, "final_update_id": 101,
+                                                                "prev_final_update_id": 99}), update, T0, T0, b"{}")
+    bad = Rejected("BTCUSDT", b"\x00", "undecodable", "not this venue's format", depth=True)
+    out = core.ingest([trade(1), trade(1), diff, trade(2), bad], state, clock)
+    out.extend(flush(state, clock, force=True))
+    [batch] = batches(out)
+    assert kinds(batch) == ["trade", "depth", "trade"]  # the duplicate dropped; the rejected diff unsyncs the book
+    assert [(d.error_type, d.raw_bytes) for d in out.dead_letters] == [("undecodable", b"\x00")]
+    st = state.symbols["BTCUSDT"]
+    assert (st.duplicates, st.depth_updates, st.resyncs) == (1, 1, {"bad_depth": 1})
+    assert out.resync_requests == ["BTCUSDT"]
+    assert state.codec is None  # nothing needed decoding

@@ -15,10 +15,10 @@ import orjson
 import pytest
 
 from schemas import common_pb2, market_pb2
-from streams.ingest import core
 from streams.ingest.book import DepthUpdate, OrderBook, SyncStatus
 from streams.ingest.core import IngestOutputs, IngestState, flush, process
 from streams.runtime.clock import ManualClock
+from streams.venues.binance.codec import parse_snapshot
 
 pytestmark = pytest.mark.unit
 
@@ -144,7 +144,7 @@ def test_snapshot_parser_reads_the_capture_snapshot() -> None:
     for _, payload in read_capture("spot/btcusdt_20240808.gz", n=20):
         msg = orjson.loads(payload)
         if "lastUpdateId" in msg:
-            last_id, bids, asks, exchange_us = core.parse_snapshot(msg)
+            last_id, bids, asks, exchange_us = parse_snapshot(msg)
             assert last_id == 50093239218
             assert bids[0] == (61837.63, 3.78826) and asks[0][0] == 61837.64
             assert exchange_us == 0  # spot REST depth carries no time

@@ -12,8 +12,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from schemas import common_pb2, dlq_pb2, market_pb2
-from streams.ingest.binance import LiveOptions, new_state
+from schemas import dlq_pb2, market_pb2
 from streams.ingest.core import IngestOutputs
 from streams.ingest.quality import IngestQuality
 from streams.ingest.replay import (
@@ -25,11 +24,12 @@ from streams.ingest.replay import (
     split_line,
     to_micros,
 )
-from streams.runtime.clock import LiveClock, ManualClock
+from streams.runtime.clock import LiveClock
 from streams.runtime.observability import HealthState, StageMetrics, make_tracer_provider
 from streams.runtime.settings import Settings
 from streams.runtime.source import SourceRunner
 from streams.runtime.topics import Topic
+from streams.venues.binance.spec import venue_spec
 from tests.unit.test_ingest_stage import FakeProducer
 
 pytestmark = pytest.mark.unit
@@ -89,11 +89,7 @@ def test_files_of_a_folder_are_merged_by_recorded_time(tmp_path: Path) -> None:
 
 def replay_all(path: Path, venue: str) -> tuple[Replayer, IngestOutputs]:
     lines = list(read_captures(path))
-    clock = ManualClock(lines[0].local_us)
-    spec_futures = venue == "usdm"
-    state = new_state(common_pb2.BINANCE_USDM if spec_futures else common_pb2.BINANCE_SPOT, spec_futures,
-                      LiveOptions.from_settings(Settings()), lines[0].local_us)
-    replayer = Replayer(state, clock)
+    replayer = Replayer.for_capture(Settings(), venue_spec(venue), lines[0].local_us)
     out = IngestOutputs()
     chunk = [lines[0]]
     for line in lines[1:]:

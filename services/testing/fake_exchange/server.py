@@ -42,9 +42,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from streams.ingest.binance import venue_spec
 from streams.ingest.replay import ReplayLine, capture_files, read_capture
 from streams.runtime.clock import Clock, LiveClock
+from streams.venues.binance.spec import venue_spec
 
 log = logging.getLogger("surge.fake_exchange")
 

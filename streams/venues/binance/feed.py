@@ -1,0 +1,322 @@
+"""The Binance live feed: WebSocket connections + REST -> the venue-neutral ingest core -> the source runner.
+
+Frames are decoded by the Binance codec and processed every few milliseconds on the asyncio loop, snapshot and
+backfill requests become REST tasks, and outputs go to the runtime's source runner. After a reconnect the
+connection's books are marked resyncing and re-snapshotted once, and trades since the last one seen are
+backfilled, so a dropped connection loses no trade. While the bus falls behind, processing pauses; frames that
+pile up beyond ``MAX_FRAMES`` are dropped and every book resynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+import orjson
+from prometheus_client import Counter, Gauge
+
+from streams.ingest import core
+from streams.ingest.config import IngestConfig
+from streams.ingest.core import STAGE, Frame, IngestOutputs, TradeGap
+from streams.ingest.quality import IngestQuality, health_detail
+from streams.runtime.clock import Clock
+from streams.runtime.observability import HealthState, StageMetrics
+from streams.runtime.settings import Settings
+from streams.runtime.source import SourceRunner
+from streams.venues.binance.codec import CODEC
+from streams.venues.binance.rest import BinanceRest, RestError
+from streams.venues.binance.spec import VenueSpec, base_urls, venue_spec
+from streams.venues.binance.ws import Backoff, StreamConnection, plan_connections
+
+log = logging.getLogger("surge.venues.binance.feed")
+
+LOOP_S = 0.005                 # process frames every 5 ms: well inside the 20 ms micro-batch window
+EXPORT_EVERY_US = 1_000_000    # quality metrics and health detail refresh
+MAX_BACKLOG = 2_000            # queued outputs at the publisher before processing pauses (broker slow or away)
+MAX_FRAMES = 1_000_000         # frames waiting while paused before they are dropped and the books resynced
+SNAPSHOT_RETRY_S = 0.5         # a snapshot older than the buffered stream is fetched again after this
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOptions:
+    """The settings the live feed uses, resolved once: the core's (``ingest``) and the connections' own."""
+
+    ingest: IngestConfig
+    snapshot_limit: int
+    symbols_per_connection: int
+    ping_interval_s: float
+    rollover_s: float
+    backoff_max_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LiveOptions:
+        return cls(
+            ingest=IngestConfig.from_settings(settings), snapshot_limit=settings.snapshot_limit,
+            symbols_per_connection=settings.symbols_per_connection, ping_interval_s=settings.ws_ping_interval_s,
+            rollover_s=settings.ws_rollover_s, backoff_max_s=settings.ws_backoff_max_s)
+
+
+class LiveFeed:
+    """Binance WebSocket connections + REST -> the ingest core -> the source runner."""
+
+    def __init__(self, spec: VenueSpec, ws_base: str, symbols: Sequence[str], options: LiveOptions, clock: Clock, *,
+                 rest: BinanceRest, publisher: SourceRunner, metrics: StageMetrics, quality: IngestQuality,
+                 health: HealthState, rng: random.Random | None = None) -> None:
+        self.spec = spec
+        self.options = options
+        self.clock = clock
+        self.rest = rest
+        self.publisher = publisher
+        self.metrics = metrics
+        self.quality = quality
+        self.health = health
+        self.state = options.ingest.new_state(spec.venue, futures=spec.futures, sequence_base=clock.now_us(),
+                                              codec=CODEC)
+        for symbol in symbols:
+            self.state.symbol_state(symbol)
+        self.frames: list[Frame] = []
+        self.fatal = False
+        self._snapshot_tasks: dict[str, asyncio.Task[None]] = {}
+        self._backfill_tasks: set[asyncio.Task[None]] = set()
+        self.plans = plan_connections(spec, ws_base, list(symbols), options.symbols_per_connection)
+        self.connections = [
+            StreamConnection(plan, self, clock, ping_interval_s=options.ping_interval_s,
+                             rollover_s=options.rollover_s, backoff_max_s=options.backoff_max_s, rng=rng)
+            for plan in self.plans]
+        registry = metrics.registry
+        self.metrics_connections = Gauge("surge_ingest_ws_connections", "Open WebSocket connections",
+                                         registry=registry)
+        self.metrics_connects = Counter("surge_ingest_ws_connects", "WebSocket connections opened",
+                                        ["stage", "route", "kind"], registry=registry)
+        self.metrics_connect_failures = Counter("surge_ingest_ws_connect_failures", "Failed WebSocket connects",
+                                                ["stage", "route"], registry=registry)
+        self.metrics_disconnects = Counter("surge_ingest_ws_disconnects", "WebSocket connections lost",
+                                           ["stage", "route"], registry=registry)
+        self.metrics_rollovers = Counter("surge_ingest_ws_rollovers", "Proactive connection rollovers",
+                                         ["stage", "route"], registry=registry)
+        self.metrics_overloads = Counter("surge_ingest_overloads", "Frames dropped because the bus fell behind",
+                                         ["stage"], registry=registry)
+
+    # --- connection callbacks (on the event loop) --------------------------------------------------------------
+
+    def deliver(self, message: bytes, local_us: int) -> None:
+        self.frames.append(("", message, local_us))
+
+    def on_connected(self, conn: StreamConnection, *, reconnect: bool) -> None:
+        route = conn.plan.route or "/"
+        self.metrics_connects.labels(STAGE, route, "reconnect" if reconnect else "first").inc()
+        self._update_connection_gauge()
+        if not reconnect:
+            log.info("connected %s (%d streams)", conn.plan.label, len(conn.plan.streams))
+            return
+        log.warning("reconnected %s: resyncing its books and backfilling its trades", conn.plan.label)
+        self._process_pending()  # the old connection's frames first, so the marks below come after them
+        symbols = conn.plan.symbols
+        if conn.plan.carries_depth:
+            for symbol in symbols:
+                task = self._snapshot_tasks.pop(symbol, None)
+                if task is not None:
+                    task.cancel()  # taken before this connection buffered anything: useless now
+            core.lose_sync(self.state, symbols, self.clock)
+        if conn.plan.carries_trades:
+            self._handle(core.resume_trades(self.state, symbols, self.clock), raw_events=0)
+
+    def on_connect_failed(self, conn: StreamConnection) -> None:
+        self.metrics_connect_failures.labels(STAGE, conn.plan.route or "/").inc()
+
+    def on_disconnected(self, conn: StreamConnection) -> None:
+        self.metrics_disconnects.labels(STAGE, conn.plan.route or "/").inc()
+        self._update_connection_gauge()
+
+    def on_rollover(self, conn: StreamConnection) -> None:
+        self.metrics_rollovers.labels(STAGE, conn.plan.route or "/").inc()
+
+    def _update_connection_gauge(self) -> None:
+        self.metrics_connections.set(sum(c.up for c in self.connections))
+
+    # --- processing --------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: then close the connections, process what arrived and hand the rest to the publisher."""
+        conn_tasks = [asyncio.create_task(c.run(stop)) for c in self.connections]
+        try:
+            await self._process_loop(stop)
+        finally:
+            stop.set()
+            await asyncio.gather(*conn_tasks, return_exceptions=True)
+            for task in [*self._snapshot_tasks.values(), *self._backfill_tasks]:
+                task.cancel()
+            await asyncio.gather(*self._snapshot_tasks.values(), *self._backfill_tasks, return_exceptions=True)
+            self._process_pending()
+            flushed = core.flush(self.state, self.clock, force=True)
+            self.publisher.submit(flushed.emits, flushed.rejects(), raw_events=0)
+            self.quality.export(self.state)
+
+    async def _process_loop(self, stop: asyncio.Event) -> None:
+        next_export = self.clock.now_us()
+        while not stop.is_set():
+            await asyncio.sleep(LOOP_S)
+            self.publisher.service()
+            if self.publisher.failed:
+                log.error("the bus refused our output; stopping so the supervisor restarts ingest")
+                self.fatal = True
+                return
+            if self.publisher.backlog > MAX_BACKLOG:
+                if len(self.frames) > MAX_FRAMES:
+                    self._overload()
+                continue  # let the broker catch up; frames keep arriving and wait
+            self._process_pending()
+            now = self.clock.now_us()
+            if now >= next_export:
+                next_export = now + EXPORT_EVERY_US
+                self._export()
+
+    def _process_pending(self) -> None:
+        frames, self.frames = self.frames, []
+        started = time.perf_counter()
+        out = core.process(frames, self.state, self.clock)
+        if frames:
+            self.metrics.processing_seconds.labels(STAGE).observe(time.perf_counter() - started)
+            self.metrics.events_in.labels(STAGE).inc(len(frames))
+            self.metrics.batch_size.labels(STAGE).observe(len(frames))
+        self._handle(out, raw_events=len(frames))
+
+    def _handle(self, out: IngestOutputs, *, raw_events: int) -> None:
+        for symbol in out.resync_requests:
+            self._request_snapshot(symbol)
+        for gap in out.trade_gaps:
+            task = asyncio.create_task(self._backfill(gap))
+            self._backfill_tasks.add(task)
+            task.add_done_callback(self._backfill_tasks.discard)
+        self.publisher.submit(out.emits, out.rejects(), raw_events=raw_events)
+
+    def _overload(self) -> None:
+        dropped = len(self.frames)
+        self.frames = []
+        log.error("OVERLOAD: the bus is %d outputs behind; dropped %d frames, resyncing every book",
+                  self.publisher.backlog, dropped)
+        self.metrics_overloads.labels(STAGE).inc()
+        core.lose_sync(self.state, list(self.state.symbols), self.clock, reason="overload")
+
+    def _export(self) -> None:
+        self.quality.export(self.state)
+        up = sum(c.up for c in self.connections)
+        detail = health_detail(self.state)
+        detail["connections"] = f"{up}/{len(self.connections)}"
+        self.health.set_live(not self.publisher.failed, **detail)
+        self.health.set_ready(up == len(self.connections) and not self.publisher.failed)
+
+    # --- REST tasks --------------------------------------------------------------------------------------------
+
+    def _request_snapshot(self, symbol: str) -> None:
+        task = self._snapshot_tasks.get(symbol)
+        if task is not None and not task.done():
+            return
+        self._snapshot_tasks[symbol] = asyncio.create_task(self._snapshot(symbol))
+
+    async def _snapshot(self, symbol: str) -> None:
+        backoff = Backoff(base_s=0.5, cap_s=self.options.backoff_max_s)
+        while True:
+            try:
+                body = await self.rest.depth(symbol, self.options.snapshot_limit)
+            except (RestError, httpx.HTTPError) as exc:
+                delay = backoff.next()
+                log.warning("snapshot of %s failed (%s); retrying in %.1fs", symbol, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            self._process_pending()  # diffs received while the snapshot was in flight go into the buffer first
+            out = core.apply_snapshot(self.state, symbol, body, self.clock)
+            again = symbol in out.resync_requests
+            out.resync_requests = [s for s in out.resync_requests if s != symbol]
+            self._handle(out, raw_events=0)
+            if not again:
+                if self.state.symbols[symbol].book.synced:
+                    log.info("book %s synced at update %d", symbol, self.state.symbols[symbol].book.last_update_id)
+                return
+            log.info("snapshot of %s is older than the buffered stream; fetching another", symbol)
+            await asyncio.sleep(SNAPSHOT_RETRY_S)
+
+    async def _backfill(self, gap: TradeGap) -> None:
+        try:
+            trades = await self.rest.trades_since(gap.symbol, gap.first_id, gap.last_id)
+        except (RestError, httpx.HTTPError) as exc:
+            log.warning("trade backfill of %s from id %d failed: %s", gap.symbol, gap.first_id, exc)
+            trades = []
+        self._process_pending()  # live trades received meanwhile are held with the gap: order is kept
+        out = core.apply_trade_backfill(self.state, gap.symbol, trades, self.clock)
+        self._handle(out, raw_events=0)
+
+
+# --- entry point -------------------------------------------------------------------------------------------------
+
+
+async def resolve_symbols(rest: BinanceRest, settings: Settings) -> list[str]:
+    """``--top N`` by 24 h quote volume, else SURGE_SYMBOLS checked against exchangeInfo where reachable."""
+    if settings.top_n:
+        backoff = Backoff(cap_s=settings.ws_backoff_max_s)
+        for _ in range(5):
+            try:
+                top = await rest.top_symbols(settings.top_n, settings.top_quote_asset)
+            except (RestError, httpx.HTTPError, orjson.JSONDecodeError) as exc:
+                log.warning("could not rank symbols by volume (%s); retrying", exc)
+                await asyncio.sleep(backoff.next())
+                continue
+            log.info("top %d %s symbols by 24h quote volume: %s", settings.top_n, rest.spec.name, ",".join(top))
+            return top
+        raise RuntimeError("could not rank symbols by 24h quote volume: Binance REST unreachable")
+    wanted = list(dict.fromkeys(settings.symbol_list))
+    try:
+        info = await rest.exchange_info()
+    except (RestError, httpx.HTTPError, orjson.JSONDecodeError) as exc:
+        log.warning("exchangeInfo unavailable (%s); using %s unchecked", exc, ",".join(wanted))
+        return wanted
+    trading = {str(s.get("symbol")) for s in info.get("symbols", []) if s.get("status") == "TRADING"}
+    unknown = [s for s in wanted if s not in trading]
+    if unknown:
+        log.error("not trading on Binance %s, left out: %s", rest.spec.name, ",".join(unknown))
+    return [s for s in wanted if s in trading]
+
+
+async def run_live(settings: Settings, clock: Clock, stop: threading.Event, *, publisher: SourceRunner,
+                   metrics: StageMetrics, quality: IngestQuality, health: HealthState) -> int:
+    """Run the live Binance source until ``stop``; 0 on a clean stop, 1 when the bus failed, 2 on bad config."""
+    spec = venue_spec(settings.venue)
+    spec.check_limit(settings.snapshot_limit)
+    ws_base, rest_base = base_urls(settings, spec)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per REST call otherwise
+    requests = Counter("surge_ingest_rest_requests", "Binance REST requests", ["stage", "path", "status"],
+                       registry=metrics.registry)
+    rest = BinanceRest(spec, rest_base, clock, weight_share=settings.rest_weight_share, requests=requests)
+    try:
+        try:
+            symbols = await resolve_symbols(rest, settings)
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            return 2
+        if not symbols:
+            log.error("no symbol to follow")
+            return 2
+        feed = LiveFeed(spec, ws_base, symbols, LiveOptions.from_settings(settings), clock, rest=rest,
+                        publisher=publisher, metrics=metrics, quality=quality, health=health)
+        log.info("ingest from LIVE Binance %s: %d symbols over %d connections (%s, REST %s)", spec.name, len(symbols),
+                 len(feed.connections), ws_base, rest_base)
+        health.set_live(True, source="live", venue=spec.name, symbols=",".join(symbols))
+        loop_stop = asyncio.Event()
+
+        async def watch_stop() -> None:
+            while not stop.is_set() and not loop_stop.is_set():
+                await asyncio.sleep(0.1)
+            loop_stop.set()
+
+        watcher = asyncio.create_task(watch_stop())
+        await feed.run(loop_stop)
+        watcher.cancel()
+        return 1 if feed.fatal else 0
+    finally:
+        await rest.aclose()
