@@ -50,6 +50,7 @@ from streams.storage.warehouse import (
     WarehouseError,
     apply_ddl,
     check_identifier,
+    ddl_command_patterns,
     ddl_commands,
     ddl_tables,
     open_warehouse,
@@ -94,6 +95,7 @@ ALLOWED_FUNCTIONS = _words("""
     uniqexact uniqif uniqexactif grouparray groupuniqarray quantile quantiles quantileexact quantilesexact
     quantileexactinclusive quantilesexactinclusive quantiletdigest quantilestdigest median stddevpop
     stddevsamp varpop varsamp corr row_number rank dense_rank laginframe leadinframe
+    argminmerge argmaxmerge arrayzip arrayenumerate arraymax arraymin tupleelement
 """)
 
 # EXPLAIN AST node kinds a SELECT may contain. Anything else (INTERSECT, APPLY/EXCEPT column transformers,
@@ -154,18 +156,21 @@ class Policy:
     tables: frozenset[str]  # the tables the DDL creates in ``database``
     commands: frozenset[str]  # the exact statements apply_ddl sends
     foreign_databases: frozenset[str]  # lower-cased names of every other database (system, default, ...)
+    # The same statements under any TTL settings (``{ttl_days_*}`` filled with any day count), matched in full.
+    command_patterns: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
     def for_warehouse(cls, warehouse: ClickHouseWarehouse) -> Policy:
         db = warehouse.database
         existing = {str(r["name"]).lower() for r in warehouse.query("SELECT name FROM system.databases")}
         foreign = (existing | {"system", "information_schema", "default"}) - {db.lower()}
-        return cls(db, ddl_tables(db), frozenset(ddl_commands(db)), frozenset(foreign))
+        return cls(db, ddl_tables(db), frozenset(ddl_commands(db)), frozenset(foreign),
+                   tuple(ddl_command_patterns(db)))
 
     def check_command(self, sql: str, parameters: dict[str, Any] | None) -> None:
         if parameters:
             raise Refused("refused: /command takes no parameters")
-        if sql not in self.commands:
+        if sql not in self.commands and not any(p.fullmatch(sql) for p in self.command_patterns):
             raise Refused("refused: /command runs only surge's own DDL (the statements of apply_ddl, verbatim)")
 
     def check_insert(self, table: str, column_names: list[str]) -> str:

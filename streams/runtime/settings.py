@@ -67,6 +67,38 @@ class Settings(BaseSettings):
                                       "warehouse is down (retries never stop; the consumer is paused meanwhile)")
     stall_readiness_s: float = Field(30.0, gt=0, description="A stage whose loop has made no progress (no batch "
                                      "done, no idle poll) for this long reports /readyz 503")
+    sink_store_ticks: bool = Field(True, description="Sink: also consume ticks.v1 into the trades and book_tops "
+                                   "tables (and the latest book top into Redis)")
+    sink_store_features: bool = Field(True, description="Sink: also consume features.v1 into the features table")
+    sink_store_predictions: bool = Field(True, description="Sink: also consume predictions.v1 into the predictions "
+                                         "table (and the latest prediction into Redis)")
+    # Warehouse TTLs (days), applied when a table is created (schemas/clickhouse {ttl_days_*} placeholders).
+    ttl_days_ticks: int = Field(30, ge=1, le=36500, description="Warehouse: days of trades and book tops kept")
+    ttl_days_features: int = Field(14, ge=1, le=36500, description="Warehouse: days of feature vectors kept")
+    ttl_days_predictions: int = Field(90, ge=1, le=36500, description="Warehouse: days of predictions kept")
+    ttl_days_rollup_1s: int = Field(7, ge=1, le=36500, description="Warehouse: days of 1 s trade bars kept")
+    ttl_days_rollup_1m: int = Field(400, ge=1, le=36500, description="Warehouse: days of 1 m bars and signal "
+                                    "rollups kept")
+    # Redis hot cache (streams/storage/cache.py).
+    cache_ttl_s: int = Field(5, ge=3, le=10, description="Redis: expiry (SET EX) of the latest signal, "
+                             "prediction and book top per instrument")
+    cache_l1_ttl_ms: float = Field(250.0, ge=0, le=5000, description="Gateway: in-process cache TTL of hot "
+                                   "Redis keys (0 disables)")
+    # Gateway (services/gateway/).
+    gateway_auth: Literal["open", "read"] = Field("open", description="Gateway: read routes open, or requiring "
+                                                  "a bearer token with scope read (admin routes always need admin)")
+    gateway_rate_per_min: float = Field(300.0, gt=0, description="Gateway: token-bucket refill per client, "
+                                        "requests per minute")
+    gateway_burst: float = Field(1.5, ge=1, description="Gateway: bucket size as a multiple of the per-minute rate")
+    gateway_max_concurrent: int = Field(100, ge=1, description="Gateway: requests in flight per client")
+    gateway_cache_ttl_s: float = Field(5.0, ge=0, description="Gateway: response cache TTL of reports (0 disables)")
+    gateway_model_dir: Path | None = Field(None, description="Gateway: model folder POST /predict scores with "
+                                           "(unset: the registry's active model)")
+    predict_timeout_ms: float = Field(200.0, gt=0, description="Gateway: POST /predict answers 503 after this")
+    predict_batch_max: int = Field(512, ge=1, description="Gateway: concurrent /predict requests scored in one "
+                                   "ONNX call, at most")
+    predict_batch_wait_ms: float = Field(1.0, ge=0, description="Gateway: how long the /predict batcher waits for "
+                                         "more requests once one is queued")
 
     # Sources.
     source: str = Field("auto", description="auto | sim | live | replay:PATH")

@@ -1,4 +1,9 @@
-"""Sink core: signals / outcomes / dead letters -> warehouse rows (and Redis documents for signals).
+"""Sink core: signals / outcomes / dead letters / predictions / feature vectors / tick batches -> warehouse
+rows (and Redis documents: signals, and the latest prediction and book top per instrument).
+
+A tick batch gives one ``trades`` row per trade and one ``book_tops`` row (its last bookTicker, else the best
+levels of its last book snapshot); every other message gives one row. A message any of whose rows the DDL's
+column types refuse is dead-lettered whole.
 
 Pure: ``process`` emits nothing; it appends rows to ``state.pending`` (one list per table, values in the
 column order of ``TABLE_COLUMNS``, which matches ``schemas/clickhouse/*.sql`` minus MATERIALIZED columns).
@@ -24,14 +29,19 @@ from typing import Any, Final
 import orjson
 from google.protobuf.message import Message
 
-from schemas import common_pb2, dlq_pb2, outcome_pb2, prediction_pb2, signal_pb2
+from schemas import common_pb2, dlq_pb2, features_pb2, market_pb2, outcome_pb2, prediction_pb2, signal_pb2
 from streams.runtime.clock import Clock
 from streams.runtime.core import InRecord, Outputs, Reject
+from streams.runtime.instrument import key_of, venue_name
 from streams.storage.schema import insertable_columns
 
 SIGNALS: Final = "signals"
 OUTCOMES: Final = "outcomes"
 DEAD_LETTERS: Final = "dead_letters"
+PREDICTIONS: Final = "predictions"
+FEATURES: Final = "features"
+BOOK_TOPS: Final = "book_tops"
+TRADES: Final = "trades"
 
 SIGNAL_COLUMNS: Final = (
     "signal_id", "venue", "symbol", "decision", "tier", "p_up", "horizon_min", "expected_return_bps",
@@ -49,11 +59,35 @@ DEAD_LETTER_COLUMNS: Final = (
     "dlq_id", "stage", "source_topic", "source_partition", "source_offset", "error_type", "reason",
     "payload_b64", "failed_us", "stored_us",
 )
+PREDICTION_COLUMNS: Final = (
+    "prediction_id", "venue", "symbol", "model_version", "feature_version", "horizons", "p_up", "ci_low", "ci_high",
+    "regime", "mid_price", "spread_bps", "top_features", "data_window_id", "canary", "quality_flags", "exchange_us",
+    "infer_us", "stored_us",
+)
+FEATURE_COLUMNS: Final = (
+    "vector_id", "venue", "symbol", "feature_version", "names", "values", "regime", "mid_price", "data_window_id",
+    "quality_flags", "exchange_us", "features_us", "stored_us",
+)
+BOOK_TOP_COLUMNS: Final = (
+    "venue", "symbol", "batch_id", "source", "update_id", "bid_price", "bid_qty", "ask_price", "ask_qty",
+    "quality_flags", "exchange_us", "ingest_us", "stored_us",
+)
+TRADE_COLUMNS: Final = (
+    "venue", "symbol", "trade_id", "price", "qty", "buyer_is_maker", "batch_id", "exchange_us", "ingest_us",
+    "stored_us",
+)
+# Flush order too: the signal path's tables first, the bulky market data last.
 TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     SIGNALS: SIGNAL_COLUMNS,
     OUTCOMES: OUTCOME_COLUMNS,
     DEAD_LETTERS: DEAD_LETTER_COLUMNS,
+    PREDICTIONS: PREDICTION_COLUMNS,
+    FEATURES: FEATURE_COLUMNS,
+    BOOK_TOPS: BOOK_TOP_COLUMNS,
+    TRADES: TRADE_COLUMNS,
 })
+# Tables whose rows carry a Redis document (parallel list ``SinkState.pending_docs``).
+DOC_TABLES: Final = frozenset({SIGNALS, PREDICTIONS, BOOK_TOPS})
 # Types of the inserted columns, read from the DDL itself so the pre-insert check cannot drift from the tables.
 COLUMN_TYPES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
     {table: insertable_columns(table) for table in TABLE_COLUMNS})
@@ -101,6 +135,9 @@ class SinkState:
     pending_keys: dict[str, list[str]] = field(default_factory=_empty_tables)
     pending_records: dict[str, list[InRecord[Any]]] = field(default_factory=_empty_tables)
     pending_signals: list[dict[str, Any]] = field(default_factory=list)
+    # predictions / book_tops: their Redis documents (latest per instrument), parallel to the rows.
+    pending_docs: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {PREDICTIONS: [], BOOK_TOPS: []})
     # Within a flush that has not finished yet (kept across its retries after an outage): the indices of the
     # pending rows already stored or refused, and the refused rows' dead letters.
     done: dict[str, set[int]] = field(default_factory=lambda: {table: set() for table in TABLE_COLUMNS})
@@ -130,12 +167,15 @@ class SinkState:
         self.pending_records[table] = keep(self.pending_records[table])
         if table == SIGNALS:
             self.pending_signals = keep(self.pending_signals)
+        elif table in self.pending_docs:
+            self.pending_docs[table] = keep(self.pending_docs[table])
 
     def clear_pending(self) -> None:
         self.pending = _empty_tables()
         self.pending_keys = _empty_tables()
         self.pending_records = _empty_tables()
         self.pending_signals = []
+        self.pending_docs = {PREDICTIONS: [], BOOK_TOPS: []}
         self.done = {table: set() for table in TABLE_COLUMNS}
         self.refused = []
 
@@ -224,6 +264,95 @@ def outcome_row(outcome: outcome_pb2.Outcome, stored_us: int) -> list[Any]:
     ]
 
 
+def _nan_to_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def prediction_doc(pred: prediction_pb2.Prediction, stored_us: int) -> dict[str, Any]:
+    """The prediction as a JSON document (Redis ``latest`` and the gateway use this shape)."""
+    return {
+        "prediction_id": pred.prediction_id,
+        "instrument": key_of(pred),
+        "venue": venue_name(pred.venue),
+        "symbol": pred.symbol,
+        "model_version": pred.model_version,
+        "feature_version": pred.feature_version,
+        "horizons": [{"horizon_min": h.horizon_min, "p_up": _nan_to_none(h.p_up), "ci_low": _nan_to_none(h.ci_low),
+                      "ci_high": _nan_to_none(h.ci_high)} for h in pred.horizons],
+        "regime": pred.regime,
+        "mid_price": _nan_to_none(pred.mid_price),
+        "spread_bps": _nan_to_none(pred.spread_bps),
+        "top_features": top_features_list(pred.top_features),
+        "data_window_id": pred.data_window_id,
+        "canary": pred.canary,
+        "quality_flags": quality_flag_names(pred.quality_flags),
+        "exchange_us": pred.ts.exchange_us,
+        "infer_us": pred.ts.infer_us,
+        "stored_us": stored_us,
+    }
+
+
+def prediction_row(pred: prediction_pb2.Prediction, stored_us: int) -> list[Any]:
+    return [
+        pred.prediction_id, venue_name(pred.venue), pred.symbol, pred.model_version, pred.feature_version,
+        [h.horizon_min for h in pred.horizons], [h.p_up for h in pred.horizons], [h.ci_low for h in pred.horizons],
+        [h.ci_high for h in pred.horizons], pred.regime, pred.mid_price, pred.spread_bps,
+        orjson.dumps(top_features_list(pred.top_features)).decode(), pred.data_window_id, int(pred.canary),
+        quality_flag_names(pred.quality_flags), pred.ts.exchange_us, pred.ts.infer_us, stored_us,
+    ]
+
+
+def feature_row(vec: features_pb2.FeatureVector, stored_us: int) -> list[Any]:
+    """NaN values (a window not filled yet) are stored as NULL: JSON and the warehouse service have no NaN."""
+    return [
+        vec.vector_id, venue_name(vec.venue), vec.symbol, vec.feature_version, list(vec.names),
+        [_nan_to_none(v) for v in vec.values], vec.regime, vec.mid_price, vec.data_window_id,
+        quality_flag_names(vec.quality_flags), vec.ts.exchange_us, vec.ts.features_us, stored_us,
+    ]
+
+
+def book_top_doc(batch: market_pb2.TickBatch, stored_us: int) -> dict[str, Any] | None:
+    """The batch's last top of book: its last bookTicker, else the best levels of its last book snapshot."""
+    ticker: market_pb2.BookTicker | None = None
+    book: market_pb2.BookSnapshot | None = None
+    for event in batch.events:
+        kind = event.WhichOneof("event")
+        if kind == "book_ticker":
+            ticker = event.book_ticker
+        elif kind == "book" and event.book.bids and event.book.asks:
+            book = event.book
+    if ticker is not None:
+        source, update_id = "book_ticker", ticker.update_id
+        bid, bid_qty, ask, ask_qty = ticker.bid_price, ticker.bid_qty, ticker.ask_price, ticker.ask_qty
+        exchange_us, ingest_us = ticker.exchange_us, ticker.ingest_us
+    elif book is not None:
+        source, update_id = "book", book.last_update_id
+        bid, bid_qty, ask, ask_qty = book.bids[0].price, book.bids[0].qty, book.asks[0].price, book.asks[0].qty
+        exchange_us, ingest_us = book.exchange_us, book.ingest_us
+    else:
+        return None
+    return {
+        "instrument": key_of(batch), "venue": venue_name(batch.venue), "symbol": batch.symbol,
+        "batch_id": batch.batch_id, "source": source, "update_id": update_id, "bid_price": bid, "bid_qty": bid_qty,
+        "ask_price": ask, "ask_qty": ask_qty, "quality_flags": quality_flag_names(batch.quality_flags),
+        "exchange_us": exchange_us or batch.ts.exchange_us, "ingest_us": ingest_us or batch.ts.ingest_us,
+        "stored_us": stored_us,
+    }
+
+
+def book_top_row(doc: Mapping[str, Any]) -> list[Any]:
+    return [doc[c] for c in BOOK_TOP_COLUMNS]
+
+
+def trade_rows(batch: market_pb2.TickBatch, stored_us: int) -> list[list[Any]]:
+    venue = venue_name(batch.venue)
+    return [
+        [venue, batch.symbol, e.trade.trade_id, e.trade.price, e.trade.qty, int(e.trade.buyer_is_maker),
+         batch.batch_id, e.trade.exchange_us, e.trade.ingest_us, stored_us]
+        for e in batch.events if e.WhichOneof("event") == "trade"
+    ]
+
+
 def dead_letter_id(letter: dlq_pb2.DeadLetter) -> str:
     """Kafka position when there is one; otherwise (ws/replay sources) a content hash of the payload."""
     if letter.source_partition >= 0 and letter.source_offset >= 0:
@@ -254,17 +383,54 @@ def dedup_key(table: str, value: Message) -> str:
         return f"{table}:{value.outcome_id}"
     if isinstance(value, dlq_pb2.DeadLetter):
         return f"{table}:{value.stage}:{dead_letter_id(value)}"
+    if isinstance(value, prediction_pb2.Prediction):
+        return f"{table}:{value.prediction_id}"
+    if isinstance(value, features_pb2.FeatureVector):
+        return f"{table}:{value.vector_id}"
     raise TypeError(f"no table for {type(value).__name__}")
 
 
+_TABLE_OF: Final[Mapping[type[Message], str]] = MappingProxyType({
+    signal_pb2.Signal: SIGNALS,
+    outcome_pb2.Outcome: OUTCOMES,
+    dlq_pb2.DeadLetter: DEAD_LETTERS,
+    prediction_pb2.Prediction: PREDICTIONS,
+    features_pb2.FeatureVector: FEATURES,
+    market_pb2.TickBatch: TRADES,  # and book_tops
+})
+
+
 def table_for(value: Message) -> str | None:
+    return _TABLE_OF.get(type(value))
+
+
+def tick_rows(batch: market_pb2.TickBatch, stored_us: int) -> list[tuple[str, str, list[Any], dict[str, Any] | None]]:
+    """(table, dedup key, row, Redis document) of a tick batch: its trades and its top of book."""
+    venue = venue_name(batch.venue)
+    out: list[tuple[str, str, list[Any], dict[str, Any] | None]] = [
+        (TRADES, f"{TRADES}:{venue}:{batch.symbol}:{row[2]}", row, None) for row in trade_rows(batch, stored_us)]
+    top = book_top_doc(batch, stored_us)
+    if top is not None:
+        out.append((BOOK_TOPS, f"{BOOK_TOPS}:{venue}:{batch.batch_id}", book_top_row(top), top))
+    return out
+
+
+def rows_of(value: Message, table: str, stored_us: int) -> list[tuple[str, str, list[Any], dict[str, Any] | None]]:
+    """(table, dedup key, row, Redis document or None) for every row ``value`` gives."""
+    if isinstance(value, market_pb2.TickBatch):
+        return tick_rows(value, stored_us)
+    key = dedup_key(table, value)
     if isinstance(value, signal_pb2.Signal):
-        return SIGNALS
+        doc = signal_doc(value, stored_us)
+        return [(table, key, signal_row(doc), doc)]
     if isinstance(value, outcome_pb2.Outcome):
-        return OUTCOMES
-    if isinstance(value, dlq_pb2.DeadLetter):
-        return DEAD_LETTERS
-    return None
+        return [(table, key, outcome_row(value, stored_us), None)]
+    if isinstance(value, prediction_pb2.Prediction):
+        return [(table, key, prediction_row(value, stored_us), prediction_doc(value, stored_us))]
+    if isinstance(value, features_pb2.FeatureVector):
+        return [(table, key, feature_row(value, stored_us), None)]
+    assert isinstance(value, dlq_pb2.DeadLetter)
+    return [(table, key, dead_letter_row(value, stored_us), None)]
 
 
 def process(batch: Sequence[InRecord[Message]], state: SinkState, clock: Clock) -> Outputs:
@@ -277,29 +443,30 @@ def process(batch: Sequence[InRecord[Message]], state: SinkState, clock: Clock) 
         if table is None:
             out.rejects.append(Reject(record, "unexpected_type", f"sink cannot store {type(value).__name__}"))
             continue
-        key = dedup_key(table, value)
-        if key in batch_keys or key in state.written:
-            state.duplicates_skipped += 1
+        fresh = []
+        for item in rows_of(value, table, stored_us):
+            key = item[1]
+            if key in batch_keys or key in state.written:
+                state.duplicates_skipped += 1
+                continue
+            fresh.append(item)
+        if not fresh:
             continue
-        doc: dict[str, Any] | None = None
-        if isinstance(value, signal_pb2.Signal):
-            doc = signal_doc(value, stored_us)
-            row = signal_row(doc)
-        elif isinstance(value, outcome_pb2.Outcome):
-            row = outcome_row(value, stored_us)
-        else:
-            assert isinstance(value, dlq_pb2.DeadLetter)
-            row = dead_letter_row(value, stored_us)
-        problem = row_problem(table, row)
+        problem = next((f"{t}: {p}" for t, _, row, _ in fresh if (p := row_problem(t, row)) is not None), None)
         if problem is not None:
-            out.rejects.append(Reject(record, "invalid_row", f"{table}: {problem}"))
+            out.rejects.append(Reject(record, "invalid_row", problem))
             continue
-        if doc is not None:
-            state.pending_signals.append(doc)
-        state.pending[table].append(row)
-        state.pending_keys[table].append(key)
-        state.pending_records[table].append(record)
-        batch_keys.add(key)
+        for row_table, key, row, doc in fresh:
+            if row_table == SIGNALS:
+                assert doc is not None
+                state.pending_signals.append(doc)
+            elif row_table in state.pending_docs:
+                assert doc is not None
+                state.pending_docs[row_table].append(doc)
+            state.pending[row_table].append(row)
+            state.pending_keys[row_table].append(key)
+            state.pending_records[row_table].append(record)
+            batch_keys.add(key)
     return out
 
 
@@ -319,22 +486,35 @@ def row_problem(table: str, row: Sequence[Any]) -> str | None:
 _INT_TYPE = re.compile(r"^(U?)Int(8|16|32|64)$")
 
 
+def _unwrap(column_type: str, wrapper: str) -> tuple[str, bool]:
+    if column_type.startswith(f"{wrapper}(") and column_type.endswith(")"):
+        return column_type[len(wrapper) + 1:-1], True
+    return column_type, False
+
+
 def value_problem(column_type: str, value: Any) -> str | None:
-    base = column_type
-    if base.startswith("LowCardinality(") and base.endswith(")"):
-        base = base[len("LowCardinality("):-1]
-    if base.startswith("Array(") and base.endswith(")"):
-        if not isinstance(value, list):
-            return f"{column_type} needs a list"
-        return next((f"item {v!r:.40}: {p}" for v in value if (p := value_problem(base[6:-1], v)) is not None), None)
+    base, _ = _unwrap(column_type, "LowCardinality")
+    base, nullable = _unwrap(base, "Nullable")
+    if nullable and value is None:
+        return None
+    item_type, is_array = _unwrap(base, "Array")
+    if is_array:
+        return _array_problem(column_type, item_type, value)
     if base in ("Float64", "Float32"):
         return _float_problem(column_type, value)
     match = _INT_TYPE.match(base)
     if match is not None:
         return _int_problem(column_type, value, unsigned=bool(match.group(1)), bits=int(match.group(2)))
-    if base == "String":
-        return None if isinstance(value, str) else f"{column_type} needs a string"
-    return f"no check for column type {column_type}"
+    known = base == "String"
+    if known and not isinstance(value, str):
+        return f"{column_type} needs a string"
+    return None if known else f"no check for column type {column_type}"
+
+
+def _array_problem(column_type: str, item_type: str, value: Any) -> str | None:
+    if not isinstance(value, list):
+        return f"{column_type} needs a list"
+    return next((f"item {v!r:.40}: {p}" for v in value if (p := value_problem(item_type, v)) is not None), None)
 
 
 def _float_problem(column_type: str, value: Any) -> str | None:

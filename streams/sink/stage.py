@@ -2,7 +2,13 @@
 
 The runner calls ``process`` (pure: rows are validated against the DDL's column types and queued, bad ones
 rejected to dlq.v1) and then ``flush``, before the batch's offsets can be committed. Order inside a flush:
-insert signals -> Redis (latest hash, recent list, pub/sub) -> insert outcomes -> insert dead letters.
+insert signals -> Redis (latest hash, recent list, pub/sub) -> insert outcomes -> insert dead letters ->
+insert predictions -> Redis (latest per instrument, SET EX) -> insert features -> insert book tops -> Redis
+(latest per instrument) -> insert trades (each insert also fills the rollup views of ``schemas/clickhouse``).
+
+Topics: signals.v1, outcomes.v1, dlq.v1, and (each by a setting, on by default) predictions.v1, features.v1
+and ticks.v1. One insert per table per flush: a batch of ``SURGE_SINK_BATCH_MAX`` records (or what arrived in
+``SURGE_SINK_FLUSH_MS``); a tick batch carries tens of trades, so market-data inserts run to 5k-20k rows.
 
 Failure policy:
 
@@ -29,8 +35,16 @@ from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 from streams.sink import core
 from streams.sink.core import TABLE_COLUMNS, SinkState
-from streams.storage.cache import SignalCache, open_redis
-from streams.storage.warehouse import Warehouse, WarehouseError, WarehouseUnavailable, apply_ddl, open_warehouse
+from streams.storage.cache import BOOK, PREDICTION, HotCache, SignalCache, open_redis
+from streams.storage.warehouse import (
+    DEFAULT_TTL_DAYS,
+    Warehouse,
+    WarehouseError,
+    WarehouseUnavailable,
+    apply_ddl,
+    open_warehouse,
+    settings_ttl_days,
+)
 
 log = logging.getLogger("surge.sink")
 
@@ -43,6 +57,14 @@ class SinkRuntime:
     state: SinkState = field(default_factory=SinkState)
     redis_failures: int = 0
     database: str | None = None  # set: the schema is created (idempotently) before the first insert
+    ttl_days: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TTL_DAYS))
+    cache_ttl_s: int = 5
+    hot: HotCache | None = None
+
+    def hot_cache(self) -> HotCache:
+        if self.hot is None:
+            self.hot = HotCache(self.redis, ttl_s=self.cache_ttl_s)
+        return self.hot
 
 
 def publish_signals(rt: SinkRuntime, docs: Sequence[dict[str, object]]) -> None:
@@ -51,6 +73,17 @@ def publish_signals(rt: SinkRuntime, docs: Sequence[dict[str, object]]) -> None:
     except redis.RedisError as exc:
         rt.redis_failures += 1
         log.warning("redis update of %d signal(s) failed: %s", len(docs), exc)
+
+
+LATEST_KINDS = {core.PREDICTIONS: PREDICTION, core.BOOK_TOPS: BOOK}
+
+
+def publish_latest(rt: SinkRuntime, table: str, docs: Sequence[dict[str, object]]) -> None:
+    try:
+        rt.hot_cache().put_latest(LATEST_KINDS[table], docs)
+    except redis.RedisError as exc:
+        rt.redis_failures += 1
+        log.warning("redis update of the latest %s failed: %s", table, exc)
 
 
 def insert_rows(rt: SinkRuntime, table: str, indices: list[int]) -> None:
@@ -78,6 +111,8 @@ def insert_rows(rt: SinkRuntime, table: str, indices: list[int]) -> None:
     state.done[table].update(indices)
     if table == core.SIGNALS:  # only after the signals are stored: Redis never shows an unsaved signal
         publish_signals(rt, [state.pending_signals[i] for i in indices])
+    elif table in LATEST_KINDS:
+        publish_latest(rt, table, [state.pending_docs[table][i] for i in indices])
 
 
 def write_table(rt: SinkRuntime, table: str) -> None:
@@ -95,7 +130,7 @@ def ensure_schema(rt: SinkRuntime) -> None:
     if rt.database is None:
         return
     try:
-        apply_ddl(rt.warehouse, rt.database)
+        apply_ddl(rt.warehouse, rt.database, rt.ttl_days)
     except WarehouseUnavailable as exc:
         raise DownstreamUnavailable(f"schema set-up: {exc}") from exc
     rt.database = None
@@ -104,7 +139,7 @@ def ensure_schema(rt: SinkRuntime) -> None:
 def flush(rt: SinkRuntime) -> list[Reject]:
     """Write everything pending (see the module docstring); returns the rows the warehouse refused."""
     ensure_schema(rt)
-    for table in (core.SIGNALS, core.OUTCOMES, core.DEAD_LETTERS):
+    for table in TABLE_COLUMNS:  # signals first, bulky market data last
         write_table(rt, table)
     refused, rt.state.refused = rt.state.refused, []
     return refused
@@ -131,7 +166,19 @@ def make_runtime(settings: Settings) -> SinkRuntime:
     client = open_redis(settings.redis_connection_url())
     # The schema is applied by the first flush, so a warehouse that is down at start is ridden out like any
     # other outage (consumer paused, retried without limit) instead of failing the stage.
-    return SinkRuntime(warehouse=warehouse, redis=client, database=settings.clickhouse_database)
+    return SinkRuntime(warehouse=warehouse, redis=client, database=settings.clickhouse_database,
+                       ttl_days=settings_ttl_days(settings), cache_ttl_s=settings.cache_ttl_s)
+
+
+def input_topics(settings: Settings) -> tuple[Topic, ...]:
+    topics = [Topic.SIGNALS, Topic.OUTCOMES, Topic.DLQ]
+    if settings.sink_store_predictions:
+        topics.append(Topic.PREDICTIONS)
+    if settings.sink_store_features:
+        topics.append(Topic.FEATURES)
+    if settings.sink_store_ticks:
+        topics.append(Topic.TICKS)
+    return tuple(topics)
 
 
 def close_runtime(rt: SinkRuntime) -> None:
@@ -142,7 +189,7 @@ def close_runtime(rt: SinkRuntime) -> None:
 def spec(settings: Settings) -> StageSpec[SinkRuntime]:
     return StageSpec(
         name="sink",
-        input_topics=(Topic.SIGNALS, Topic.OUTCOMES, Topic.DLQ),
+        input_topics=input_topics(settings),
         make_state=lambda context: make_runtime(context.settings),
         process=process,
         on_close=close_runtime,

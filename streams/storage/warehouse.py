@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
@@ -208,12 +209,67 @@ def _redacted(url: str) -> str:
     return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
 
 
-def ddl_statements(database: str) -> list[tuple[str, str]]:
-    """(file name, statement) for every ``schemas/clickhouse/*.sql`` in name order, ``{db}`` substituted."""
-    check_identifier(database)
+# TTLs of the time-partitioned tables, in days: ``{ttl_days_<name>}`` placeholders of the DDL files, filled from
+# the ``SURGE_TTL_DAYS_*`` settings (these are their defaults). A TTL applies when its table is created.
+DEFAULT_TTL_DAYS: Mapping[str, int] = MappingProxyType({
+    "ttl_days_ticks": 30,
+    "ttl_days_features": 14,
+    "ttl_days_predictions": 90,
+    "ttl_days_rollup_1s": 7,
+    "ttl_days_rollup_1m": 400,
+})
+MAX_TTL_DAYS = 36_500
+_PLACEHOLDER = re.compile(r"\{(ttl_days_[a-z0-9_]+)\}")
+_TTL_VALUE = "[1-9][0-9]{0,4}"  # what the warehouse service accepts in place of a TTL placeholder
+
+
+def _ddl_files() -> list[tuple[str, str]]:
     folder = resources.files("schemas") / "clickhouse"
     files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
-    return [(f.name, f.read_text(encoding="utf-8").replace("{db}", database)) for f in files]
+    return [(f.name, f.read_text(encoding="utf-8")) for f in files]
+
+
+def ttl_days_of(ttl_days: Mapping[str, int] | None) -> dict[str, int]:
+    """``DEFAULT_TTL_DAYS`` overridden by ``ttl_days``; unknown names and values outside 1..36500 are refused."""
+    merged = dict(DEFAULT_TTL_DAYS)
+    for name, days in (ttl_days or {}).items():
+        if name not in DEFAULT_TTL_DAYS:
+            raise ValueError(f"unknown TTL {name!r}: one of {', '.join(DEFAULT_TTL_DAYS)}")
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_TTL_DAYS:
+            raise ValueError(f"TTL {name} must be a whole number of days in 1..{MAX_TTL_DAYS}, not {days!r}")
+        merged[name] = days
+    return merged
+
+
+def ddl_statements(database: str, ttl_days: Mapping[str, int] | None = None) -> list[tuple[str, str]]:
+    """(file name, statement) for every ``schemas/clickhouse/*.sql`` in name order, ``{db}`` and the
+    ``{ttl_days_*}`` placeholders substituted (``ttl_days`` over ``DEFAULT_TTL_DAYS``)."""
+    check_identifier(database)
+    ttl = ttl_days_of(ttl_days)
+
+    def fill(match: re.Match[str]) -> str:
+        try:
+            return str(ttl[match.group(1)])
+        except KeyError:
+            raise ValueError(f"DDL placeholder {{{match.group(1)}}} has no setting") from None
+
+    return [(name, _PLACEHOLDER.sub(fill, text.replace("{db}", database))) for name, text in _ddl_files()]
+
+
+def ddl_command_patterns(database: str) -> list[re.Pattern[str]]:
+    """One pattern per DDL statement that matches it under ANY TTL settings (the warehouse service's allow-list:
+    every process may apply the DDL with its own ``SURGE_TTL_DAYS_*``, and only the first one creates a table)."""
+    check_identifier(database)
+    patterns = []
+    for _, text in _ddl_files():
+        escaped = re.escape(text.replace("{db}", database))
+        patterns.append(re.compile(re.sub(r"\\\{ttl_days_[a-z0-9_]+\\\}", _TTL_VALUE, escaped)))
+    return patterns
+
+
+def settings_ttl_days(settings: Settings) -> dict[str, int]:
+    """The ``SURGE_TTL_DAYS_*`` settings as ``apply_ddl``'s ``ttl_days``."""
+    return {name: int(getattr(settings, name)) for name in DEFAULT_TTL_DAYS}
 
 
 def create_database_statement(database: str) -> str:
@@ -229,16 +285,18 @@ def ddl_tables(database: str) -> frozenset[str]:
     return frozenset(m.group(2) for m in found if m is not None and m.group(1) == database)
 
 
-def ddl_commands(database: str) -> list[str]:
-    """Exactly the statements ``apply_ddl`` sends, in order (the warehouse service accepts these and no other)."""
-    return [create_database_statement(database), *(sql for _, sql in ddl_statements(database))]
+def ddl_commands(database: str, ttl_days: Mapping[str, int] | None = None) -> list[str]:
+    """Exactly the statements ``apply_ddl`` sends, in order (the warehouse service accepts these, under any TTL
+    settings, and no other)."""
+    return [create_database_statement(database), *(sql for _, sql in ddl_statements(database, ttl_days))]
 
 
-def apply_ddl(warehouse: Warehouse, database: str) -> list[str]:
-    """Create the database and every table; idempotent (``IF NOT EXISTS``). Returns the files applied."""
+def apply_ddl(warehouse: Warehouse, database: str, ttl_days: Mapping[str, int] | None = None) -> list[str]:
+    """Create the database, every table and rollup view; idempotent (``IF NOT EXISTS``). Returns the files
+    applied. ``ttl_days`` (see ``DEFAULT_TTL_DAYS``) sets the TTLs of tables this call creates."""
     warehouse.command(create_database_statement(database))
     applied = []
-    for name, sql in ddl_statements(database):
+    for name, sql in ddl_statements(database, ttl_days):
         warehouse.command(sql)
         applied.append(name)
     return applied

@@ -21,10 +21,14 @@ from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 from streams.sink import stage
 from streams.sink.core import (
+    BOOK_TOP_COLUMNS,
     DEAD_LETTER_COLUMNS,
+    FEATURE_COLUMNS,
     OUTCOME_COLUMNS,
+    PREDICTION_COLUMNS,
     SIGNAL_COLUMNS,
     TABLE_COLUMNS,
+    TRADE_COLUMNS,
     RecentIds,
     SinkState,
     process,
@@ -106,8 +110,14 @@ def test_column_lists_match_the_ddl_exactly() -> None:
     assert ddl_columns("001_signals.sql") == SIGNAL_COLUMNS
     assert ddl_columns("002_outcomes.sql") == OUTCOME_COLUMNS
     assert ddl_columns("003_dead_letters.sql") == DEAD_LETTER_COLUMNS
+    assert ddl_columns("008_trades.sql") == TRADE_COLUMNS
+    assert ddl_columns("009_book_tops.sql") == BOOK_TOP_COLUMNS
+    assert ddl_columns("010_features.sql") == FEATURE_COLUMNS
+    assert ddl_columns("011_predictions.sql") == PREDICTION_COLUMNS
     assert dict(TABLE_COLUMNS) == {"signals": SIGNAL_COLUMNS, "outcomes": OUTCOME_COLUMNS,
-                                   "dead_letters": DEAD_LETTER_COLUMNS}
+                                   "dead_letters": DEAD_LETTER_COLUMNS, "predictions": PREDICTION_COLUMNS,
+                                   "features": FEATURE_COLUMNS, "book_tops": BOOK_TOP_COLUMNS,
+                                   "trades": TRADE_COLUMNS}
 
 
 def test_signal_row() -> None:
@@ -198,7 +208,7 @@ def test_same_dead_letter_position_from_two_stages_is_two_rows() -> None:
 
 def test_unexpected_payload_is_rejected() -> None:
     state = SinkState()
-    p = prediction_pb2.Prediction(prediction_id="x", symbol="BTCUSDT")
+    p = common_pb2.Timestamps(exchange_us=1)
     out = process([rec(p), rec(sig())], state, ManualClock(NOW))
     assert [(r.error_type, r.record.value) for r in out.rejects] == [("unexpected_type", p)]
     assert len(state.pending["signals"]) == 1
@@ -255,13 +265,13 @@ def test_process_is_pure_and_flush_writes_each_table(chdb: Warehouse, tmp_path: 
     rt = SinkRuntime(warehouse=chdb, redis=dead_redis(tmp_path))
     out = stage.process([rec(sig(1)), rec(outcome()), rec(letter())], rt, ManualClock(NOW))
     assert (out.emits, out.rejects) == ([], [])
-    assert [count(chdb, t) for t in TABLE_COLUMNS] == [0, 0, 0]  # process did no I/O
+    assert [count(chdb, t) for t in TABLE_COLUMNS] == [0, 0, 0, 0, 0, 0, 0]  # process did no I/O
     assert stage.flush(rt) == []
-    assert [count(chdb, t) for t in TABLE_COLUMNS] == [1, 1, 1]
+    assert [count(chdb, t) for t in TABLE_COLUMNS] == [1, 1, 1, 0, 0, 0, 0]
     assert not rt.state.has_pending() and rt.state.pending_signals == []
     assert rt.redis_failures == 1  # Redis is down: counted, not raised; the warehouse has the data
     run_batch(rt, [rec(sig(1)), rec(outcome()), rec(letter())], ManualClock(NOW))  # redelivery: skipped
-    assert [count(chdb, t) for t in TABLE_COLUMNS] == [1, 1, 1]
+    assert [count(chdb, t) for t in TABLE_COLUMNS] == [1, 1, 1, 0, 0, 0, 0]
 
 
 def test_non_finite_and_out_of_range_values_are_rejected_before_insert(chdb: Warehouse, tmp_path: Path) -> None:
@@ -339,7 +349,7 @@ def test_an_outage_raises_downstream_unavailable_and_keeps_what_is_not_written(c
     for _ in range(3):
         with pytest.raises(DownstreamUnavailable, match="unreachable"):
             stage.flush(rt)
-        assert [len(rt.state.pending[t]) for t in TABLE_COLUMNS] == [2, 1, 0]
+        assert [len(rt.state.pending[t]) for t in TABLE_COLUMNS] == [2, 1, 0, 0, 0, 0, 0]
     rt.warehouse = chdb  # the warehouse is back
     assert stage.flush(rt) == []
     assert (count(chdb, "signals"), count(chdb, "outcomes")) == (2, 1)
@@ -390,5 +400,8 @@ def test_sink_to_chdb_deduplicates_in_memory_and_with_final(chdb: Warehouse, tmp
 def test_stage_spec_is_lazy() -> None:
     # Building the spec opens nothing: the warehouse and Redis are created by make_state in the stage process.
     spec = stage.spec(Settings(clickhouse_url="surge+http://127.0.0.1:9", redis_url="redis://127.0.0.1:9/0"))
-    assert (spec.name, spec.input_topics) == ("sink", (Topic.SIGNALS, Topic.OUTCOMES, Topic.DLQ))
+    assert (spec.name, spec.input_topics) == ("sink", (Topic.SIGNALS, Topic.OUTCOMES, Topic.DLQ, Topic.PREDICTIONS,
+                                                       Topic.FEATURES, Topic.TICKS))
+    lean = Settings(sink_store_ticks=False, sink_store_features=False, sink_store_predictions=False)
+    assert stage.spec(lean).input_topics == (Topic.SIGNALS, Topic.OUTCOMES, Topic.DLQ)
     assert spec.on_close is stage.close_runtime

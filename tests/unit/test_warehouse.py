@@ -5,6 +5,7 @@ The service's token and allow-list are tested in test_warehouse_security.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -35,7 +36,9 @@ TOKEN = "unit-test-token-0123456789abcdef"
 DDL_FILES = sorted(f.name for f in (REPO_ROOT / "schemas" / "clickhouse").glob("*.sql"))
 assert DDL_FILES[:5] == ["001_signals.sql", "002_outcomes.sql", "003_dead_letters.sql", "004_model_versions.sql",
                          "005_audit_logs.sql"]
-TABLES = ["audit_logs", "dead_letters", "model_versions", "outcomes", "signals"]
+TABLES = sorted(["audit_logs", "dead_letters", "model_versions", "outcomes", "signals", "trades", "book_tops",
+                 "features", "predictions", "performance_metrics", "ab_tests", "trades_1s", "trades_1m", "signals_1m",
+                 "trades_1s_mv", "trades_1m_mv", "signals_1m_mv", "performance_metrics_mv"])
 OUTCOME_COLUMNS = ["outcome_id", "signal_id", "venue", "symbol", "decision", "tier", "horizon_min", "label",
                    "entry_price", "exit_price", "realized_return_bps", "net_return_bps", "max_favourable_bps",
                    "max_adverse_bps", "entry_us", "exit_us", "stored_us"]
@@ -103,7 +106,10 @@ def test_chdb_warehouse_contract(chdb_warehouse: Warehouse) -> None:
     # Direct clients (chdb, a real server) run anything: only the warehouse service has an allow-list.
     wh = chdb_warehouse
     tables = wh.query("SELECT name FROM system.tables WHERE database = {db:String} ORDER BY name", {"db": "surge"})
-    assert [t["name"] for t in tables] == TABLES
+    created = {m.group(1) for _, sql in ddl_statements("surge")
+               for m in re.finditer(r"(?:TABLE|VIEW) IF NOT EXISTS surge\.(\w+)", sql)}
+    assert set(TABLES) <= created  # other files may add tables of their own
+    assert [t["name"] for t in tables] == sorted(created)
     wh.command("CREATE TABLE IF NOT EXISTS surge.scratch (k String, v Float64) ENGINE = MergeTree ORDER BY k")
     wh.insert("scratch", [("a", 1), ("b", 2.5)], ["k", "v"])
     assert wh.query("SELECT k, v FROM surge.scratch ORDER BY k") == [{"k": "a", "v": 1.0}, {"k": "b", "v": 2.5}]
@@ -116,7 +122,9 @@ def test_ddl_statements_substitute_the_database() -> None:
     assert [name for name, _ in statements] == DDL_FILES
     for _, sql in statements:
         assert "{db}" not in sql
-        assert "TABLE IF NOT EXISTS analytics." in sql or "ALTER TABLE analytics." in sql
+        assert ("TABLE IF NOT EXISTS analytics." in sql or "ALTER TABLE analytics." in sql
+                or "MATERIALIZED VIEW IF NOT EXISTS analytics." in sql)
+        assert "{ttl_days_" not in sql
     with pytest.raises(ValueError):
         ddl_statements("surge; DROP DATABASE x")
 
