@@ -28,6 +28,7 @@ from pydantic import SecretStr
 
 from services.stack.binaries import redis_command, tansu_command
 from streams.runtime.settings import ENV_PREFIX, STAGES, Settings
+from streams.venues.binance.spec import ping_url
 
 log = logging.getLogger("surge.supervisor")
 
@@ -86,15 +87,9 @@ def surge_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "services.cli", *args]
 
 
-def binance_ping_url(settings: Settings) -> str:
-    if settings.venue == "usdm":
-        return f"{settings.binance_futures_rest_url}/fapi/v1/ping"
-    return f"{settings.binance_rest_url}/api/v3/ping"
-
-
 def binance_reachable(settings: Settings) -> bool:
     try:
-        return httpx.get(binance_ping_url(settings), timeout=2.0).status_code == 200
+        return httpx.get(ping_url(settings), timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -105,10 +100,10 @@ def resolve_source(settings: Settings) -> str:
         return settings.source
     if binance_reachable(settings):
         log.warning("SOURCE: live Binance %s public streams (%s answered)", settings.venue,
-                    binance_ping_url(settings))
+                    ping_url(settings))
         return "live"
     log.warning("SOURCE: built-in market SIMULATOR (Binance %s not reachable); signals are NOT real",
-                binance_ping_url(settings))
+                ping_url(settings))
     return "sim"
 
 

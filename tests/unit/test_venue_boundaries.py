@@ -1,5 +1,5 @@
-"""The venue package's import boundaries: the ingest core is venue-neutral, and replay, the features batch driver
-and the loopback exchange run without the WebSocket client (``streams.venues.binance.ws``)."""
+"""The venue package's boundaries: the ingest core is venue-neutral; replay, the features batch driver and the
+loopback exchange run without the WebSocket client (``streams.venues.binance.ws``); the ping path has one home."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from services.stack import supervisor
+from streams.ingest import stage
+from streams.runtime.settings import Settings
+from streams.venues.binance.spec import venue_spec
 from tests.conftest import REPO_ROOT
 from tests.unit.test_layering import imported_modules
 
@@ -69,3 +74,20 @@ def test_importing_them_loads_no_websocket_client() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
                             timeout=120)
     assert result.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("venue", ["spot", "usdm"])
+def test_supervisor_and_ingest_stage_probe_the_venue_specs_ping(venue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``surge run`` and ``surge ingest --source auto`` decide live vs sim on one URL: the venue spec's ping path."""
+    asked: list[str] = []
+
+    def unreachable(url: str, **_: object) -> httpx.Response:
+        asked.append(url)
+        raise httpx.ConnectError("no network in unit tests")
+
+    monkeypatch.setattr(httpx, "get", unreachable)
+    settings = Settings(source="auto", venue=venue, binance_rest_url="http://spot.invalid",
+                        binance_futures_rest_url="http://usdm.invalid")
+    assert supervisor.resolve_source(settings) == "sim" and stage.resolve_source(settings) == "sim"
+    ping = f"http://{venue}.invalid{venue_spec(venue).ping_path}"
+    assert asked == [ping, ping]
