@@ -313,8 +313,10 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
     now_us = clock.now_us()
     config = state.config
     state.claims = []
-    # One candidate per idea and batch: near-simultaneous predictions of one idea are merged (best utility).
-    candidates: dict[IdeaKey, tuple[prediction_pb2.Prediction, Evaluation]] = {}
+    # Near-simultaneous predictions of one idea are merged into the best (the cooldown would let only one through
+    # anyway); without a cooldown every prediction stands on its own.
+    candidates: list[tuple[IdeaKey, prediction_pb2.Prediction, Evaluation]] = []
+    slots: dict[IdeaKey, int] = {}
     for record in batch:
         prediction = record.value
         problem = validate(prediction, config, now_us)
@@ -332,14 +334,17 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
         for horizon in horizons_to_act_on(prediction, config):
             ev = _evaluate_counting(state, prediction, horizon, conditions)
             key = (instrument, horizon.horizon_min)
-            held = candidates.get(key)
-            if held is not None:
-                state.count("merged")
-                if held[1].decision in ACTIONABLE and not (ev.decision in ACTIONABLE and
-                                                           ev.net_utility_bps > held[1].net_utility_bps):
-                    continue
-            candidates[key] = (prediction, ev)
-    for key, (prediction, ev) in candidates.items():
+            slot = slots.get(key)
+            if slot is None or config.cooldown_us(prediction.regime, state.risk) == 0:
+                slots[key] = len(candidates)
+                candidates.append((key, prediction, ev))
+                continue
+            state.count("merged")
+            held = candidates[slot][2]
+            if held.decision not in ACTIONABLE or (ev.decision in ACTIONABLE and
+                                                    ev.net_utility_bps > held.net_utility_bps):
+                candidates[slot] = (key, prediction, ev)
+    for key, prediction, ev in candidates:
         _emit(state, key, prediction, ev, now_us, out)
     return out
 

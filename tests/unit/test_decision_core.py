@@ -381,3 +381,10 @@ def test_stage_spec(tmp_path: Any) -> None:
     rt = spec.make_state(StageContext.standalone("decision", settings(redis_url="redis://127.0.0.1:9/0")))
     assert isinstance(rt.state, DecisionState)
     assert rt.state.cost.fee_bps == 2.0 and rt.state.config.tier_a.tau == 0.75
+
+
+def test_without_a_cooldown_every_prediction_stands_on_its_own(clock: ManualClock) -> None:
+    """No cooldown, nothing to merge: three predictions of one idea in one batch are three signals."""
+    out = run(DecisionState.from_settings(settings()), clock, pred(0.80, i=1), pred(0.95, i=2), pred(0.85, i=3))
+    assert [e.value.signal_id for e in out.emits] == [  # type: ignore[attr-defined]
+        "BTCUSDT:1:m7:5", "BTCUSDT:2:m7:5", "BTCUSDT:3:m7:5"]
