@@ -48,6 +48,16 @@ def train(
     folds: Annotated[int, typer.Option(help="Purged CV folds")] = 5,
     rounds: Annotated[int, typer.Option(help="Boosting rounds")] = 300,
     seed: Annotated[int, typer.Option(help="Random seed")] = 7,
+    class_weight: Annotated[str, typer.Option(help="balanced | none (uniqueness weights only)")] = "balanced",
+    monotone: Annotated[str, typer.Option(help="Comma-separated features the forecast may only rise with")] = "",
+    calibration: Annotated[str, typer.Option(help="isotonic | platt | beta | temperature")] = "isotonic",
+    calibration_days: Annotated[float, typer.Option(
+        help="Fit the calibration on the out-of-fold scores of the last N days of training (0: all)")] = 0.0,
+    variants: Annotated[int | None, typer.Option(
+        help="Also evaluate every variant (weights, monotone, objective, calibration) on this horizon and "
+             "report them all in the card")] = None,
+    pool: Annotated[list[Path] | None, typer.Option(
+        "--pool", help="Other symbols' kline files for the pooled variant (with --variants)")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress output")] = False,
 ) -> None:
     """Train calibrated multi-horizon LightGBM models and export an infer-stage artifact with its model card."""
@@ -57,11 +67,18 @@ def train(
 
     if objective not in ("focal", "logloss"):
         raise typer.BadParameter("objective must be focal or logloss")
+    if class_weight not in ("balanced", "none"):
+        raise typer.BadParameter("class-weight must be balanced or none")
     try:
         cfg = TrainConfig(horizons=_horizons(horizons), gamma=gamma, objective=objective,  # type: ignore[arg-type]
-                          theta_up=theta_up, theta_dn=theta_dn, folds=folds, num_boost_round=rounds, seed=seed)
+                          theta_up=theta_up, theta_dn=theta_dn, folds=folds, num_boost_round=rounds, seed=seed,
+                          class_weight=class_weight,  # type: ignore[arg-type]
+                          monotone_increasing=tuple(m.strip() for m in monotone.split(",") if m.strip()),
+                          calibration=calibration,  # type: ignore[arg-type]
+                          calibration_recent_days=calibration_days)
         card = run_training(_files(data), out, cfg, eval_data=_files(eval_data or []), quiet=quiet,
-                            command="surge " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                            command="surge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                            variants_horizon=variants, pool_data=_files(pool or []))
     except (DataError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
@@ -93,6 +110,104 @@ def score(
     console.print(f"scored {len(frame)} rows with {frame.attrs['model_version']} -> {out}")
 
 
+def evaluate(
+    data: Annotated[list[Path], typer.Option("--data", help="Kline file(s), oldest first (repeatable)")],
+    walk_forward: Annotated[bool, typer.Option("--walk-forward", help="Walk-forward refits (the only mode)")] = False,
+    step: Annotated[str, typer.Option(help="month | week: length of each test window")] = "month",
+    horizon: Annotated[int, typer.Option(help="Horizon in minutes")] = 30,
+    min_train_days: Annotated[float, typer.Option(help="Days of data before the first test window")] = 28.0,
+    window_days: Annotated[float, typer.Option(help="Rolling training window in days (0: expanding)")] = 0.0,
+    class_weight: Annotated[str, typer.Option(help="balanced | none")] = "none",
+    monotone: Annotated[str, typer.Option(help="Comma-separated monotone-increasing features")] =
+        "parkinson_5m,parkinson_1h,rv_1h",
+    calibration: Annotated[str, typer.Option(help="isotonic | platt | beta | temperature")] = "temperature",
+    calibration_days: Annotated[float, typer.Option(help="Recent calibration window in days (0: all)")] = 15.0,
+    objective: Annotated[str, typer.Option(help="focal | logloss")] = "logloss",
+    folds: Annotated[int, typer.Option(help="Purged CV folds inside each training window")] = 5,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the report as JSON (and .md beside it)")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress output")] = False,
+) -> None:
+    """Walk-forward evaluation with purge and embargo: ECE / Brier / AUC per fold and a PSI/KS drift test that
+    says when a retrain is due (defaults: the shipped klines model's recipe)."""
+    import json
+
+    from services.training.dataset import DataError, klines_frame
+    from services.training.train import TrainConfig, strict_json
+    from services.training.walkforward import report_markdown
+    from services.training.walkforward import walk_forward as run_walk_forward
+
+    if not walk_forward:
+        raise typer.BadParameter("only --walk-forward is implemented")
+    try:
+        cfg = TrainConfig(horizons=(horizon,), class_weight=class_weight,  # type: ignore[arg-type]
+                          monotone_increasing=tuple(m.strip() for m in monotone.split(",") if m.strip()),
+                          calibration=calibration,  # type: ignore[arg-type]
+                          calibration_recent_days=calibration_days, objective=objective,  # type: ignore[arg-type]
+                          folds=folds)
+        frame = klines_frame(_files(data))
+        report = run_walk_forward(frame, cfg, horizon=horizon, step=step, min_train_days=min_train_days,
+                              window_days=window_days, log=(lambda _m: None) if quiet else console.print)
+    except (DataError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    text = report_markdown(report)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(strict_json(report), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        out.with_suffix(".md").write_text(text, encoding="utf-8")
+    typer.echo(text)
+    raise typer.Exit(1 if report["summary"]["retrain_due_now"] else 0)
+
+
+def retrain(
+    data: Annotated[list[Path], typer.Option("--data", help="Kline file(s) to retrain on (repeatable)")],
+    out: Annotated[Path, typer.Option("--out", help="Artifact folder to write")],
+    eval_data: Annotated[list[Path] | None, typer.Option("--eval", help="Held-out evaluation file(s)")] = None,
+    since_hours: Annotated[float, typer.Option(help="Realized outcomes of the last N hours (0: all)")] = 0.0,
+    min_outcomes: Annotated[int, typer.Option(help="Refuse with fewer realized labels than this")] = 1,
+    max_ece: Annotated[float, typer.Option(help="Gate: largest calibration ECE of any horizon")] = 0.05,
+    horizons: Annotated[str, typer.Option(help="Comma-separated horizons in minutes")] = "5,10,30",
+    calibration_days: Annotated[float, typer.Option(help="Recent calibration window in days")] = 15.0,
+) -> None:
+    """Closed loop: realized outcomes from the warehouse -> retrain (the shipped klines recipe) -> gate ->
+    register -> canary at SURGE_CANARY_SHARE (5-10 %); every step in audit_logs."""
+    import time
+
+    from services.commands.models import os_actor
+    from services.training.dataset import DataError
+    from services.training.retrain import RetrainError
+    from services.training.retrain import retrain as run_retrain
+    from services.training.train import TrainConfig
+    from streams.runtime.clock import LiveClock
+    from streams.runtime.settings import Settings
+    from streams.storage.registry import RegistryError
+    from streams.storage.warehouse import apply_ddl, open_warehouse_from
+
+    settings = Settings()
+    warehouse = open_warehouse_from(settings)
+    apply_ddl(warehouse, settings.clickhouse_database)
+    since_us = int((time.time() - since_hours * 3600) * 1e6) if since_hours > 0 else 0
+    try:
+        cfg = TrainConfig(horizons=_horizons(horizons), objective="logloss", class_weight="none",
+                          monotone_increasing=("parkinson_5m", "parkinson_1h", "rv_1h"), calibration="temperature",
+                          calibration_recent_days=calibration_days)
+        result = run_retrain(warehouse, LiveClock(), _files(data), out, cfg, canary_share=settings.canary_share,
+                             eval_data=_files(eval_data or []), since_us=since_us, min_outcomes=min_outcomes,
+                             max_ece=max_ece, actor=f"retrain:{os_actor()}",
+                             command="surge " + " ".join(shlex.quote(a) for a in sys.argv[1:]), log=console.print)
+    except (DataError, RetrainError, RegistryError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    finally:
+        warehouse.close()
+    colour = "green" if result.deployed else "yellow"
+    console.print(f"[{colour}]{result.model_version}[/{colour}]: "
+                  f"{'canary deployed' if result.deployed else 'not deployed'} ({result.reason})")
+    raise typer.Exit(0 if result.deployed else 1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("score")(score)
+    app.command("evaluate")(evaluate)
+    app.command("retrain")(retrain)

@@ -44,9 +44,14 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"* **Model**: LightGBM per horizon, shipped objective **{card['objective']}**"
         f"{' (gamma ' + str(cfg['gamma']) + ')' if card['objective'] == 'focal' else ''}, "
         f"{cfg['num_boost_round']} rounds, {cfg['num_leaves']} leaves, learning rate {cfg['learning_rate']}; "
-        f"weights: uniqueness={cfg['uniqueness']}, classes {cfg['class_weight']}.",
+        f"weights: uniqueness={cfg['uniqueness']}, classes {cfg['class_weight']}"
+        + (f"; monotone increasing in {', '.join(f'`{n}`' for n in cfg['monotone_increasing'])}"
+           if cfg.get("monotone_increasing") else "") + ".",
         f"* **Validation**: purged {cfg['folds']}-fold CV on label spans, embargo {cfg['embargo_frac']:.0%} of the "
-        "training span; isotonic calibration fitted on out-of-fold scores (cross-fitted for the OOF metrics).",
+        f"training span; {cfg.get('calibration', 'isotonic')} calibration fitted on out-of-fold scores"
+        + (f" of the last {_f(float(cfg['calibration_recent_days']), 0)} days of training (recent window)"
+           if cfg.get("calibration_recent_days") else "")
+        + " (cross-fitted on the other folds for the OOF metrics).",
         f"* **Training window**: {tr['train_window'].get('first_bar_utc', 'n/a')} to "
         f"{tr['train_window'].get('last_bar_utc', 'n/a')} UTC; "
         + (f"**evaluation window**: {tr['eval_window'].get('first_bar_utc', 'n/a')} to "
@@ -91,7 +96,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     for h, m in card["metrics"]["oof"].items():
         lines.append(f"| {h} | {m['n']} | {_f(m['base_rate'])} | {_f(m['brier'], 5)} | {_f(m['brier_base_rate'], 5)} "
                      f"| {_f(m['brier_skill'])} | {_pp(m['ece'])} | {_f(m['pr_auc'])} | {_f(m['roc_auc'])} |")
-    lines += ["", "## Focal loss vs plain log loss (both isotonic-calibrated)", "",
+    lines += variants_markdown(card)
+    lines += ["", "## Focal loss vs plain log loss (both calibrated as shipped)", "",
               "| horizon | objective | OOF Brier skill | OOF PR-AUC | OOF ECE | eval Brier skill | eval PR-AUC | "
               "eval ECE | eval log loss |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -125,6 +131,33 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += ["", f"Command: `{tr['command']}`", "", "## Limitations", ""]
     lines += [f"* {s}" for s in card["limitations"]]
     return "\n".join(lines) + "\n"
+
+
+def variants_markdown(card: dict[str, Any]) -> list[str]:
+    """Every variant tried (``services.training.variants``), winners and losers, on the evaluation period."""
+    var = card.get("variants")
+    if not var:
+        return []
+    lines = ["", f"## Every variant tried (horizon {var['horizon']} min, evaluation period)", "",
+             "Each row is scored as it would be served (booster + calibration table). Calibration windows: "
+             "*all OOF* = every out-of-fold score of training; *recent OOF* = the out-of-fold scores of the last "
+             f"{_f(float(var['recent_days']), 0)} days only; *recent hold-out* = a booster fitted on the bars "
+             "before that window (purged) and calibrated on it out of sample. Skill (train rate) is against the "
+             "training base rate; skill (period rate) against the evaluation period's own rate, known only "
+             "afterwards. **Selection caveat**: the shipped row was chosen with these evaluation numbers, so its "
+             "row is optimistic; the walk-forward evaluation is the unbiased check.", "",
+             "| variant | objective | calibration | window | ECE | ROC-AUC | PR-AUC | Brier | skill (train rate) "
+             "| skill (period rate) | mean p | shipped |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for v in var["rows"]:
+        lines.append(f"| {v['variant']} | {v['objective']} | {v['calibration']} | {v['calibration_window']} | "
+                     f"{_pp(v['ece'])} | {_f(v['roc_auc'], 3)} | {_f(v['pr_auc'], 3)} | {_f(v['brier'], 5)} | "
+                     f"{_f(v['brier_skill'])} | {_f(v['brier_skill_period'])} | {_f(v['mean_p'])} | "
+                     f"{'**yes**' if v.get('shipped_config') else ''} |")
+    if var.get("pool_files"):
+        lines += ["", "Pooled symbols (training only, bars whose labels end before the evaluation period): "
+                  + ", ".join(f"`{f['file']}` ({f.get('pooled_bars', 'n/a')} bars)" for f in var["pool_files"])]
+    return lines
 
 
 def plot_reliability(card: dict[str, Any], path: Path) -> None:

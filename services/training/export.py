@@ -6,12 +6,16 @@ Thresholds: LightGBM splits on float64 thresholds but ONNX TreeEnsemble compares
 replaced by the largest float32 <= t before export, which leaves every decision on float32 inputs unchanged and
 makes the graph exact up to float32 summation of leaf values (``parity`` measures it; the card states it).
 
-Calibration: isotonic regression on out-of-fold raw scores, held as ``streams.infer.model.Calibration``, the
-infer stage's own class, so training scores calibrated probabilities with the function that serves them.
+Calibration: a monotone map of out-of-fold raw scores, held as ``streams.infer.model.Calibration`` (the infer
+stage's own class, a piecewise-linear table), so training scores calibrated probabilities with the function that
+serves them. ``isotonic`` is the table itself; the parametric maps (``platt``: sigmoid(a z + b) of the raw logit z,
+``beta``: Kull et al.'s sigmoid(a ln r - b ln(1 - r) + c) with a, b >= 0, ``temperature``: sigmoid(z / T)) are
+tabulated on ``PARAMETRIC_GRID`` points evenly spaced in logit, where linear interpolation is exact to ~1e-5.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
+from scipy.optimize import minimize
 from sklearn.isotonic import IsotonicRegression
 
 from streams.infer.model import Calibration, Model
@@ -32,6 +37,9 @@ OUTPUT_NAME = "p_up_raw"
 CAL_BINS = 20  # raw-p bins whose calibration-sample counts size the served confidence interval
 Z_95 = 1.959963984540054
 PROBE_NAN_SHARE = 0.05
+CALIBRATIONS = ("isotonic", "platt", "beta", "temperature")
+PARAMETRIC_GRID = 801
+_LOGIT_EDGE = 12.0  # grid spans raw logits in [-12, 12]; the table is flat beyond (raw p < 6e-6 or > 1 - 6e-6)
 
 
 def float32_floor(t: float) -> float:
@@ -101,14 +109,68 @@ def to_onnx(boosters: Sequence[lgb.Booster], n_features: int) -> onnx.ModelProto
     return model
 
 
-def fit_calibration(horizon_min: int, raw: FloatArray, y: FloatArray) -> Calibration:
-    """Isotonic map of raw scores to outcome frequencies, with the counts of ``raw`` per raw-p bin."""
-    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-    iso.fit(raw, y)
+def _logit(p: FloatArray) -> FloatArray:
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.asarray(np.log(q / (1 - q)), dtype=np.float64)
+
+
+def _sigmoid(z: FloatArray) -> FloatArray:
+    return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+
+
+def _logistic_fit(design: FloatArray, y: FloatArray, nonneg: int = 0) -> FloatArray:
+    """Max-likelihood coefficients of sigmoid(design @ [w, c]); the first ``nonneg`` slopes kept >= 0."""
+    d = np.column_stack([design, np.ones(len(y))])
+
+    def nll(w: FloatArray) -> tuple[float, FloatArray]:
+        z = d @ w
+        p = _sigmoid(z)
+        loss = float(np.mean(np.logaddexp(0.0, z) - y * z))
+        return loss, np.asarray(d.T @ (p - y) / len(y), dtype=np.float64)
+
+    start = np.zeros(d.shape[1])
+    start[:design.shape[1]] = 1.0
+    rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
+    start[-1] = math.log(rate / (1 - rate)) if design.shape[1] == 0 else 0.0
+    bounds = [(0.0, None) if j < nonneg else (None, None) for j in range(d.shape[1])]
+    res = minimize(nll, start, jac=True, method="L-BFGS-B", bounds=bounds)
+    return np.asarray(res.x, dtype=np.float64)
+
+
+def calibration_map(method: str, raw: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """(x, y) of the monotone table of ``method`` fitted on raw scores and 0/1 outcomes."""
+    raw = np.asarray(raw, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if method not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {method!r}")
+    if method == "isotonic":
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+        iso.fit(raw, y)
+        return np.asarray(iso.X_thresholds_, dtype=np.float64), np.asarray(iso.y_thresholds_, dtype=np.float64)
+    z = _logit(raw)
+    grid_z = np.linspace(-_LOGIT_EDGE, _LOGIT_EDGE, PARAMETRIC_GRID)
+    grid = _sigmoid(grid_z)
+    if method == "temperature":
+        w = _logistic_fit(z[:, None], y, nonneg=1)  # slope 1/T; fitted without an offset below
+        t_inv = float(minimize(lambda v: float(np.mean(np.logaddexp(0.0, v[0] * z) - y * v[0] * z)), [w[0]],
+                               bounds=[(1e-3, 50.0)], method="L-BFGS-B").x[0])
+        table = _sigmoid(t_inv * grid_z)
+    elif method == "platt":
+        w = _logistic_fit(z[:, None], y, nonneg=1)
+        table = _sigmoid(w[0] * grid_z + w[1])
+    else:  # beta
+        feats = np.column_stack([np.log(np.clip(raw, 1e-12, 1.0)), -np.log(np.clip(1 - raw, 1e-12, 1.0))])
+        w = _logistic_fit(feats, y, nonneg=2)
+        table = _sigmoid(w[0] * np.log(grid) - w[1] * np.log1p(-grid) + w[2])
+    return grid, np.clip(np.maximum.accumulate(table), 0.0, 1.0)
+
+
+def fit_calibration(horizon_min: int, raw: FloatArray, y: FloatArray, method: str = "isotonic") -> Calibration:
+    """Monotone map (``method``, one of ``CALIBRATIONS``) of raw scores to outcome frequencies, with the counts of
+    ``raw`` per raw-p bin."""
+    x_table, y_table = calibration_map(method, raw, y)
     counts, edges = np.histogram(raw, bins=CAL_BINS, range=(0.0, 1.0))
-    return Calibration(horizon_min, np.asarray(iso.X_thresholds_, dtype=np.float64),
-                       np.asarray(iso.y_thresholds_, dtype=np.float64), edges.astype(np.float64),
-                       counts.astype(np.int64), Z_95)
+    return Calibration(horizon_min, x_table, y_table, edges.astype(np.float64), counts.astype(np.int64), Z_95)
 
 
 def calibration_json(cal: Calibration) -> dict[str, Any]:

@@ -134,6 +134,8 @@ def probability_metrics(
         "brier_base_rate": brier_base,
         "brier_skill": float(1.0 - brier / brier_base) if brier_base > 0 else float("nan"),
         "brier_period_climatology": brier_clim,
+        # Skill against the period's own rate, known only afterwards: > 0 means the forecast beats hindsight.
+        "brier_skill_period": float(1.0 - brier / brier_clim) if brier_clim > 0 else float("nan"),
         "ece": float(ece(p, y)),
         "ece_quantile": quantile_ece(p, y),
         "log_loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),

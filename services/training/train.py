@@ -65,6 +65,7 @@ from streams.infer.model import MODEL_FORMAT, Calibration, load_model
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 ObjectiveName = Literal["focal", "logloss"]
+CalibrationName = Literal["isotonic", "platt", "beta", "temperature"]
 OBJECTIVES: tuple[ObjectiveName, ...] = ("focal", "logloss")
 
 
@@ -93,6 +94,14 @@ class TrainConfig:
     threads: int = 1  # OpenMP threads spin-wait: on a shared box more threads can be 20x slower, and 1 is bit-exact
     max_parity_diff: float = 1e-4
     features: tuple[str, ...] = field(default_factory=tuple)  # empty: every numeric non-bar column
+    # Features the forecast may only rise with (LightGBM monotone constraints), e.g. volatility: a fixed-width
+    # barrier is reached more often the more the price moves, and the constraint keeps that true below the
+    # lowest volatility seen in training.
+    monotone_increasing: tuple[str, ...] = field(default_factory=tuple)
+    calibration: CalibrationName = "isotonic"
+    # > 0: the shipped calibration is fitted on the out-of-fold scores of the last this many days of training
+    # only (recent window: the regime the model goes live in), not on every out-of-fold score.
+    calibration_recent_days: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.horizons or any(h < 1 for h in self.horizons):
@@ -101,6 +110,10 @@ class TrainConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}")
         if self.gamma < 0:
             raise ValueError("gamma must be >= 0")
+        if self.calibration not in export.CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {export.CALIBRATIONS}")
+        if self.calibration_recent_days < 0:
+            raise ValueError("calibration_recent_days must be >= 0")
 
 
 def lgb_params(cfg: TrainConfig) -> dict[str, Any]:
@@ -124,6 +137,9 @@ def fit_booster(x: FloatArray, y: FloatArray, w: FloatArray, names: Sequence[str
                 objective: ObjectiveName) -> lgb.Booster:
     """A booster whose ``predict`` is P(up): focal boosters are rewritten as plain binary ones."""
     params = lgb_params(cfg)
+    if cfg.monotone_increasing:
+        params["monotone_constraints"] = [1 if n in cfg.monotone_increasing else 0 for n in names]
+        params["monotone_constraints_method"] = "advanced"
     if objective == "logloss":
         data = lgb.Dataset(x, label=y, weight=w, feature_name=list(names), free_raw_data=True)
         return lgb.train({**params, "objective": "binary"}, data, num_boost_round=cfg.num_boost_round)
@@ -167,14 +183,22 @@ class HorizonResult:
     folds_used: int
 
 
-def cross_fitted(oof: FloatArray, y: FloatArray, folds: list[tuple[IntArray, IntArray]], h: int) -> FloatArray:
-    """Each test fold calibrated by isotonic fitted on the other folds' out-of-fold scores only."""
+def cross_fitted(oof: FloatArray, y: FloatArray, folds: list[tuple[IntArray, IntArray]], h: int,
+                 method: str = "isotonic") -> FloatArray:
+    """Each test fold calibrated by ``method`` fitted on the other folds' out-of-fold scores only."""
     out = np.full(len(y), np.nan)
     for _, test_idx in folds:
         other = np.ones(len(y), dtype=bool)
         other[test_idx] = False
-        out[test_idx] = export.fit_calibration(h, oof[other], y[other]).apply(oof[test_idx])
+        out[test_idx] = export.fit_calibration(h, oof[other], y[other], method).apply(oof[test_idx])
     return out
+
+
+def recent_mask(ts: IntArray, days: float) -> npt.NDArray[np.bool_]:
+    """Rows within the last ``days`` of ``ts`` (ms); every row when days is 0."""
+    if days <= 0 or not len(ts):
+        return np.ones(len(ts), dtype=bool)
+    return np.asarray(ts >= int(ts.max()) - int(days * 86_400_000), dtype=np.bool_)
 
 
 def train_horizon(lab: Labelled, h: int, rows: IntArray, x: FloatArray, names: Sequence[str], cfg: TrainConfig,
@@ -202,10 +226,12 @@ def train_horizon(lab: Labelled, h: int, rows: IntArray, x: FloatArray, names: S
         for tr, te in folds:
             oof[te] = fit_booster(xs[tr], y[tr], w[tr], names, cfg, obj).predict(xs[te])
             advance()
-        cal = cross_fitted(oof[scored], y[scored], [(tr, _reindex(te, scored)) for tr, te in folds], h)
+        cal = cross_fitted(oof[scored], y[scored], [(tr, _reindex(te, scored)) for tr, te in folds], h,
+                           cfg.calibration)
         oof_metrics[obj] = probability_metrics(cal, y[scored], base_rate_forecast=base_rate, raw=oof[scored])
         oof_raw[obj] = oof
-        calibrations[obj] = export.fit_calibration(h, oof[scored], y[scored])
+        recent = scored & recent_mask(lab.ts[rows], cfg.calibration_recent_days)
+        calibrations[obj] = export.fit_calibration(h, oof[recent], y[recent], cfg.calibration)
         boosters[obj] = export.round_thresholds(fit_booster(xs, y, w, names, cfg, obj))
         advance()
     return HorizonResult(boosters, calibrations, oof_raw, oof_metrics, len(rows), base_rate, len(folds))
@@ -317,14 +343,36 @@ def train(
     frame_fn: FrameFn | None = None,
     quiet: bool = False,
     command: str = "",
+    variants_horizon: int | None = None,
+    pool_data: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """``surge train``: the pipeline on kline files; writes the artifact folder and returns the card."""
+    """``surge train``: the pipeline on kline files; writes the artifact folder and returns the card. With
+    ``variants_horizon`` every variant of ``services.training.variants`` is also evaluated on that horizon and
+    reported in the card; ``pool_data`` (other symbols' kline files) joins only the pooled variant."""
     steps = Steps(quiet)
     ds = klines_set(data, cfg, eval_data=eval_data, frame_fn=frame_fn, command=command, steps=steps)
-    return train_on(ds, out_dir, cfg, steps)
+    pool: PoolSet | None = None
+    if pool_data and variants_horizon is not None:
+        pool = pool_set(pool_data, cfg, variants_horizon, ds.eval_window, frame_fn)
+    return train_on(ds, out_dir, cfg, steps, variants_horizon=variants_horizon, pool=pool)
 
 
-def train_on(ds: TrainingSet, out_dir: Path, cfg: TrainConfig, steps: Steps | None = None) -> dict[str, Any]:
+PoolSet = tuple[Labelled, list[dict[str, Any]]]
+
+
+def pool_set(paths: Sequence[Path], cfg: TrainConfig, h: int, eval_window: dict[str, Any],
+             frame_fn: FrameFn | None) -> PoolSet:
+    """Other symbols' bars for the pooled variant: labelled like the training set; bars whose label reaches the
+    evaluation period's start or later are dropped (no later market state may inform the evaluation)."""
+    infos = [file_info(Path(p)) for p in paths]
+    frame = (frame_fn or klines_frame)([Path(p) for p in paths])
+    check_frame(frame)
+    lab = label_frame(frame, LabelSpec.minute_bars((h,), cfg.theta_up, cfg.theta_dn))
+    return lab, infos
+
+
+def train_on(ds: TrainingSet, out_dir: Path, cfg: TrainConfig, steps: Steps | None = None, *,
+             variants_horizon: int | None = None, pool: PoolSet | None = None) -> dict[str, Any]:
     """Train, export, check parity and write the artifact folder; returns the card."""
     steps = steps or Steps(quiet=True)
     lab = ds.lab
@@ -447,6 +495,31 @@ def train_on(ds: TrainingSet, out_dir: Path, cfg: TrainConfig, steps: Steps | No
                                     raw=raw)
             comparison[str(h)][obj]["eval"] = _headline(m)
 
+    variants: list[dict[str, Any]] = []
+    pool_files: list[dict[str, Any]] = []
+    if variants_horizon is not None:
+        from services.training.variants import run_variants
+
+        h = variants_horizon
+        if h not in cfg.horizons:
+            raise DataError(f"variants horizon {h} is not one of the trained horizons {cfg.horizons}")
+        pool_xyw = None
+        if pool is not None:
+            plab, pool_files = pool
+            first_eval = int(ds.eval_window.get("first_bar_ms", np.iinfo(np.int64).max))
+            pool_keep = np.isfinite(plab.y[h]) & (plab.end_ts[h] < first_eval)
+            px = plab.frame[names].to_numpy(dtype=np.float64).astype(np.float32).astype(np.float64)[pool_keep]
+            pool_xyw = (px, plab.y[h][pool_keep], plab.uniqueness[h][pool_keep])
+            pool_files = [{**f, "pooled_bars": int(pool_keep.sum())} for f in pool_files]
+        variants = run_variants(lab, h, rows_of[h][0], rows_of[h][1], x, list(names), cfg, pool=pool_xyw,
+                                log=steps.log)
+        shipped_window = "recent OOF" if cfg.calibration_recent_days > 0 else "all OOF"
+        for v in variants:
+            v["shipped_config"] = (v["objective"] == cfg.objective and v["class_weight"] == cfg.class_weight
+                                   and tuple(v["monotone_increasing"]) == tuple(cfg.monotone_increasing)
+                                   and not v["pooled"] and v["calibration"] == cfg.calibration
+                                   and v["calibration_window"] == shipped_window)
+
     size = sum((out_dir / f).stat().st_size for f in ("model.onnx", "model.json"))
     importance_sorted = sorted(zip(names, (float(v) for v in importance), strict=True), key=lambda kv: -kv[1])
     card: dict[str, Any] = {
@@ -469,6 +542,9 @@ def train_on(ds: TrainingSet, out_dir: Path, cfg: TrainConfig, steps: Steps | No
         "reliability_png": "reliability.png",
         "limitations": [*ds.limitations(training), *metric_limitations(eval_metrics)],
     }
+    if variants_horizon is not None:
+        card["variants"] = {"horizon": variants_horizon, "recent_days": cfg.calibration_recent_days or 15.0,
+                            "pool_files": pool_files, "rows": variants}
     (out_dir / "card.json").write_text(json.dumps(strict_json(card), indent=1, allow_nan=False) + "\n",
                                        encoding="utf-8")
     (out_dir / "card.md").write_text(card_markdown(card), encoding="utf-8")
