@@ -75,6 +75,7 @@ class BacktestConfig:
     kline_spread_bps: float = 1.0   # klines: assumed full spread (bps) of the bar fill model
     venue: str | None = None        # spot | usdm; default: from the file names (klines) or detected (captures)
     use_risk: bool = True           # False: the decision core always sees NORMAL (for parity checks)
+    slippage_bps: float | None = None  # per-side slippage instead of the cost model's quantile of the mode
 
 
 # --- trades and the book-keeping -----------------------------------------------------------------------------------
@@ -329,6 +330,8 @@ class Simulation:
 
     def slippage_bps(self, regime: str) -> float:
         """One side of the cost model's round-trip beyond-touch slippage at the mode's quantile."""
+        if self.cfg.slippage_bps is not None:
+            return self.cfg.slippage_bps
         hit = self._slippage.get(regime)
         if hit is None:
             hit = self._slippage[regime] = quantile_slippage_bps(self.pipeline.decision_state.cost, self.venue,

@@ -165,7 +165,7 @@ class TimingWheel(Generic[T]):
             for due, _, item in sorted(keep, key=lambda e: (e[0], e[1])):
                 self.schedule(due, item)
         else:
-            while self.tick <= last:
+            while True:
                 slot = self.slots[self.tick % self.n]
                 if slot:
                     due_now = [e for e in slot if e[0] <= now_us]
@@ -176,6 +176,8 @@ class TimingWheel(Generic[T]):
                         out.extend(due_now)
                         slot[:] = [e for e in slot if e[0] > now_us]
                         break
+                if self.tick >= last:
+                    break  # items scheduled overdue sit in the current tick: it is checked again next time
                 self.tick += 1
                 if self.overflow and self.tick % self.n == 0:
                     self._rebucket()
