@@ -1,12 +1,12 @@
 """Every model variant tried for the held-out report, on one horizon, through the pipeline's own pieces.
 
 The grid (issue 12): class weights (balanced on uniqueness vs uniqueness only), monotone constraints on the
-volatility features (or the configured ``monotone_increasing``), focal loss vs log loss, four calibration maps (isotonic, Platt, beta, temperature) fitted
-on three windows (every out-of-fold score; the out-of-fold scores of the last ``calibration_recent_days``
-(15 when unset) only; a booster
-fitted before the recent window and calibrated on it, out of sample), and, when other symbols' bars are given,
-pooling them into training. Each variant is scored on the evaluation rows exactly as it would be served
-(``Calibration.apply`` on the booster's scores); the card lists all of them, the losers included.
+volatility features (or the configured ``monotone_increasing``), focal loss vs log loss, four calibration maps
+(isotonic, Platt, beta, temperature) fitted on three windows (every out-of-fold score; the out-of-fold scores of
+the last ``calibration_recent_days`` (15 when unset) only; a booster fitted before that recent window and
+calibrated on it, out of sample), and, when other symbols' bars are given, pooling them into training. Each
+variant is scored on the evaluation rows exactly as it would be served (``Calibration.apply`` on the booster's
+scores); the card lists all of them, the losers included.
 
 Selection caveat: choosing the shipped variant by these numbers uses the evaluation month, so the winner's
 evaluation numbers are optimistic; the walk-forward evaluation (``surge evaluate --walk-forward``) is the

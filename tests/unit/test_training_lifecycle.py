@@ -126,15 +126,18 @@ def seed_outcomes(wh: Warehouse, frame: pd.DataFrame, n: int) -> list[tuple[str,
     barriers and one SHORT, which retrain must ignore."""
     rng = np.random.default_rng(5)
     picks = rng.choice(np.arange(100, 9000), size=n, replace=False)
-    rows, seeded = [], []
+    rows: list[list[object]] = []
+    seeded: list[tuple[str, int, str]] = []
+    first_entry = 0
     for i, k in enumerate(picks):
         bar_ms = int(frame["ts"].iloc[k])
         entry_us = (bar_ms + 60_000) * 1000 + 250_000  # inside the next minute: the label of bar k
         label = "HIT_TARGET" if i % 3 == 0 else ("HIT_STOP" if i % 3 == 1 else "TIMEOUT")
         rows.append(outcome_row(f"o{i}", "LONG", 5, label, entry_us, 30.0, 20.0))
+        first_entry = first_entry or entry_us
         seeded.append(("TESTUSDT", bar_ms, label))
-    rows.append(outcome_row("other-barriers", "LONG", 5, "HIT_TARGET", rows[0][14] + 60_000_000, 60.0, 40.0))
-    rows.append(outcome_row("short", "SHORT", 5, "HIT_TARGET", rows[0][14] + 120_000_000, 30.0, 20.0))
+    rows.append(outcome_row("other-barriers", "LONG", 5, "HIT_TARGET", first_entry + 60_000_000, 60.0, 40.0))
+    rows.append(outcome_row("short", "SHORT", 5, "HIT_TARGET", first_entry + 120_000_000, 30.0, 20.0))
     wh.insert("outcomes", rows, list(OUTCOME_COLUMNS))
     return seeded
 
