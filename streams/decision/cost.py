@@ -271,6 +271,24 @@ class CostTables:
                    MappingProxyType(adv), doc)
 
     @classmethod
+    def fixed(cls, slippage_bps: Mapping[str, float], *, version: str = "ct-fixed", notional_usd: float = 10_000.0,
+              adv_usd: float = 1e9) -> CostTables:
+        """Tables with one slippage per regime at every quantile, on both venues, and no size term; the unknown
+        regime gets the largest. For tests and what-ifs: ``CostModel(fee_bps=2.0, tables=CostTables.fixed(
+        SLIPPAGE_BPS), opportunity_rate=0.0).estimate(...)`` prices exactly as cost-v2 did."""
+        def cell(value: float, fallback: str = "") -> dict[str, Any]:
+            return {"n": 1_000_000, "quantiles": dict.fromkeys(QUANTILES, value), "confidence": 1.0,
+                    "fallback": fallback, "impact": {"lambda": 0.0, "psi": 1.0}}
+        worst = max(slippage_bps.values())
+        table = {regime: cell(slippage_bps.get(regime, worst), "" if regime in slippage_bps else "worst")
+                 for regime in REGIME_LABELS}
+        table[UNKNOWN_REGIME] = cell(worst, "worst")
+        table[POOLED] = cell(worst)
+        return cls.from_json({"format": TABLES_FORMAT, "model": COST_V3, "version": version,
+                              "notional_usd": notional_usd, "tables": dict.fromkeys(VENUES, table),
+                              "default_adv_usd": adv_usd})
+
+    @classmethod
     def load(cls, path: Path) -> CostTables:
         return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
 

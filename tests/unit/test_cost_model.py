@@ -480,3 +480,16 @@ def test_legacy_round_trip_is_unchanged(tables: CostTables) -> None:
     assert legacy.version == "cost-v2"
     doc = copy.deepcopy(make_doc())
     assert CostTables.from_json(doc) == tables
+
+
+def test_fixed_tables_price_as_cost_v2_did() -> None:
+    from streams.decision.cost import SLIPPAGE_BPS
+
+    model = CostModel(fee_bps=2.0, tables=CostTables.fixed(SLIPPAGE_BPS), opportunity_rate=0.0)
+    for regime, slippage in SLIPPAGE_BPS.items():
+        for venue in (SPOT, USDM):
+            est = model.estimate(venue, "BTCUSDT", regime, 1.5, 5, stressed=True)
+            assert est.total_bps == pytest.approx(model.round_trip_cost_bps(regime, 1.5)) == \
+                pytest.approx(4.0 + 1.5 + slippage)
+    assert model.estimate(SPOT, "BTCUSDT", "", 0.0, 5).total_bps == 4.0 + 5.0
+    assert model.estimate(SPOT, "BTCUSDT", LOW_THICK, 0.0, 5).version == f"{COST_V3}/ct-fixed"
