@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from services.gateway import errors
 from services.gateway.deps import Resources
 from services.gateway.routers import dashboard, dead_letters, health, signals
+from services.gateway.routers.reports import router as reports_router
 from streams.runtime.settings import Settings
 
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(signals.router)
     app.include_router(dead_letters.router)
     app.include_router(dashboard.router)
+    app.include_router(reports_router)
     errors.install(app)  # a dependency down is a 503 naming it, without the exception text (that is logged)
     return app
 
