@@ -170,11 +170,55 @@ def make_tracer_provider(service: str, settings: Settings) -> TracerProvider:
     return provider
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: timestamp (UTC ISO-8601, ms), level, stage, logger, message, and, when known,
+    symbol (``extra={"symbol": ...}`` or ``instrument``) and the current OpenTelemetry span's trace id."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self._stage = stage
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+
+        import orjson
+        from opentelemetry import trace
+
+        ts = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+        line: dict[str, object] = {
+            "timestamp": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "stage": self._stage,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("symbol", "instrument", "venue"):
+            value = record.__dict__.get(key)
+            if value is not None:
+                line[key] = str(value)
+        trace_id = record.__dict__.get("trace_id")
+        if trace_id is None:
+            ctx = trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                trace_id = format(ctx.trace_id, "032x")
+                line["span_id"] = format(ctx.span_id, "016x")
+        if trace_id is not None:
+            line["trace_id"] = str(trace_id)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(line, default=str).decode()
+
+
 def configure_logging(settings: Settings, name: str) -> logging.Logger:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
-    )
+    """Root logging for a process named ``name``: ``SURGE_LOG_FORMAT=text`` (human lines) or ``json``."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(JsonLogFormatter(name))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     # Per-request lines from HTTP clients (registry polls, warehouse writes) would drown the stage's own log.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -205,6 +205,8 @@ class Settings(BaseSettings):
 
     # Observability.
     log_level: str = Field("INFO", description="Python log level")
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or as one JSON object a "
+                                                "line (timestamp, level, stage, logger, message, symbol, trace_id)")
     otel_exporter: Literal["none", "console", "otlp"] = Field("none", description="Span exporter")
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint when otel_exporter=otlp")
 
@@ -236,6 +238,9 @@ class Settings(BaseSettings):
     max_event_age_s: float = Field(315_360_000.0, ge=0, description="All stages: an event time older than this "
                                    "by the stage's clock is dead-lettered; 10 years, so replays of old captures "
                                    "pass (0: no bound)")
+    stale_input_s: float = Field(5.0, ge=0, description="Features, infer, decision: input whose exchange time is "
+                                 "older than this by the stage's clock carries STALE_INPUT (0: never; off for "
+                                 "replays)")
 
     @model_validator(mode="before")
     @classmethod
