@@ -5,7 +5,8 @@ Pure: no I/O, time only from the injected clock. For every horizon it acts on (`
 default all a prediction carries):
 
 * **Economics**: the expected return of each side from p_up and the label's barriers (``cost.expected_moves``);
-  net utility U = expected - round-trip cost (``cost.py``). A side's probability is p_up for a LONG and
+  net utility U = expected - round-trip cost (``CostModel.estimate``: fees per venue, spread, slippage quantile
+  per venue and regime, size impact, funding, opportunity; ``cost.py``). A side's probability is p_up for a LONG and
   1 - p_up for a SHORT; a SHORT exists only when the model's "not up" is "down first" (not "down or timeout").
 * **Tiers**: tier A needs p_side >= tau_A and U / cost >= kappa_A, tier B p_side >= tau_B and U / cost >= kappa_B
   (``TierRule``; presets ``conservative | balanced | aggressive``). The side with the better tier wins; otherwise
@@ -13,7 +14,7 @@ default all a prediction carries):
 * **Degradation rules**, each counted in ``state.rule_counts`` when it changes a signal:
   - input carrying a degrading quality flag (``DEGRADING_FLAGS``): tau and kappa are raised by the degraded
     steps and only tier A is allowed;
-  - a high-volatility regime: the cost is priced at the stressed quantile (``CostModel.stressed``);
+  - a high-volatility regime: the cost is priced at the stressed slippage quantile (p97.5, ``cost.py``);
   - exchange lag (clock minus the input's exchange time) above ``max_exchange_lag_us``: actionable signals pause
     (the stage reports it on /healthz and a metric); replays run without this rule;
   - the risk state of the paper book (``streams/outcomes/risk.py``, read by the stage from Redis): CAUTIOUS
@@ -153,8 +154,9 @@ class DecisionState:
     rule_counts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DecisionState:
-        return cls(config=DecisionConfig.from_settings(settings), cost=CostModel(fee_bps=settings.fee_bps))
+    def from_settings(cls, settings: Settings, cost: CostModel | None = None) -> DecisionState:
+        """``cost`` defaults to the settings' model over the artifact tables (the stage passes one over Redis)."""
+        return cls(config=DecisionConfig.from_settings(settings), cost=cost or CostModel.from_settings(settings))
 
     def count(self, rule: str) -> None:
         self.rule_counts[rule] = self.rule_counts.get(rule, 0) + 1
@@ -169,6 +171,7 @@ class Conditions:
     paused: bool = False
     tau_offset: float = 0.0     # from live quality (the outcomes stage), within its bounds
     kappa_offset: float = 0.0
+    stressed: bool = False      # a volatility burst: cost priced at the stressed slippage quantile
 
 
 NORMAL_CONDITIONS: Final = Conditions()
@@ -186,6 +189,7 @@ class Evaluation:
     net_utility_bps: float
     upper_barrier_bps: float   # the barriers the expectation was priced on, which the outcome is judged by
     lower_barrier_bps: float
+    cost_model_version: str = ""
 
 
 def horizons_to_act_on(prediction: prediction_pb2.Prediction,
@@ -218,7 +222,10 @@ def evaluate(prediction: prediction_pb2.Prediction, horizon: prediction_pb2.Hori
     moves = cost.expected_moves(p, horizon.horizon_min, upper_bps=horizon.upper_barrier_bps,
                                 lower_bps=horizon.lower_barrier_bps,
                                 timeout_counts_as_not_up=horizon.timeout_counts_as_not_up)
-    estimated = cost.round_trip_cost_bps(prediction.regime, prediction.spread_bps)
+    # Predictions carry no funding rate yet, so both sides cost the same; one estimate serves both.
+    priced = cost.estimate(prediction.venue, prediction.symbol, prediction.regime, prediction.spread_bps,
+                           horizon.horizon_min, stressed=conditions.stressed)
+    estimated = priced.total_bps
     tier_a, tier_b = config.tier_a, config.tier_b
     if conditions.tau_offset or conditions.kappa_offset:
         tier_a = TierRule(tier_a.tau + conditions.tau_offset, tier_a.kappa + conditions.kappa_offset)
@@ -245,10 +252,11 @@ def evaluate(prediction: prediction_pb2.Prediction, horizon: prediction_pb2.Hori
         favoured = sides[1] if len(sides) > 1 and p < moves.breakeven_p else sides[0]
         expected = favoured[2]
         return Evaluation(WAIT, signal_pb2.TIER_NONE, horizon, expected, estimated, expected - estimated,
-                          moves.upper_bps, moves.lower_bps)
+                          moves.upper_bps, moves.lower_bps, priced.version)
     rank, net, side, expected = best
     tier = signal_pb2.TIER_A if rank == 2 else signal_pb2.TIER_B
-    return Evaluation(side, tier, horizon, expected, estimated, net, moves.upper_bps, moves.lower_bps)
+    return Evaluation(side, tier, horizon, expected, estimated, net, moves.upper_bps, moves.lower_bps,
+                      priced.version)
 
 
 def build_signal(prediction: prediction_pb2.Prediction, ev: Evaluation, cost: CostModel, now_us: int,
@@ -270,7 +278,7 @@ def build_signal(prediction: prediction_pb2.Prediction, ev: Evaluation, cost: Co
         top_features=prediction.top_features,
         model_version=prediction.model_version,
         feature_version=prediction.feature_version,
-        cost_model_version=cost.version,
+        cost_model_version=ev.cost_model_version,
         data_window_id=prediction.data_window_id,
         quality_flags=prediction.quality_flags,
         cooldown_until_us=cooldown_until_us,
@@ -303,6 +311,8 @@ def _evaluate_counting(state: DecisionState, prediction: prediction_pb2.Predicti
             state.count("degraded_input")
         elif conditions.risk != RiskLevel.NORMAL:
             state.count(f"risk_{conditions.risk.name.lower()}")
+        elif conditions.stressed:
+            state.count("stressed_cost")
         else:
             state.count("quality_adapted")
     return ev
@@ -329,7 +339,7 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
                        f"{config.max_exchange_lag_us / 1e6:g}s" if lagging else ""
         conditions = Conditions(degraded=any(f in DEGRADING_FLAGS for f in prediction.quality_flags),
                                 risk=state.risk, paused=lagging, tau_offset=state.tau_offset,
-                                kappa_offset=state.kappa_offset)
+                                kappa_offset=state.kappa_offset, stressed=prediction.regime.startswith("vol_high"))
         instrument = Instrument(prediction.venue, prediction.symbol)
         for horizon in horizons_to_act_on(prediction, config):
             ev = _evaluate_counting(state, prediction, horizon, conditions)

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from schemas import prediction_pb2
 from streams.decision import core
 from streams.decision.core import DecisionState
+from streams.decision.cost import CostModel
 from streams.outcomes.risk import RiskLevel
 from streams.runtime.clock import Clock
 from streams.runtime.core import InRecord, Outputs, StageContext, StageSpec
@@ -142,8 +143,10 @@ class DecisionMetrics(Collector):
 
 def make_state(context: StageContext) -> DecisionRuntime:
     settings = context.settings
-    rt = DecisionRuntime(state=DecisionState.from_settings(settings), redis=open_redis(settings.redis_connection_url()),
-                         health=context.health, risk_refresh_us=settings.risk_refresh_ms * 1000)
+    client = open_redis(settings.redis_connection_url())
+    cost = CostModel.from_settings(settings, clock=context.clock, client=client)  # tables: Redis, L1, artifact
+    rt = DecisionRuntime(state=DecisionState.from_settings(settings, cost), redis=client, health=context.health,
+                         risk_refresh_us=settings.risk_refresh_ms * 1000)
     context.registry.register(DecisionMetrics(rt))
     return rt
 

@@ -10,7 +10,7 @@ import pytest
 from schemas import SCHEMA_VERSION, common_pb2, prediction_pb2, signal_pb2
 from streams.decision import stage
 from streams.decision.core import DecisionState, drop_unclaimed, evaluate, process
-from streams.decision.cost import COST_MODEL_VERSION, REGIMES, SLIPPAGE_BPS, CostModel
+from streams.decision.cost import REGIMES, SLIPPAGE_BPS, CostModel, CostTables
 from streams.outcomes.risk import RiskLevel
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord, Outputs, StageContext
@@ -31,6 +31,13 @@ def settings(**overrides: object) -> Settings:
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]  # a test's overrides are typed by the model at run time
+
+
+def state_of(**overrides: object) -> DecisionState:
+    """A decision state on fixed cost tables (cost-v2's slippage per regime, 2 bps fees, no opportunity cost), so
+    every number below can be worked out by hand."""
+    cost = CostModel(fee_bps=2.0, tables=CostTables.fixed(SLIPPAGE_BPS), opportunity_rate=0.0)
+    return DecisionState.from_settings(settings(**overrides), cost)
 
 
 def pred(
@@ -116,7 +123,7 @@ def test_expected_move_table_and_sqrt_scaling() -> None:
     assert model.expected_moves(0.75, 10).long_bps == pytest.approx(14.0)  # 0.5 * 28
     assert model.expected_moves(0.3, 5).breakeven_p == 0.5
     assert model.horizon_move_bps(20) == pytest.approx(40.0)                # 20 * sqrt(20 / 5)
-    assert model.version == COST_MODEL_VERSION == "cost-v2"
+    assert model.version == "cost-v2"  # the legacy stamp; estimate() stamps cost-v3/<tables>
 
 
 def test_expected_moves_under_asymmetric_barriers() -> None:
@@ -164,14 +171,14 @@ def first_eval(state: DecisionState, p: prediction_pb2.Prediction) -> tuple[str,
 def test_tiers_need_both_the_probability_and_the_utility_to_cost_ratio(
     clock: ManualClock, p_up: float, expected: list[tuple[str, str, str]]
 ) -> None:
-    out = run(DecisionState.from_settings(settings()), clock, pred(p_up))
+    out = run(state_of(), clock, pred(p_up))
     assert decisions(out) == expected
     assert out.rejects == []
 
 
 def test_a_tier_boundary_is_inclusive(clock: ManualClock) -> None:
     """U / cost exactly 1.2 at p = 0.8025 (expected 12.1, cost 5.5): tier A; a hair below: tier B."""
-    state = DecisionState.from_settings(settings())
+    state = state_of()
     assert first_eval(state, pred(0.8025)) == ("LONG", "TIER_A")
     assert first_eval(state, pred(0.8024)) == ("LONG", "TIER_B")
     # p exactly tau_B with a ratio far above every kappa: tier B; just under tau_B: nothing.
@@ -185,11 +192,11 @@ def test_a_tier_boundary_is_inclusive(clock: ManualClock) -> None:
     ("conservative", 0.90, ("LONG", "TIER_A")),
 ])
 def test_profiles_are_presets_of_tau_and_kappa(profile: str, p_up: float, expected: tuple[str, str]) -> None:
-    assert first_eval(DecisionState.from_settings(settings(decision_profile=profile)), pred(p_up)) == expected
+    assert first_eval(state_of(decision_profile=profile), pred(p_up)) == expected
 
 
 def test_single_thresholds_override_the_profile() -> None:
-    state = DecisionState.from_settings(settings(tau_a=0.95, kappa_b=2.0))
+    state = state_of(tau_a=0.95, kappa_b=2.0)
     assert (state.config.tier_a.tau, state.config.tier_a.kappa) == (0.95, 1.2)
     assert first_eval(state, pred(0.90)) == ("WAIT", "TIER_NONE")  # A needs p 0.95; B now needs U/cost 2.0
 
@@ -197,7 +204,7 @@ def test_single_thresholds_override_the_profile() -> None:
 def test_a_not_up_model_never_reads_a_small_p_up_as_a_short(clock: ManualClock) -> None:
     """The klines model's p_up is P(+0.6 % before -0.4 % or timeout): small by construction. Read as 1 - p it
     would be a confident SHORT; such a model prices no SHORT at all."""
-    state = DecisionState.from_settings(settings())
+    state = state_of()
     assert run(state, clock, barrier_pred(0.03, 60.0, 40.0, True)).emits == []
     not_up = barrier_pred(0.03, 60.0, 40.0, True)
     ev = evaluate(not_up, not_up.horizons[0], state.config, state.cost)
@@ -212,7 +219,7 @@ def test_a_not_up_model_never_reads_a_small_p_up_as_a_short(clock: ManualClock) 
 
 
 def test_signal_carries_cost_for_its_regime_and_the_table_barriers(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings())
+    state = state_of()
     thin = pred(0.95, regime="vol_high_depth_thin", spread_bps=2.0)
     ev = evaluate(thin, thin.horizons[0], state.config, state.cost)
     assert ev.estimated_cost_bps == pytest.approx(4.0 + 2.0 + 5.0)
@@ -229,7 +236,7 @@ def test_signal_carries_cost_for_its_regime_and_the_table_barriers(clock: Manual
 # --- degradation rules and the risk state ----------------------------------------------------------------------
 
 def test_flagged_input_raises_tau_and_kappa_and_allows_tier_a_only(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings())
+    state = state_of()
     gap = (common_pb2.SIMULATED, common_pb2.SEQUENCE_GAP)
     # 0.78 is tier B on clean input; flagged, B is not allowed.
     out = run(state, clock, pred(0.78, flags=gap), pred(0.90, symbol="ETHUSDT", flags=gap),
@@ -240,7 +247,7 @@ def test_flagged_input_raises_tau_and_kappa_and_allows_tier_a_only(clock: Manual
 
 
 def test_simulated_is_not_a_degrading_flag(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings())
+    state = state_of()
     assert decisions(run(state, clock, pred(0.78, flags=(common_pb2.SIMULATED,)))) == [
         ("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_B")]
     assert state.rule_counts == {}
@@ -255,21 +262,21 @@ def test_simulated_is_not_a_degrading_flag(clock: ManualClock) -> None:
 ])
 def test_the_risk_state_restricts_what_is_actionable(clock: ManualClock, level: RiskLevel, p_up: float,
                                                      expected: list[tuple[str, str, str]]) -> None:
-    state = DecisionState.from_settings(settings())
+    state = state_of()
     state.risk = level
     assert decisions(run(state, clock, pred(p_up, spread_bps=0.0))) == expected
     assert sum(state.rule_counts.values()) == (0 if expected else 1)
 
 
 def test_risk_averse_doubles_the_cooldown(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings(cooldown_low_vol_s=600))
+    state = state_of(cooldown_low_vol_s=600)
     state.risk = RiskLevel.RISK_AVERSE
     (emit,) = run(state, clock, pred(0.9)).emits
     assert emit.value.cooldown_until_us == T0 + 1_200 * SECOND  # type: ignore[attr-defined]  # a Signal
 
 
 def test_exchange_lag_pauses_actionable_signals_and_says_why(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings(decision_max_exchange_lag_s=2.0))
+    state = state_of(decision_max_exchange_lag_s=2.0)
     assert run(state, clock, pred(0.9, exchange_us=T0 - 3 * SECOND)).emits == []
     assert (state.paused, state.rule_counts) == ("exchange lag 3.0s > 2s", {"exchange_lag_paused": 1})
     assert decisions(run(state, clock, pred(0.9, i=2, exchange_us=T0 - SECOND))) == [
@@ -280,15 +287,15 @@ def test_exchange_lag_pauses_actionable_signals_and_says_why(clock: ManualClock)
 # --- position ideas: horizons, cooldown, merging, claims ----------------------------------------------------
 
 def test_every_horizon_is_its_own_idea(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings(decision_horizons=""))
+    state = state_of(decision_horizons="")
     out = run(state, clock, pred(0.9, horizons=(5, 10, 30), p_other=0.9))
     assert [(e.value.signal_id, e.value.horizon_min) for e in out.emits] == [  # type: ignore[attr-defined]
         ("BTCUSDT:1:m7:5", 5), ("BTCUSDT:1:m7:10", 10), ("BTCUSDT:1:m7:30", 30)]
 
 
 def test_cooldown_depends_on_the_volatility_regime(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings(cooldown_low_vol_s=1800, cooldown_medium_vol_s=1200,
-                                                 cooldown_high_vol_s=600))
+    state = state_of(cooldown_low_vol_s=1800, cooldown_medium_vol_s=1200,
+                                                 cooldown_high_vol_s=600)
     out = run(state, clock, pred(0.95, regime="vol_low_depth_thick"),
               pred(0.95, symbol="ETHUSDT", regime="vol_medium_depth_thick"),
               pred(0.95, symbol="SOLUSDT", regime="vol_high_depth_thick"),
@@ -298,7 +305,7 @@ def test_cooldown_depends_on_the_volatility_regime(clock: ManualClock) -> None:
 
 
 def test_cooldown_and_the_wait_transition(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings(cooldown_low_vol_s=30))
+    state = state_of(cooldown_low_vol_s=30)
     assert decisions(run(state, clock, pred(0.9, i=1))) == [("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A")]
     clock.advance_us(10 * SECOND)
     assert run(state, clock, pred(0.9, i=2)).emits == []         # cooling: one idea per window
@@ -312,7 +319,7 @@ def test_cooldown_and_the_wait_transition(clock: ManualClock) -> None:
 
 def test_spot_and_usdm_of_one_symbol_are_separate_ideas(clock: ManualClock) -> None:
     """The bug this fixes: cooldowns keyed by symbol alone let a spot BTCUSDT signal silence USD-M BTCUSDT."""
-    state = DecisionState.from_settings(settings(cooldown_low_vol_s=1800))
+    state = state_of(cooldown_low_vol_s=1800)
     out = run(state, clock, pred(0.9, venue=common_pb2.BINANCE_SPOT), pred(0.9, venue=common_pb2.BINANCE_USDM))
     assert decisions(out) == [("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A"), ("BINANCE_USDM:BTCUSDT", "LONG", "TIER_A")]
     assert [c.key for c in state.claims] == ["surge:idea:BINANCE_SPOT:BTCUSDT:5", "surge:idea:BINANCE_USDM:BTCUSDT:5"]
@@ -320,14 +327,14 @@ def test_spot_and_usdm_of_one_symbol_are_separate_ideas(clock: ManualClock) -> N
 
 
 def test_near_simultaneous_predictions_of_one_idea_merge_into_the_best(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings(cooldown_low_vol_s=1800))
+    state = state_of(cooldown_low_vol_s=1800)
     out = run(state, clock, pred(0.80, i=1), pred(0.95, i=2), pred(0.85, i=3))
     assert [e.value.signal_id for e in out.emits] == ["BTCUSDT:2:m7:5"]  # type: ignore[attr-defined]
     assert state.rule_counts == {"merged": 2}
 
 
 def test_an_idea_claimed_elsewhere_is_dropped_and_its_state_restored(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings(cooldown_low_vol_s=1800))
+    state = state_of(cooldown_low_vol_s=1800)
     out = run(state, clock, pred(0.9), pred(0.9, symbol="ETHUSDT"))
     kept = drop_unclaimed(state, out, {0})
     assert decisions(kept) == [("BINANCE_SPOT:ETHUSDT", "LONG", "TIER_A")]
@@ -339,14 +346,14 @@ def test_an_idea_claimed_elsewhere_is_dropped_and_its_state_restored(clock: Manu
 
 
 def test_signal_fields_are_copied_and_stamped(clock: ManualClock) -> None:
-    state = DecisionState.from_settings(settings())
+    state = state_of()
     p = pred(0.9)
     (emit,) = run(state, clock, p).emits
     s = emit.value
     assert isinstance(s, signal_pb2.Signal)
     assert (s.signal_id, s.symbol, s.venue, s.horizon_min, s.p_up) == ("BTCUSDT:1:m7:5", "BTCUSDT",
                                                                        common_pb2.BINANCE_SPOT, 5, 0.9)
-    assert (s.model_version, s.feature_version, s.cost_model_version) == ("m7", "f3", COST_MODEL_VERSION)
+    assert (s.model_version, s.feature_version, s.cost_model_version) == ("m7", "f3", "cost-v3/ct-fixed")
     assert (s.regime, s.data_window_id, s.price) == ("vol_low_depth_thick", "BTCUSDT:10-12", 64_000.5)
     assert list(s.quality_flags) == [common_pb2.SIMULATED]
     assert s.top_features[0].name == "ofi_1s"
@@ -355,8 +362,8 @@ def test_signal_fields_are_copied_and_stamped(clock: ManualClock) -> None:
 
 
 def test_same_prediction_yields_the_same_signal_id(clock: ManualClock) -> None:
-    a = run(DecisionState.from_settings(settings()), clock, pred(0.9)).emits[0].value
-    b = run(DecisionState.from_settings(settings()), clock, pred(0.9)).emits[0].value
+    a = run(state_of(), clock, pred(0.9)).emits[0].value
+    b = run(state_of(), clock, pred(0.9)).emits[0].value
     assert a == b
 
 
@@ -371,7 +378,7 @@ def test_same_prediction_yields_the_same_signal_id(clock: ManualClock) -> None:
 def test_unpriceable_predictions_are_rejected(clock: ManualClock, mutate: Any, error_type: str) -> None:
     p = pred(0.9)
     mutate(p)
-    out = run(DecisionState.from_settings(settings()), clock, p)
+    out = run(state_of(), clock, p)
     assert [r.error_type for r in out.rejects] == [error_type] and out.emits == []
 
 
@@ -380,11 +387,12 @@ def test_stage_spec(tmp_path: Any) -> None:
     assert (spec.name, spec.input_topics, spec.batch_timeout_ms) == ("decision", (Topic.PREDICTIONS,), 0)
     rt = spec.make_state(StageContext.standalone("decision", settings(redis_url="redis://127.0.0.1:9/0")))
     assert isinstance(rt.state, DecisionState)
-    assert rt.state.cost.fee_bps == 2.0 and rt.state.config.tier_a.tau == 0.75
+    assert rt.state.cost.fee_bps is None and rt.state.config.tier_a.tau == 0.75  # per-venue fees from settings
+    assert rt.state.cost.estimate(1, "BTCUSDT", "vol_low_depth_thick", 1.0, 5).fee_bps == 20.0  # spot 10 bps a side
 
 
 def test_without_a_cooldown_every_prediction_stands_on_its_own(clock: ManualClock) -> None:
     """No cooldown, nothing to merge: three predictions of one idea in one batch are three signals."""
-    out = run(DecisionState.from_settings(settings()), clock, pred(0.80, i=1), pred(0.95, i=2), pred(0.85, i=3))
+    out = run(state_of(), clock, pred(0.80, i=1), pred(0.95, i=2), pred(0.85, i=3))
     assert [e.value.signal_id for e in out.emits] == [  # type: ignore[attr-defined]
         "BTCUSDT:1:m7:5", "BTCUSDT:2:m7:5", "BTCUSDT:3:m7:5"]

@@ -26,11 +26,10 @@ from streams.infer.model import load_model
 from streams.runtime import validate as v
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord, Outputs, StageContext
-from streams.runtime.settings import Settings
 from streams.runtime.instrument import key_of
+from streams.runtime.settings import Settings
 from streams.runtime.topics import InvalidMessage, Topic, decode
-from tests.unit.test_decision_core import pred
-from tests.unit.test_decision_core import settings as decision_settings
+from tests.unit.test_decision_core import pred, state_of
 from tests.unit.test_features_core import ASKS, STEP, tick_batch
 from tests.unit.test_infer_core import write_model
 
@@ -410,7 +409,7 @@ def test_absurd_predictions_are_rejected_and_publish_no_signal() -> None:
         with_(pred(0.9, i=16, exchange_us=t), upper_barrier_bps=INF),
         with_(pred(0.9, i=17, exchange_us=t), lower_barrier_bps=-1.0),
     ]
-    state = DecisionState.from_settings(decision_settings())
+    state = state_of()
     valid = pred(0.9, i=18, exchange_us=t)
     out = run_decision([*hostile, valid], state)
     assert rejects(out) == [
@@ -447,7 +446,7 @@ def test_absurd_predictions_are_rejected_and_publish_no_signal() -> None:
 def test_a_stage_stamp_ahead_of_the_clock_is_rejected() -> None:
     """Probe: an infer_us 61 s ahead of the decision stage's clock (exchange_us itself is current)."""
     p = with_(pred(0.9, exchange_us=NOW - 50_000), infer_us=NOW + 61 * SECOND)
-    out = run_decision([p], DecisionState.from_settings(decision_settings()))
+    out = run_decision([p], state_of())
     assert rejects(out) == [("invalid_timestamps", f"ts.infer_us {NOW + 61 * SECOND} is 61 s ahead of the clock "
                                                    f"({NOW}), limit 60 s")]
     assert not out.emits

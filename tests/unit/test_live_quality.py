@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from schemas import signal_pb2
-from streams.decision.core import DecisionState, evaluate
+from streams.decision.core import evaluate
 from streams.outcomes import stage as outcomes_stage
 from streams.outcomes.core import OutcomesState
 from streams.outcomes.quality import LiveQuality, QualityPolicy, Sample, adapt, average_precision, ece_pp, report
@@ -19,7 +19,7 @@ from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord
 from streams.storage.cache import ADAPT_KEY
 from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
-from tests.unit.test_decision_core import pred, settings
+from tests.unit.test_decision_core import pred, state_of
 from tests.unit.test_outcomes_core import MIN, T0, signal, ticks
 
 pytestmark = pytest.mark.unit
@@ -76,7 +76,7 @@ def test_negative_realized_utility_raises_kappa() -> None:
 
 
 def test_the_decision_adds_the_offsets_to_its_thresholds() -> None:
-    state = DecisionState.from_settings(settings())
+    state = state_of()
     p = pred(0.8025)  # exactly tier A (U/cost 1.2) without offsets
     assert evaluate(p, p.horizons[0], state.config, state.cost).tier == signal_pb2.TIER_A
     from streams.decision.core import Conditions
