@@ -119,6 +119,8 @@ def child_settings(settings: Settings, source: str) -> Settings:
         update["features_backpressure_lag_s"] = 0.0
     if source.startswith("replay:") and "decision_max_exchange_lag_s" not in settings.model_fields_set:
         update["decision_max_exchange_lag_s"] = 0.0  # likewise the decision stage's exchange-lag pause
+    if source.startswith("replay:") and "stale_input_s" not in settings.model_fields_set:
+        update["stale_input_s"] = 0.0  # and the STALE_INPUT flag, which every event of an old capture would carry
     return settings.model_copy(update=update)
 
 

@@ -59,6 +59,7 @@ DEDUP_CACHE = 256  # recent vectors per symbol, re-emitted verbatim when a batch
 
 WINDOW_INSUFFICIENT = common_pb2.WINDOW_INSUFFICIENT
 TIERS_DROPPED = common_pb2.TIERS_DROPPED
+STALE_INPUT = common_pb2.STALE_INPUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,11 +205,14 @@ class FeatureState:
     """Per-symbol streaming state of the features stage, created on first sight of a symbol."""
 
     def __init__(self, regime_thresholds: Mapping[str, RegimeThresholds] | None = None,
-                 backpressure: Backpressure | None = None, bounds: v.TimeBounds = v.UNBOUNDED) -> None:
+                 backpressure: Backpressure | None = None, bounds: v.TimeBounds = v.UNBOUNDED,
+                 stale_after_us: int = 0) -> None:
         self._presets: dict[str, RegimeThresholds] = dict(regime_thresholds or {})
         self._symbols: dict[tuple[int, str], SymbolState] = {}
         self.backpressure = backpressure if backpressure is not None else Backpressure()
         self.bounds = bounds  # event times vs the clock in ``process`` (the stage wires the settings)
+        # A vector whose event time is older than this by the clock carries STALE_INPUT (0: never).
+        self.stale_after_us = stale_after_us
 
     def symbol(self, venue: int, symbol: str) -> SymbolState:
         key = (venue, symbol)
@@ -248,7 +252,13 @@ def status_flags(status: int) -> list[Flag]:
     return extra
 
 
-def build_vector(tb: market_pb2.TickBatch, rec: VectorRecord, clock: Clock) -> features_pb2.FeatureVector:
+def build_vector(tb: market_pb2.TickBatch, rec: VectorRecord, clock: Clock,
+                 stale_after_us: int = 0) -> features_pb2.FeatureVector:
+    """The vector of one batch; STALE_INPUT when its event time is more than ``stale_after_us`` behind the clock."""
+    now_us = clock.now_us()
+    extra = status_flags(rec.status)
+    if stale_after_us and now_us - rec.t_us > stale_after_us:
+        extra.append(STALE_INPUT)
     vec = features_pb2.FeatureVector(
         schema_version=SCHEMA_VERSION,
         vector_id=tb.batch_id,
@@ -260,11 +270,11 @@ def build_vector(tb: market_pb2.TickBatch, rec: VectorRecord, clock: Clock) -> f
         regime=rec.regime,
         mid_price=rec.price,
         data_window_id=f"{tb.symbol}:{rec.first_seq}-{tb.sequence}",
-        quality_flags=merge_flags(tb.quality_flags, status_flags(rec.status)),
+        quality_flags=merge_flags(tb.quality_flags, extra),
     )
     vec.ts.CopyFrom(tb.ts)
     vec.ts.exchange_us = rec.t_us
-    vec.ts.features_us = clock.now_us()
+    vec.ts.features_us = now_us
     return vec
 
 
@@ -384,7 +394,7 @@ def process(batch: Sequence[InRecord[market_pb2.TickBatch]], state: FeatureState
             out.rejects.append(Reject(rec, res.error_type, res.reason))
             continue
         if res.proto is None:
-            res.proto = build_vector(tb, res, clock)
+            res.proto = build_vector(tb, res, clock, state.stale_after_us)
             if res.status & d.STATUS_TIERS_DROPPED:
                 stats.vectors_dropped += 1
         vec = res.proto

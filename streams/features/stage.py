@@ -57,7 +57,8 @@ def _warm_up_in_background() -> None:
 def new_state(settings: Settings) -> FeatureState:
     return FeatureState(backpressure=Backpressure(settings.features_backpressure_lag_s,
                                                   settings.features_resume_lag_s),
-                        bounds=TimeBounds.from_settings(settings))
+                        bounds=TimeBounds.from_settings(settings),
+                        stale_after_us=round(settings.stale_input_s * 1e6))
 
 
 def make_state(context: StageContext) -> FeatureState:

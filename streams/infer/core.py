@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from schemas import SCHEMA_VERSION, features_pb2, prediction_pb2
+from schemas import SCHEMA_VERSION, common_pb2, features_pb2, prediction_pb2
 from streams.infer.canary import CanaryGuard, CanaryPolicy, Verdict, is_canary_symbol
 from streams.infer.metrics import InferMetrics
 from streams.infer.model import FloatArray, IntArray, Model, Prediction, feature_index
@@ -78,9 +78,12 @@ class InferState:
         metrics: InferMetrics | None = None,
         on_canary_failure: CanaryFailureHook | None = None,
         bounds: v.TimeBounds = v.UNBOUNDED,
+        stale_after_us: int = 0,
     ) -> None:
         self.lock = threading.Lock()
         self.bounds = bounds  # vector timestamps vs the clock (the stage wires the settings)
+        # A prediction whose exchange time is older than this by the clock carries STALE_INPUT (0: never).
+        self.stale_after_us = stale_after_us
         self.serving = Serving(model, canary, canary_share, canary_id or (canary.model_version if canary else ""))
         self.guard = CanaryGuard(policy or CanaryPolicy())
         self.metrics = metrics or InferMetrics.create()
@@ -208,7 +211,7 @@ def _score(state: InferState, model: Model, vecs: Sequence[features_pb2.FeatureV
 
 
 def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: bool,
-                now_us: int) -> prediction_pb2.Prediction:
+                now_us: int, stale_after_us: int = 0) -> prediction_pb2.Prediction:
     model = s.model
     p = prediction_pb2.Prediction(
         schema_version=SCHEMA_VERSION,
@@ -224,6 +227,9 @@ def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: boo
         canary=canary,
         quality_flags=vec.quality_flags,
     )
+    if (stale_after_us and vec.ts.exchange_us and now_us - vec.ts.exchange_us > stale_after_us
+            and common_pb2.STALE_INPUT not in p.quality_flags):
+        p.quality_flags.append(common_pb2.STALE_INPUT)
     for j, h in enumerate(model.horizons):
         p.horizons.add(horizon_min=h, p_up=float(s.pred.p_up[i, j]), ci_low=float(s.pred.ci_low[i, j]),
                        ci_high=float(s.pred.ci_high[i, j]), upper_barrier_bps=model.barriers.upper_bps,
@@ -304,7 +310,8 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
                     drift_sum += d
                     drift_n += 1
             if can.valid[ci]:
-                out.emits.append(Emit(Topic.PREDICTIONS, key_of(vec), _prediction(vec, can, ci, True, now_us),
+                out.emits.append(Emit(Topic.PREDICTIONS, key_of(vec), _prediction(vec, can, ci, True, now_us,
+                                                                             state.stale_after_us),
                                       vec.ts.exchange_us))
                 served[CANARY] += 1
                 continue
@@ -321,7 +328,8 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
             out.rejects.append(Reject(rec, "invalid_model_output", f"model {active.model_version} "
                                       f"returned {act.pred.raw[ai].tolist()} for {vec.vector_id}"))
             continue
-        out.emits.append(Emit(Topic.PREDICTIONS, key_of(vec), _prediction(vec, act, ai, False, now_us),
+        out.emits.append(Emit(Topic.PREDICTIONS, key_of(vec), _prediction(vec, act, ai, False, now_us,
+                                                                          state.stale_after_us),
                               vec.ts.exchange_us))
         served[ACTIVE] += 1
     if served[ACTIVE]:

@@ -41,6 +41,10 @@ def canary_policy(settings: Settings) -> CanaryPolicy:
                         rule=settings.canary_rollback_rule)
 
 
+def stale_after_us(settings: Settings) -> int:
+    return round(settings.stale_input_s * 1e6)
+
+
 def make_state(context: StageContext) -> InferState:
     """The served models, their per-version metrics on the stage's /metrics, and the registry watcher, which
     starts polling once the stage is subscribed."""
@@ -52,7 +56,7 @@ def make_state(context: StageContext) -> InferState:
         model = load_model(model_dir(settings))
         warn_feature_version(model, log)
         return InferState(model, metrics=metrics, policy=canary_policy(settings),
-                          bounds=TimeBounds.from_settings(settings))
+                          bounds=TimeBounds.from_settings(settings), stale_after_us=stale_after_us(settings))
     from streams.storage.registry import ModelRegistry
     from streams.storage.warehouse import apply_ddl, open_warehouse_from
 
@@ -68,6 +72,7 @@ def make_state(context: StageContext) -> InferState:
                               log=log)
     state = watcher.initial_state()
     state.bounds = TimeBounds.from_settings(settings)
+    state.stale_after_us = stale_after_us(settings)
     context.on_start(watcher.start)
     state.closers.append(watcher.stop)
     return state
