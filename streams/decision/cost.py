@@ -49,9 +49,10 @@ as a random walk's typical move does).
 
 With symmetric barriers both reduce to ``|2p - 1| x B`` for the favoured side (cost-v1's formula).
 
-Legacy (cost-v2, until the decision core calls ``estimate``): ``round_trip_cost_bps(regime, spread_bps)`` =
-2 x ``fee_bps`` + spread + ``SLIPPAGE_BPS[regime]`` (a hand-set table, worst entry for unknown regimes), stamped
-``COST_MODEL_VERSION``. ``CostEstimate.version`` is what a signal priced by ``estimate`` must carry.
+The decision stage prices with ``estimate`` and stamps ``CostEstimate.version`` on its signals. Legacy (cost-v2,
+no longer on the decision path): ``round_trip_cost_bps(regime, spread_bps)`` = 2 x ``fee_bps`` + spread +
+``SLIPPAGE_BPS[regime]`` (a hand-set table, worst entry for unknown regimes), stamped ``COST_MODEL_VERSION``;
+``CostTables.fixed(SLIPPAGE_BPS)`` prices the same numbers through ``estimate``.
 """
 
 from __future__ import annotations
@@ -569,7 +570,13 @@ class CostModel:
         return CostEstimate(fee + spread_bps + slippage + impact + funding + opportunity, fee, spread_bps, slippage,
                             impact, funding, opportunity, q, confidence, entry.version)
 
-    # --- legacy cost-v2 (core.py until it calls estimate) -------------------------------------------------------
+    def round_trip_fee_bps(self, venue: int | str, *, maker: bool = False) -> float:
+        """2 x the venue's fee per side (the ``fee_bps`` of ``estimate``), e.g. for a realized cost that must use
+        the same fees as the estimate it is compared with."""
+        v = _VENUE_NAMES.get(venue, "spot")
+        return self._maker_fee[v] if maker else self._taker_fee[v]
+
+    # --- legacy cost-v2 (round_trip_cost_bps, slippage_for) ------------------------------------------------------
 
     @property
     def worst_slippage_bps(self) -> float:

@@ -133,6 +133,8 @@ def test_fees_per_venue_maker_taker_and_the_flat_override(tables: CostTables) ->
     assert flat.estimate(SPOT, "BTCUSDT", LOW_THICK, 0.0, 5).fee_bps == 4.0
     assert flat.estimate(USDM, "BTCUSDT", LOW_THICK, 0.0, 5, maker=True).fee_bps == 4.0
     assert dict(DEFAULT_FEES) == {"spot": VenueFees(10.0, 10.0), "usdm": VenueFees(5.0, 2.0)}
+    assert model.round_trip_fee_bps(USDM) == 10.0 and model.round_trip_fee_bps("usdm", maker=True) == 4.0
+    assert model.round_trip_fee_bps(common_pb2.SIMULATOR) == 20.0 and flat.round_trip_fee_bps(SPOT) == 4.0
 
 
 # --- funding ----------------------------------------------------------------------------------------------------
