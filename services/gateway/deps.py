@@ -9,7 +9,7 @@ import redis
 from fastapi import Depends, Request
 
 from streams.runtime.settings import Settings
-from streams.storage.cache import open_redis
+from streams.storage.cache import HotCache, L1Cache, open_redis
 from streams.storage.warehouse import Warehouse, WarehouseUnavailable, open_warehouse_from
 
 
@@ -21,6 +21,9 @@ class Resources:
         self._lock = threading.Lock()
         self._warehouse: Warehouse | None = None
         self._redis: redis.Redis | None = None
+        self._hot: HotCache | None = None
+        # Hot Redis keys (latest per instrument, token lookups) are served from here for cache_l1_ttl_ms.
+        self.l1 = L1Cache(settings.cache_l1_ttl_ms)
 
     def warehouse(self) -> Warehouse:
         with self._lock:
@@ -41,8 +44,16 @@ class Resources:
                     raise redis.ConnectionError(f"cannot open redis: {exc}") from exc
             return self._redis
 
+    def hot(self) -> HotCache:
+        client = self.redis()
+        with self._lock:
+            if self._hot is None or self._hot.client is not client:
+                self._hot = HotCache(client, ttl_s=self.settings.cache_ttl_s, l1=self.l1)
+            return self._hot
+
     def close(self) -> None:
         with self._lock:
+            self._hot = None
             if self._warehouse is not None:
                 self._warehouse.close()
                 self._warehouse = None
@@ -71,6 +82,11 @@ def get_redis(resources: ResourcesDep) -> redis.Redis:
     return resources.redis()
 
 
+def get_hot(resources: ResourcesDep) -> HotCache:
+    return resources.hot()
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+HotDep = Annotated[HotCache, Depends(get_hot)]
 WarehouseDep = Annotated[Warehouse, Depends(get_warehouse)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]

@@ -10,10 +10,12 @@ from collections.abc import Callable
 from typing import Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.gateway.deps import ResourcesDep
 from services.gateway.errors import log
+from services.gateway.routers.symbols import RED_LAG_S, SymbolHealth, freshness, snapshot
+from streams.storage.cache import SignalCache
 
 router = APIRouter(tags=["health"])
 
@@ -26,6 +28,9 @@ class DependencyStatus(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     dependencies: dict[str, DependencyStatus]
+    symbols: list[SymbolHealth] = Field(
+        default_factory=list, description=f"per instrument: newest exchange time seen (book top, prediction or "
+        f"signal) and its lag; red above {RED_LAG_S} s. Informational: it does not make /health a 503")
 
 
 def _check(name: str, probe: Callable[[], object]) -> DependencyStatus:
@@ -46,4 +51,10 @@ def health(resources: ResourcesDep, response: Response) -> HealthResponse:
     healthy = all(d.ok for d in deps.values())
     if not healthy:
         response.status_code = 503
-    return HealthResponse(status="ok" if healthy else "degraded", dependencies=deps)
+    per_symbol: list[SymbolHealth] = []
+    if deps["redis"].ok:
+        try:
+            per_symbol = freshness(snapshot(resources.hot(), SignalCache(resources.redis())))
+        except Exception as exc:  # the dependency answered the ping; a failure here is reported, not raised
+            log.warning("health: per-symbol freshness failed: %s: %s", type(exc).__name__, exc)
+    return HealthResponse(status="ok" if healthy else "degraded", dependencies=deps, symbols=per_symbol)

@@ -7,18 +7,24 @@ FastAPI's documented validation body, as is an integer outside its bounds.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 
 import orjson
-from fastapi import APIRouter, Query
+import redis.asyncio as aioredis
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, Field
 
-from services.gateway.deps import RedisDep, WarehouseDep
+from services.gateway import pagination
+from services.gateway.deps import RedisDep, ResourcesDep, WarehouseDep
 from services.gateway.enums import Decision, Tier, Venue, describe
-from services.gateway.errors import REDIS_ERRORS, WAREHOUSE_ERRORS
-from streams.sink.core import SIGNAL_COLUMNS
-from streams.storage.cache import RECENT_MAX, SignalCache
+from services.gateway.errors import REDIS_ERRORS, WAREHOUSE_ERRORS, ErrorOut
+from streams.sink.core import OUTCOME_COLUMNS, SIGNAL_COLUMNS
+from streams.storage.cache import CHANNEL, RECENT_MAX, SignalCache, instrument_field
 
 router = APIRouter(prefix="/signals", tags=["signals"])
 
@@ -57,6 +63,40 @@ class SignalOut(BaseModel):
     cooldown_until_us: int
     stored_us: int
     latency_ms: float | None
+
+
+class OutcomeOut(BaseModel):
+    """A signal's realized triple-barrier outcome (outcomes stage); label HIT_TARGET, HIT_STOP or TIMEOUT."""
+
+    outcome_id: str
+    signal_id: str
+    venue: str
+    symbol: str
+    decision: str
+    tier: str
+    horizon_min: int
+    label: str
+    entry_price: float | None
+    exit_price: float | None
+    realized_return_bps: float | None
+    net_return_bps: float | None
+    max_favourable_bps: float | None
+    max_adverse_bps: float | None
+    entry_us: int
+    exit_us: int
+    time_to_barrier_us: int
+    estimated_cost_bps: float | None
+    realized_cost_bps: float | None
+    upper_barrier_bps: float | None
+    lower_barrier_bps: float | None
+    paper_equity: float | None
+    risk_state: str
+    stored_us: int
+
+
+class SignalDetail(BaseModel):
+    signal: SignalOut
+    outcome: OutcomeOut | None = Field(description="null while the signal is open (or for WAIT)")
 
 
 class StatsBucket(BaseModel):
@@ -118,28 +158,67 @@ TierQ = Annotated[
 ]
 
 
-@router.get("", response_model=list[SignalOut], responses=REDIS_ERRORS)
+MinUtilityQ = Annotated[float | None, Query(ge=-1e6, le=1e6, description="only net_utility_bps >= this")]
+_SIGNAL_SELECT: Final = ", ".join((*SIGNAL_COLUMNS, "latency_ms"))
+
+
+@router.get("", response_model=list[SignalOut], responses={**REDIS_ERRORS, **WAREHOUSE_ERRORS})
 def latest_signals(
-    cache: RedisDep,
+    request: Request,
+    response: Response,
+    resources: ResourcesDep,
     symbol: SymbolQ = None,
     limit: Annotated[int, Query(ge=1, le=RECENT_MAX)] = 50,
     decision: DecisionQ = None,
     tier: TierQ = None,
+    min_utility: MinUtilityQ = None,
+    since: pagination.SinceQ = None,
+    until: pagination.UntilQ = None,
+    cursor: pagination.CursorQ = None,
 ) -> list[SignalOut]:
-    """The most recent signals, newest first, from the sink's Redis list (the last 1000 signals)."""
+    """Signals newest first. Without ``since``/``until``/``cursor``: the sink's Redis list of the last 1000
+    signals (the live view); with any of them: the warehouse, paged by ``cursor`` (see ``X-Next-Cursor``)."""
     want_symbol = norm_symbol(symbol)
-    out: list[SignalOut] = []
-    for doc in SignalCache(cache).recent():
-        if want_symbol and doc.get("symbol") != want_symbol:
-            continue
-        if decision and doc.get("decision") != decision:  # a StrEnum member equals its stored name
-            continue
-        if tier and doc.get("tier") != tier:
-            continue
-        out.append(SignalOut.model_validate(_clean(doc)))
-        if len(out) >= limit:
-            break
-    return out
+    position = pagination.decode_cursor(cursor)
+    if position is None and since is None and until is None:
+        out: list[SignalOut] = []
+        for doc in SignalCache(resources.redis()).recent():
+            if want_symbol and doc.get("symbol") != want_symbol:
+                continue
+            if decision and doc.get("decision") != decision:  # a StrEnum member equals its stored name
+                continue
+            if tier and doc.get("tier") != tier:
+                continue
+            if min_utility is not None and not float(doc.get("net_utility_bps") or 0.0) >= min_utility:
+                continue
+            out.append(SignalOut.model_validate(_clean(doc)))
+            if len(out) >= limit:
+                break
+        pagination.set_next(request, response, [o.model_dump() for o in out], limit, "decision_us", "signal_id")
+        return out
+    warehouse = resources.warehouse()
+    clauses: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
+    if want_symbol:
+        clauses.append("symbol = {symbol:String}")
+        params["symbol"] = want_symbol
+    if decision:
+        clauses.append("decision = {decision:String}")
+        params["decision"] = str(decision)
+    if tier:
+        clauses.append("tier = {tier:String}")
+        params["tier"] = str(tier)
+    if min_utility is not None:
+        clauses.append("net_utility_bps >= {min_utility:Float64}")
+        params["min_utility"] = min_utility
+    pagination.keyset("decision_us", "signal_id", position, since, until, clauses, params)
+    rows = warehouse.query(
+        f"SELECT {_SIGNAL_SELECT} FROM {warehouse.database}.signals FINAL{pagination.where(clauses)} "
+        "ORDER BY decision_us DESC, signal_id DESC LIMIT {limit:UInt32}",
+        params,
+    )
+    pagination.set_next(request, response, rows, limit, "decision_us", "signal_id")
+    return [SignalOut.model_validate(_clean(r)) for r in rows]
 
 
 @router.get("/latest", response_model=list[SignalOut], responses=REDIS_ERRORS)
@@ -201,3 +280,90 @@ def stats(warehouse: WarehouseDep, symbol: SymbolQ = None, since_us: SinceQ = No
         buckets=buckets,
         latency=LatencyStats(count=n, p50_ms=q[0], p95_ms=q[1], p99_ms=q[2]),
     )
+
+
+StreamSymbolQ = Annotated[str | None, Query(max_length=32, description="only this symbol")]
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+@router.get("/stream", responses={200: {"content": {"text/event-stream": {}},
+                                        "description": "Server-Sent Events: `snapshot` once, then `signal` diffs"},
+                                  **REDIS_ERRORS})
+async def stream(
+    request: Request,
+    resources: ResourcesDep,
+    symbol: StreamSymbolQ = None,
+    max_events: Annotated[int | None, Query(ge=1, le=1_000_000, description="close after this many events")] = None,
+    timeout_s: Annotated[float | None, Query(gt=0, le=86_400, description="close after this long")] = None,
+) -> StreamingResponse:
+    """Live signals as Server-Sent Events: one ``snapshot`` event (the latest signal per instrument), then one
+    ``signal`` event per new signal (diffs only: a signal already sent, e.g. a redelivery, is not sent again),
+    and a ``: keep-alive`` comment every 15 s."""
+    want = norm_symbol(symbol)
+    snapshot = [d for d in SignalCache(resources.redis()).latest() if not want or d.get("symbol") == want]
+    client = aioredis.Redis.from_url(resources.settings.redis_connection_url(), socket_connect_timeout=2.0)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(CHANNEL)  # before the snapshot is sent: nothing falls between the two
+    deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+
+    async def events() -> AsyncIterator[bytes]:
+        sent = 0
+        seen: dict[str, str] = {instrument_field(d): str(d.get("signal_id")) for d in snapshot}
+        last_beat = time.monotonic()
+        try:
+            yield _sse("snapshot", [_clean(d) for d in snapshot])
+            sent += 1
+            while (max_events is None or sent < max_events) and (deadline is None or time.monotonic() < deadline):
+                if await request.is_disconnected():
+                    break
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if message is None:
+                    if time.monotonic() - last_beat > 15:
+                        last_beat = time.monotonic()
+                        yield b": keep-alive\n\n"
+                    continue
+                try:
+                    doc = orjson.loads(message["data"])
+                except (orjson.JSONDecodeError, TypeError):
+                    continue
+                if not isinstance(doc, dict) or (want and doc.get("symbol") != want):
+                    continue
+                key = instrument_field(doc)
+                if seen.get(key) == doc.get("signal_id"):
+                    continue
+                seen[key] = str(doc.get("signal_id"))
+                yield _sse("signal", _clean(doc))
+                sent += 1
+        except asyncio.CancelledError:
+            raise
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            await client.aclose()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+SignalIdP = Annotated[str, Path(min_length=1, max_length=256, description="signal_id")]
+
+
+@router.get("/{signal_id}", response_model=SignalDetail,
+            responses={404: {"model": ErrorOut, "description": "no such signal"}, **WAREHOUSE_ERRORS})
+def signal_by_id(warehouse: WarehouseDep, signal_id: SignalIdP) -> SignalDetail:
+    """One stored signal and, once it has resolved, its outcome."""
+    rows = warehouse.query(
+        f"SELECT {_SIGNAL_SELECT} FROM {warehouse.database}.signals FINAL WHERE signal_id = {{id:String}} LIMIT 1",
+        {"id": signal_id},
+    )
+    if not rows:
+        raise HTTPException(404, "no such signal")
+    outcomes = warehouse.query(
+        f"SELECT {', '.join(OUTCOME_COLUMNS)} FROM {warehouse.database}.outcomes FINAL "
+        "WHERE signal_id = {id:String} LIMIT 1",
+        {"id": signal_id},
+    )
+    outcome = OutcomeOut.model_validate({k: _finite(v) for k, v in outcomes[0].items()}) if outcomes else None
+    return SignalDetail(signal=SignalOut.model_validate(_clean(rows[0])), outcome=outcome)
