@@ -299,8 +299,8 @@ def _evaluate_counting(state: DecisionState, prediction: prediction_pb2.Predicti
                        horizon: prediction_pb2.HorizonProbability, conditions: Conditions) -> Evaluation:
     """``evaluate`` under the conditions, counting each rule that changed the result against normal conditions."""
     ev = evaluate(prediction, horizon, state.config, state.cost, conditions)
-    if conditions == NORMAL_CONDITIONS:
-        return ev
+    if conditions == NORMAL_CONDITIONS or ev.tier == signal_pb2.TIER_A:
+        return ev  # every rule only tightens: a tier A under the rules is a tier A without them
     plain = evaluate(prediction, horizon, state.config, state.cost)
     if (plain.decision, plain.tier) != (ev.decision, ev.tier):
         if conditions.paused:
