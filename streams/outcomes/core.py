@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -49,7 +49,10 @@ InstrumentKey = tuple[int, str]           # (Venue, symbol): spot and USD-M BTCU
 
 @dataclass(frozen=True, slots=True)
 class OutcomesConfig:
-    fee_bps: float = 4.0                  # per side; round trip pays it twice
+    fee_bps: float = 4.0                  # per side, for a venue not in round_trip_fees; round trip pays it twice
+    # Round-trip fees per Venue number: the stage fills them from the decision stage's cost model, so realized
+    # cost uses the very fees the estimate it is compared with used.
+    round_trip_fees: Mapping[int, float] = field(default_factory=dict)
     stale_grace_us: int = 60_000_000      # a quiet instrument's positions time out this long after the deadline
     max_open_per_instrument: int = 1_000
     policy: risk.RiskPolicy = field(default_factory=risk.RiskPolicy)
@@ -265,7 +268,8 @@ def expire_stale(state: OutcomesState, out: Outputs) -> None:
 def resolve(state: OutcomesState, pos: OpenPosition, label: int, exit_price: float, exit_us: int, top: BookTop,
             out: Outputs) -> None:
     realized = pos.return_bps(exit_price)
-    realized_cost = 2.0 * state.config.fee_bps + pos.entry_half_spread_bps + top.half_spread_bps()
+    fee = state.config.round_trip_fees.get(pos.venue, 2.0 * state.config.fee_bps)
+    realized_cost = fee + pos.entry_half_spread_bps + top.half_spread_bps()
     net = realized - realized_cost
     before = state.risk.level
     state.risk = risk.after_outcome(state.risk, net, exit_us, state.config.policy)

@@ -27,6 +27,8 @@ from google.protobuf.message import Message
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from schemas import common_pb2
+from streams.decision.cost import CostModel
 from streams.outcomes import core, risk, snapshot
 from streams.runtime.clock import Clock
 from streams.runtime.core import DownstreamUnavailable, InRecord, Outputs, Reject, StageContext, StageSpec
@@ -57,7 +59,9 @@ def config_from_settings(settings: Settings) -> core.OutcomesConfig:
         shutdown_cooloff_us=round(settings.risk_shutdown_cooloff_s * 1e6),
         position_fraction=settings.risk_position_fraction,
     )
-    return core.OutcomesConfig(fee_bps=settings.fee_bps, stale_grace_us=round(settings.outcomes_stale_grace_s * 1e6),
+    cost = CostModel.from_settings(settings)
+    fees = {int(v): cost.round_trip_fee_bps(int(v)) for v in common_pb2.Venue.values()}
+    return core.OutcomesConfig(round_trip_fees=fees, stale_grace_us=round(settings.outcomes_stale_grace_s * 1e6),
                                policy=policy)
 
 

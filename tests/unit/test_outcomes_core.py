@@ -159,3 +159,17 @@ def test_the_snapshot_resumes_open_positions_and_resends_recent_outcomes() -> No
     first = outcomes(run(resumed, ticks((T0 + 2, 100.61))))
     assert [o.signal_id for o in first] == ["ETHUSDT:2:5", "BTCUSDT:1:5"]  # the resend, then the new outcome
     assert first[0] == done
+
+
+def test_realized_cost_uses_the_estimates_fees_per_venue() -> None:
+    """The stage fills the round-trip fees from the decision stage's cost model (spot 20, USD-M 10 bps by
+    default), so estimated and realized cost are compared on the same fees."""
+    from streams.outcomes.stage import config_from_settings
+    from streams.runtime.settings import Settings
+
+    config = config_from_settings(Settings())
+    assert (config.round_trip_fees[SPOT], config.round_trip_fees[USDM]) == (20.0, 10.0)
+    state = OutcomesState(config=config)
+    run(state, signal(1, venue=USDM))
+    [o] = outcomes(run(state, ticks((T0 + 1, 100.7), venue=USDM)))
+    assert o.realized_cost_bps == pytest.approx(10.0)  # no book seen: no spread
