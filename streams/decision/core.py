@@ -23,7 +23,8 @@ default all a prediction carries):
   - live quality (``streams/outcomes/quality.py``): bounded offsets added to tau and kappa when the live ECE
     drifts from the model's held-out ECE or the realized utility falls below its floor.
 * **Position ideas**: an idea is (venue, symbol, horizon). After a LONG/SHORT the idea cools down for the
-  regime's cooldown (10-30 min by volatility); candidates for one idea within a batch are merged (the best
+  regime's cooldown (10-30 min by volatility), in event time (the prediction's exchange time), so replays and
+  backtests at any speed cool down as live does; candidates for one idea within a batch are merged (the best
   utility wins). WAIT is emitted only as the transition to flat: the idea's last emitted decision was
   actionable, its cooldown has ended, and the current decision is WAIT. Across processes (replicas, restarts)
   the stage claims each actionable idea in Redis (``SET NX PX``) before it is published; ``state.claims`` lists
@@ -362,14 +363,16 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
 def _emit(state: DecisionState, key: IdeaKey, prediction: prediction_pb2.Prediction, ev: Evaluation, now_us: int,
           out: Outputs) -> None:
     idea = state.ideas.setdefault(key, IdeaState())
-    cooling = now_us < idea.cooldown_until_us
+    # Cooldowns run on event time, so a replay or a backtest at any speed cools down exactly as live did.
+    event_us = prediction.ts.exchange_us
+    cooling = event_us < idea.cooldown_until_us
     if ev.decision in ACTIONABLE:
         if cooling:
             state.count("cooldown")
             return  # one position idea per cooldown window
         before = replace(idea)
         cooldown_us = state.config.cooldown_us(prediction.regime, state.risk)
-        idea.cooldown_until_us = now_us + cooldown_us
+        idea.cooldown_until_us = event_us + cooldown_us
         signal = build_signal(prediction, ev, state.cost, now_us, idea.cooldown_until_us)
         if cooldown_us > 0:
             state.claims.append(Claim(idea_key(key[0], key[1]), signal.signal_id, max(1, cooldown_us // 1000),

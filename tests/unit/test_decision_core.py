@@ -272,7 +272,7 @@ def test_risk_averse_doubles_the_cooldown(clock: ManualClock) -> None:
     state = state_of(cooldown_low_vol_s=600)
     state.risk = RiskLevel.RISK_AVERSE
     (emit,) = run(state, clock, pred(0.9)).emits
-    assert emit.value.cooldown_until_us == T0 + 1_200 * SECOND  # type: ignore[attr-defined]  # a Signal
+    assert emit.value.cooldown_until_us == T0 - 50_000 + 1_200 * SECOND  # type: ignore[attr-defined]  # a Signal
 
 
 def test_exchange_lag_pauses_actionable_signals_and_says_why(clock: ManualClock) -> None:
@@ -300,21 +300,37 @@ def test_cooldown_depends_on_the_volatility_regime(clock: ManualClock) -> None:
               pred(0.95, symbol="ETHUSDT", regime="vol_medium_depth_thick"),
               pred(0.95, symbol="SOLUSDT", regime="vol_high_depth_thick"),
               pred(0.99, symbol="XRPUSDT", regime="", spread_bps=0.0))
-    assert [e.value.cooldown_until_us - T0 for e in out.emits] == [  # type: ignore[attr-defined]
+    # Cooldowns run on event time: from the predictions' exchange time (T0 - 50 ms).
+    assert [e.value.cooldown_until_us - (T0 - 50_000) for e in out.emits] == [  # type: ignore[attr-defined]
         1800 * SECOND, 1200 * SECOND, 600 * SECOND, 600 * SECOND]
 
 
 def test_cooldown_and_the_wait_transition(clock: ManualClock) -> None:
     state = state_of(cooldown_low_vol_s=30)
-    assert decisions(run(state, clock, pred(0.9, i=1))) == [("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A")]
+
+    def at(p_up: float, i: int) -> Outputs:
+        return run(state, clock, pred(p_up, i=i, exchange_us=clock.now_us() - 50_000))
+
+    assert decisions(at(0.9, 1)) == [("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A")]
     clock.advance_us(10 * SECOND)
-    assert run(state, clock, pred(0.9, i=2)).emits == []         # cooling: one idea per window
-    assert run(state, clock, pred(0.5, i=3)).emits == []         # cooling: no WAIT yet either
+    assert at(0.9, 2).emits == []         # cooling: one idea per window
+    assert at(0.5, 3).emits == []         # cooling: no WAIT yet either
     assert state.rule_counts == {"cooldown": 1}
     clock.advance_us(20 * SECOND)
-    assert decisions(run(state, clock, pred(0.5, i=4))) == [("BINANCE_SPOT:BTCUSDT", "WAIT", "TIER_NONE")]
-    assert run(state, clock, pred(0.5, i=5)).emits == []         # never a repeated WAIT
-    assert decisions(run(state, clock, pred(0.1, i=6))) == [("BINANCE_SPOT:BTCUSDT", "SHORT", "TIER_A")]
+    assert decisions(at(0.5, 4)) == [("BINANCE_SPOT:BTCUSDT", "WAIT", "TIER_NONE")]
+    assert at(0.5, 5).emits == []         # never a repeated WAIT
+    assert decisions(at(0.1, 6)) == [("BINANCE_SPOT:BTCUSDT", "SHORT", "TIER_A")]
+
+
+def test_the_cooldown_runs_on_event_time_not_on_the_clock(clock: ManualClock) -> None:
+    """A replay at full speed: predictions a minute apart in event time arrive a millisecond apart."""
+    state = state_of(cooldown_low_vol_s=30)
+    assert decisions(run(state, clock, pred(0.9, i=1, exchange_us=T0 - 120 * SECOND))) == [
+        ("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A")]
+    clock.advance_us(1_000)
+    assert run(state, clock, pred(0.9, i=2, exchange_us=T0 - 100 * SECOND)).emits == []   # 20 s later: cooling
+    assert decisions(run(state, clock, pred(0.9, i=3, exchange_us=T0 - 60 * SECOND))) == [  # 60 s later: free
+        ("BINANCE_SPOT:BTCUSDT", "LONG", "TIER_A")]
 
 
 def test_spot_and_usdm_of_one_symbol_are_separate_ideas(clock: ManualClock) -> None:
