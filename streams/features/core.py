@@ -21,6 +21,7 @@ far-future time would otherwise become the symbol's clock: event time never goes
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import numpy as np
 
 from schemas import SCHEMA_VERSION, common_pb2, features_pb2, market_pb2
 from streams.features import definitions as d
+from streams.features.health import FeatureHealth, slowest_tier_evaluated
 from streams.features.rows import InvalidBatch, ParsedBatch, Rows, encode_batches, parse_batch
 from streams.runtime import validate as v
 from streams.runtime.clock import Clock
@@ -144,8 +146,19 @@ class SymbolState:
         if len(self.recent) > DEDUP_CACHE:
             self.recent.popitem(last=False)
 
-    def fold(self, parsed: Sequence[ParsedBatch], *, tiers_on: bool = True) -> list[VectorRecord]:
-        res = fold_rows(self.kernel, encode_batches(parsed), tiers_on=tiers_on)
+    def fold(self, parsed: Sequence[ParsedBatch], *, tiers_on: bool = True,
+             health: FeatureHealth | None = None) -> list[VectorRecord]:
+        rows = encode_batches(parsed)
+        if health is None:
+            res = fold_rows(self.kernel, rows, tiers_on=tiers_on)
+        else:
+            si = self.kernel.si
+            med_t, slow_t = int(si[d.S_MED_T]), int(si[d.S_SLOW_T])
+            started = time.perf_counter()  # a duration for the health metrics, not a timestamp
+            res = fold_rows(self.kernel, rows, tiers_on=tiers_on)
+            elapsed = time.perf_counter() - started
+            health.observe(res.values, res.status, self.kernel.app, tiers_on, elapsed,
+                           slowest_tier_evaluated(med_t, slow_t, si))
         return [
             VectorRecord(p.t_us, res.values[i], float(res.price[i]), int(res.t_us[i]), int(res.status[i]),
                          d.regime_label(int(res.regime[i])), int(res.first_seq[i]))
@@ -213,6 +226,7 @@ class FeatureState:
         self.bounds = bounds  # event times vs the clock in ``process`` (the stage wires the settings)
         # A vector whose event time is older than this by the clock carries STALE_INPUT (0: never).
         self.stale_after_us = stale_after_us
+        self.health = FeatureHealth()  # per-tier compute time, NaN ratio, insufficiency (the stage exports it)
 
     def symbol(self, venue: int, symbol: str) -> SymbolState:
         key = (venue, symbol)
@@ -372,7 +386,8 @@ def _fold_records(tbs: Sequence[market_pb2.TickBatch], state: FeatureState, now_
             lag_s = (now_us - newest) / 1e6
             worst_lag_s = lag_s if worst_lag_s is None else max(worst_lag_s, lag_s)
             tiers_on = state.backpressure.tiers_on(lag_s, group.state, symbol)
-        group.records = group.state.fold(group.parsed, tiers_on=tiers_on)
+        group.records = group.state.fold(group.parsed, tiers_on=tiers_on,
+                                         health=state.health if now_us is not None else None)
         for batch_id, rec in zip(group.ids, group.records, strict=True):  # dicts keep insertion order
             group.state.remember(batch_id, rec)
     if worst_lag_s is not None:

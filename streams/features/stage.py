@@ -9,6 +9,20 @@ stage's own /metrics (the registry comes with the ``StageContext``):
 * ``surge_features_tier_drops_total{stage}``: times a symbol's tiers were dropped;
 * ``surge_features_vectors_tiers_dropped_total{stage}``: vectors emitted without them;
 * ``surge_features_lag_seconds{stage}``: the largest per-symbol event-time lag of the last consumed batch.
+
+Feature health per tier (``streams.features.health``; ``tier`` is fast, medium or slow):
+
+* ``surge_features_kernel_seconds{stage,tier}`` (summary: ``_sum``, ``_count``): kernel time per call, by the
+  slowest tier the call evaluated;
+* ``surge_features_tier_vectors_total{stage,tier}``, ``surge_features_tier_values_total{stage,tier}`` and
+  ``surge_features_tier_nan_values_total{stage,tier}``: vectors and applicable values served per tier, and how
+  many of the values were NaN;
+* ``surge_features_tier_nan_ratio{stage,tier}``: the NaN share of the tier's applicable values, an EWMA over
+  kernel calls (alpha 0.05);
+* ``surge_features_tier_insufficient_total{stage,tier}``: vectors with an applicable NaN in the tier (the
+  rate per vector is this over ``surge_features_tier_vectors_total``);
+* ``surge_features_vectors_total{stage}`` and ``surge_features_window_insufficient_total{stage}``: vectors
+  computed and those flagged WINDOW_INSUFFICIENT.
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ from collections.abc import Iterator
 
 import numpy as np
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from streams.features import definitions as d
@@ -106,8 +120,54 @@ class TierMetrics(Collector):
         yield lag
 
 
+class HealthMetrics(Collector):
+    """Reads the per-tier feature health of a FeatureState at scrape time."""
+
+    def __init__(self, state: FeatureState, stage: str = "features") -> None:
+        self.state = state
+        self.stage = stage
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | SummaryMetricFamily]:
+        h = self.state.health.snapshot()
+        labels = ["stage", "tier"]
+        kernel = SummaryMetricFamily("surge_features_kernel_seconds",
+                                     "Feature kernel time per call, by the slowest tier the call evaluated",
+                                     labels=labels)
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+            "vectors": CounterMetricFamily("surge_features_tier_vectors", "Vectors in which the tier was served",
+                                           labels=labels),
+            "values": CounterMetricFamily("surge_features_tier_values", "Applicable feature values served, per tier",
+                                          labels=labels),
+            "nan": CounterMetricFamily("surge_features_tier_nan_values", "Applicable feature values that were NaN",
+                                       labels=labels),
+            "insufficient": CounterMetricFamily("surge_features_tier_insufficient",
+                                                "Vectors with an applicable NaN feature in the tier", labels=labels),
+            "ratio": GaugeMetricFamily("surge_features_tier_nan_ratio",
+                                       "NaN share of the tier's applicable values (EWMA over kernel calls)",
+                                       labels=labels),
+        }
+        for k, tier in enumerate(d.TIER_NAMES):
+            key = [self.stage, tier]
+            kernel.add_metric(key, count_value=int(h.kernel_calls[k]), sum_value=h.kernel_seconds[k])
+            families["vectors"].add_metric(key, h.tier_vectors[k])
+            families["values"].add_metric(key, h.tier_values[k])
+            families["nan"].add_metric(key, h.tier_nan[k])
+            families["insufficient"].add_metric(key, h.tier_insufficient[k])
+            families["ratio"].add_metric(key, h.tier_nan_ratio[k])
+        yield kernel
+        yield from families.values()
+        vectors = CounterMetricFamily("surge_features_vectors", "Feature vectors computed", labels=["stage"])
+        vectors.add_metric([self.stage], h.vectors)
+        yield vectors
+        insufficient = CounterMetricFamily("surge_features_window_insufficient",
+                                           "Vectors flagged WINDOW_INSUFFICIENT", labels=["stage"])
+        insufficient.add_metric([self.stage], h.vectors_insufficient)
+        yield insufficient
+
+
 def register_metrics(registry: CollectorRegistry, state: FeatureState) -> None:
     registry.register(TierMetrics(state))
+    registry.register(HealthMetrics(state))
 
 
 def main() -> int:
