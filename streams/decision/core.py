@@ -22,13 +22,13 @@ default all a prediction carries):
     no actionable signal;
   - live quality (``streams/outcomes/quality.py``): bounded offsets added to tau and kappa when the live ECE
     drifts from the model's held-out ECE or the realized utility falls below its floor.
-* **Position ideas**: an idea is (venue, symbol, horizon). After a LONG/SHORT the idea cools down for the
-  regime's cooldown (10-30 min by volatility), in event time (the prediction's exchange time), so replays and
-  backtests at any speed cool down as live does; candidates for one idea within a batch are merged (the best
-  utility wins). WAIT is emitted only as the transition to flat: the idea's last emitted decision was
-  actionable, its cooldown has ended, and the current decision is WAIT. Across processes (replicas, restarts)
-  the stage claims each actionable idea in Redis (``SET NX PX``) before it is published; ``state.claims`` lists
-  what this batch wants to claim.
+* **Position ideas**: an idea is (venue, symbol, horizon). After a LONG/SHORT the idea cools down for the regime's
+  cooldown (10-30 min by volatility), in event time (the prediction's exchange time), so replays and backtests at
+  any speed cool down as live does: near-simultaneous predictions of one idea merge into the first, whatever the
+  batching (merging into the "best" would make the chosen signal depend on where batches split). WAIT is emitted
+  only as the transition to flat: the idea's last emitted decision was actionable, its cooldown has ended, and the
+  current decision is WAIT. Across processes (replicas, restarts) the stage claims each actionable idea in Redis
+  (``SET NX PX``) before it is published; ``state.claims`` lists what this batch wants to claim.
 
 ``validate`` first rejects a prediction that cannot be priced (``streams.runtime.validate``): no horizon, a
 p_up outside [0, 1] (or NaN), a spread or label barrier out of range, a mid_price that is not a finite positive
@@ -324,10 +324,7 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
     now_us = clock.now_us()
     config = state.config
     state.claims = []
-    # Near-simultaneous predictions of one idea are merged into the best (the cooldown would let only one through
-    # anyway); without a cooldown every prediction stands on its own.
     candidates: list[tuple[IdeaKey, prediction_pb2.Prediction, Evaluation]] = []
-    slots: dict[IdeaKey, int] = {}
     for record in batch:
         prediction = record.value
         problem = validate(prediction, config, now_us)
@@ -344,17 +341,7 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
         instrument = Instrument(prediction.venue, prediction.symbol)
         for horizon in horizons_to_act_on(prediction, config):
             ev = _evaluate_counting(state, prediction, horizon, conditions)
-            key = (instrument, horizon.horizon_min)
-            slot = slots.get(key)
-            if slot is None or config.cooldown_us(prediction.regime, state.risk) == 0:
-                slots[key] = len(candidates)
-                candidates.append((key, prediction, ev))
-                continue
-            state.count("merged")
-            held = candidates[slot][2]
-            if held.decision not in ACTIONABLE or (ev.decision in ACTIONABLE and
-                                                    ev.net_utility_bps > held.net_utility_bps):
-                candidates[slot] = (key, prediction, ev)
+            candidates.append(((instrument, horizon.horizon_min), prediction, ev))
     for key, prediction, ev in candidates:
         _emit(state, key, prediction, ev, now_us, out)
     return out

@@ -342,11 +342,15 @@ def test_spot_and_usdm_of_one_symbol_are_separate_ideas(clock: ManualClock) -> N
     assert {c.ttl_ms for c in state.claims} == {1_800_000}
 
 
-def test_near_simultaneous_predictions_of_one_idea_merge_into_the_best(clock: ManualClock) -> None:
-    state = state_of(cooldown_low_vol_s=1800)
-    out = run(state, clock, pred(0.80, i=1), pred(0.95, i=2), pred(0.85, i=3))
-    assert [e.value.signal_id for e in out.emits] == ["BTCUSDT:2:m7:5"]  # type: ignore[attr-defined]
-    assert state.rule_counts == {"merged": 2}
+def test_near_simultaneous_predictions_of_one_idea_merge_into_the_first(clock: ManualClock) -> None:
+    """The first in event order wins, whatever the batching: one batch of three, or three batches of one."""
+    together = state_of(cooldown_low_vol_s=1800)
+    out = run(together, clock, pred(0.80, i=1), pred(0.95, i=2), pred(0.85, i=3))
+    apart = state_of(cooldown_low_vol_s=1800)
+    split = [e for i in (1, 2, 3) for e in run(apart, clock, pred((0.80, 0.95, 0.85)[i - 1], i=i)).emits]
+    assert [e.value.signal_id for e in out.emits] == [e.value.signal_id for e in split] == [  # type: ignore[attr-defined]
+        "BTCUSDT:1:m7:5"]
+    assert together.rule_counts == apart.rule_counts == {"cooldown": 2}
 
 
 def test_an_idea_claimed_elsewhere_is_dropped_and_its_state_restored(clock: ManualClock) -> None:
