@@ -8,10 +8,13 @@ so it goes to the server log only.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Final
 
 import redis
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -50,8 +53,33 @@ def _error(status: int, detail: str, request: Request, exc: Exception) -> JSONRe
     return JSONResponse({"detail": detail}, status_code=status)
 
 
+MAX_ECHO_CHARS: Final = 200
+
+
+def _json_safe(value: Any) -> Any:
+    """A validation error's echoed input, as JSON can carry it: NaN/inf as text, long strings cut short."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str) and len(value) > MAX_ECHO_CHARS:
+        return value[:MAX_ECHO_CHARS] + "..."
+    if isinstance(value, bytes):
+        return _json_safe(value.decode("utf-8", "replace"))
+    if isinstance(value, dict):
+        return {str(k)[:MAX_ECHO_CHARS]: _json_safe(v) for k, v in list(value.items())[:50]}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value[:50]]
+    return value
+
+
 def install(app: FastAPI) -> None:
-    """Register the handlers for warehouse and Redis failures on ``app``."""
+    """Register the handlers for warehouse and Redis failures, and a JSON-safe 422, on ``app``."""
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own body, except that an echoed NaN (or a 100 kB string) must not break or bloat the answer.
+        detail = [{k: _json_safe(v) if k == "input" else v for k, v in e.items() if k != "ctx"}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
 
     @app.exception_handler(WarehouseError)
     async def warehouse_error(request: Request, exc: WarehouseError) -> JSONResponse:

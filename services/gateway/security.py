@@ -358,3 +358,11 @@ def require_admin(request: Request) -> TokenInfo:
 
 ReadDep = Depends(require_read)
 AdminToken = Annotated[TokenInfo, Depends(require_admin)]
+
+
+def audit(warehouse: Any, action: str, actor: str, subject: str, reason: str = "") -> None:
+    """One row in ``audit_logs`` (the registry's trail): ``subject`` goes in its model_version column."""
+    at = time.time_ns() // 1000
+    audit_id = hashlib.sha256(f"{at}:{action}:{subject}:{actor}".encode()).hexdigest()[:20]
+    warehouse.insert("audit_logs", [[audit_id, action, actor, subject, "", reason, at]],
+                     ["audit_id", "action", "actor", "model_version", "previous_version", "reason", "at_us"])
