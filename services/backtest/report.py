@@ -24,10 +24,8 @@ MAX_EQUITY_POINTS = 5_000
 
 def run_id_of(result: BacktestResult) -> str:
     """Deterministic: the same data, model, settings and seed give the same run id."""
-    cfg = result.config
     doc = {"config": _config_doc(result), "model": result.info.get("model_version"),
            "n_trades": len(result.trades), "net": float(result.trades["net_pnl"].sum()) if len(result.trades) else 0}
-    del cfg
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 

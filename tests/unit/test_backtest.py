@@ -300,3 +300,27 @@ def test_shuffling_future_bars_changes_nothing_before_them(tmp_path: Path) -> No
     # and the future did change something after the cut
     assert [s.signal_id for s in results[0].signals] != [s.signal_id for s in results[1].signals] or \
         not results[0].trades.equals(results[1].trades)
+
+
+def test_cli_writes_the_three_outputs_and_honours_the_window(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    data = tmp_path / "TESTUSDT-1m-2026-01.csv"
+    _write_klines(data, 100 * np.exp(np.cumsum(np.random.default_rng(5).normal(0, 0.003, 300))))
+    start, end = T0 + 100 * MIN, T0 + 200 * MIN
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["backtest", "--data", str(data), "--out", str(out), "--mode", "neutral",
+                                   "--from", str(start), "--to", str(end), "--tau-a", "0", "--kappa-a", "-1000000",
+                                   "--no-store"])
+    assert res.exit_code == 0, res.output
+    import orjson
+
+    report = orjson.loads((out / "report.json").read_bytes())
+    assert report["metrics"]["trades"] > 0
+    trades = pd.read_parquet(out / "trades.parquet")
+    assert trades["signal_us"].between(start, end - 1).all()
+    assert (out / "report.html").read_text().startswith("<!doctype html>")
+    bad = CliRunner().invoke(app, ["backtest", "--data", str(data), "--out", str(out), "--mode", "fast"])
+    assert bad.exit_code == 2
