@@ -3,8 +3,13 @@
 The embedded broker is special. Tansu's memory store keeps nothing across a restart, so the stages' idempotent
 producers are fenced (unknown producer id) and their topics are gone: when the broker dies, the stages are
 restarted with it. The same "recycle" is done on purpose when the pipeline falls behind, because the memory
-store gets slower the more it holds (README, "Embedded broker caveats"): what was in flight is lost, which is
-acceptable for the development broker and said loudly in the log.
+store gets slower the more it holds (README, "Embedded broker caveats").
+
+A planned recycle drains first: ingest is stopped (it publishes its pending micro-batches and exits, so
+nothing new is accepted), the consumers keep running until every stage's consumed count has stood still
+for ``DRAIN_QUIET_S`` (they have read, processed and produced everything the broker holds, and the sink has
+stored it), and only then are they stopped (each commits) and the broker restarted. A broker that died
+cannot be drained: what was in flight then is lost, and the log says so.
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ RECYCLE_STOP_S = 5.0  # per stage; their broker is gone, so there is little left
 LAG_POLL_S = 1.0
 LAG_METRIC = re.compile(r'^surge_event_time_lag_seconds\{stage="features"\} ([0-9.eE+-]+)$', re.M)
 RESTART_BACKOFF_MAX_S = 8.0
+INGEST_DRAIN_STOP_S = 15.0  # ingest publishes its pending micro-batches on SIGTERM
+DRAIN_QUIET_S = 2.0  # consumed counts unchanged this long: the consumers have caught up
+DRAIN_TIMEOUT_S = 90.0
+DRAIN_POLL_S = 0.25
+CONSUMED_METRIC = re.compile(r'^surge_events_in_total\{[^}]*\} ([0-9.eE+-]+)$', re.M)
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,39 @@ class LagWatch:
         self.stages_started_at, self.above_since = now, None
 
 
+@dataclass(slots=True)
+class DrainWatch:
+    """Decides from samples of the consumers' total consumed count whether a drain is done, or has timed out.
+
+    ``None`` (a stage did not answer) restarts the quiet clock: a stage that cannot be read has not been seen
+    to stand still."""
+
+    started_at: float
+    quiet_s: float = DRAIN_QUIET_S
+    timeout_s: float = DRAIN_TIMEOUT_S
+    last: float | None = None
+    quiet_since: float | None = None
+
+    def observe(self, now: float, consumed: float | None) -> str:
+        if consumed is None or consumed != self.last or self.quiet_since is None:
+            self.last, self.quiet_since = consumed, now
+        elif now - self.quiet_since >= self.quiet_s:
+            return "drained"
+        return "timeout" if now - self.started_at >= self.timeout_s else "waiting"
+
+
+def consumed_total(settings: Settings, stages: list[str]) -> float | None:
+    """Records consumed so far by ``stages`` together, from their /metrics; None if one does not answer."""
+    total = 0.0
+    for stage in stages:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{settings.stage_port(stage)}/metrics", timeout=1.0).text
+        except httpx.HTTPError:
+            return None
+        total += sum(float(v) for v in CONSUMED_METRIC.findall(text))
+    return total
+
+
 def features_lag_s(settings: Settings) -> float | None:
     try:
         text = httpx.get(f"http://127.0.0.1:{settings.stage_port('features')}/metrics", timeout=1.0).text
@@ -300,16 +343,39 @@ class Supervisor:
         lag = features_lag_s(self.settings)
         if self.lag_watch.observe(now, lag):
             self.recycle_broker(f"the features stage has lagged {lag:.1f}s behind the market for "
-                                f"{self.lag_watch.policy.sustained_s:.0f}s")
+                                f"{self.lag_watch.policy.sustained_s:.0f}s", drain=True)
 
-    def recycle_broker(self, reason: str) -> None:
+    def drain(self, stages: list[Child]) -> bool:
+        """Stop ingest, then wait until the consumers have caught up (module docstring). True if drained."""
+        started = time.monotonic()
+        for child in stages:
+            if child.spec.name == "ingest":
+                self._stop(child, INGEST_DRAIN_STOP_S)
+        consumers = [c.spec.name for c in stages if c.spec.name != "ingest" and c.proc is not None
+                     and c.proc.poll() is None]
+        watch = DrainWatch(started)
+        while not self.stopping:
+            verdict = watch.observe(time.monotonic(), consumed_total(self.settings, consumers))
+            if verdict == "drained":
+                log.warning("DRAINED in %.1fs: ingest stopped and %s caught up", time.monotonic() - started,
+                            ", ".join(consumers))
+                return True
+            if verdict == "timeout":
+                log.warning("DRAIN timed out after %.0fs: records still in flight are lost", watch.timeout_s)
+                return False
+            time.sleep(DRAIN_POLL_S)
+        return False
+
+    def recycle_broker(self, reason: str, *, drain: bool = False) -> None:
         """Restart the embedded broker empty, and the stages with it (see the module docstring)."""
         self.recycles += 1
-        log.warning("RECYCLE broker #%d: %s. Tansu's memory store loses everything on restart, so the stages are "
-                    "restarted too and records in flight are lost (README, embedded broker caveats).",
-                    self.recycles, reason)
         stages = [c for c in self.children if c.spec.name in STAGES]
         broker = next(c for c in self.children if c.spec.name == "broker")
+        log.warning("RECYCLE broker #%d: %s. Tansu's memory store loses everything on restart, so the stages are "
+                    "restarted too%s (README, embedded broker caveats).", self.recycles, reason,
+                    ", after a drain" if drain else " and records in flight are lost")
+        if drain:
+            self.drain(stages)
         for child in reversed(stages):  # the source first, so less is in flight when the consumers go
             self._stop(child, RECYCLE_STOP_S)
         self._stop(broker, RECYCLE_STOP_S)

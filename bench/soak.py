@@ -1,0 +1,310 @@
+"""Soak benchmark: `surge run` at its default load for a while, sampled from the stages' /metrics.
+
+    python bench/soak.py --duration 3600            # `make soak` (SOAK_S=600 for a 10-minute run)
+
+Every ``--sample-s`` it reads decision's exchange->signal histogram (per-minute p50/p99 from bucket deltas,
+across stage restarts), every stage's event-time lag, ingest's accepted-trade counter and decision's signal
+counter. At the end it freezes ingest (SIGSTOP, right after a last sample), lets the pipeline settle, and
+reconciles with ClickHouse: trades accepted by ingest vs distinct trades in ``trades`` (FINAL), and signals
+published vs signals stored. Writes JSON (``--out``) and a PNG of p99 and lag per minute with the broker
+recycles marked (``--png``).
+
+The accepted count is read from a counter every sample, so the trades ingest accepted between its last scrape
+and a stop (a recycle's drain, or the final freeze) are not in it: "accepted" is a lower bound, exact up to one
+sample interval per ingest process. The JSON says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("ingest", "features", "infer", "decision", "sink", "outcomes")
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([0-9.eE+-]+|NaN|[+-]Inf)$", re.M)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def metrics_base() -> int:
+    for base in range(21101, 29000, 17):
+        if all(port_free(base + i) for i in range(len(STAGES))):
+            return base
+    raise RuntimeError("no free range for the stages' metrics ports")
+
+
+def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2.0).text
+    except httpx.HTTPError:
+        return []
+    out = []
+    for name, labels, value in SAMPLE.findall(text):
+        parsed = dict(re.findall(r'(\w+)="([^"]*)"', labels or ""))
+        out.append((name, parsed, float(value)))
+    return out
+
+
+@dataclass
+class Cumulative:
+    """A counter summed across process restarts: a drop means a new process, whose value is all new."""
+
+    total: float = 0.0
+    last: float | None = None
+
+    def update(self, value: float) -> float:
+        delta = value if self.last is None or value < self.last else value - self.last
+        if self.last is None:
+            delta = value
+        self.last = value
+        self.total += delta
+        return delta
+
+
+@dataclass
+class Minute:
+    buckets: dict[float, float] = field(default_factory=dict)
+    lag: dict[str, list[float]] = field(default_factory=dict)
+
+
+def quantile(buckets: dict[float, float], q: float) -> float | None:
+    """histogram_quantile over cumulative bucket counts (upper bound -> count), linear within a bucket."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    prev_bound, prev_count = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return prev_bound
+            width = count - prev_count
+            return prev_bound + (bound - prev_bound) * ((rank - prev_count) / width if width else 0.0)
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=3600.0)
+    ap.add_argument("--sample-s", type=float, default=2.0)
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "soak.json")
+    ap.add_argument("--png", type=Path, default=REPO_ROOT / "bench" / "results" / "soak.png")
+    ap.add_argument("--keep", action="store_true", help="keep the run's data folder and logs")
+    args = ap.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="surge-soak-"))
+    base = metrics_base()
+    token = secrets.token_urlsafe(32)
+    ports = {"SURGE_BROKER_PORT": free_port(), "SURGE_WAREHOUSE_PORT": free_port(), "SURGE_REDIS_PORT": free_port(),
+             "SURGE_GATEWAY_PORT": free_port()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
+    env.update({k: str(v) for k, v in ports.items()})
+    env.update({"SURGE_METRICS_BASE_PORT": str(base), "SURGE_DATA_DIR": str(root / "data"), "SURGE_SOURCE": "sim",
+                "SURGE_WAREHOUSE_TOKEN": token, "PYTHONUNBUFFERED": "1"})
+    log_path = root / "surge-run.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=REPO_ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    port = {stage: base + i for i, stage in enumerate(STAGES)}
+    print(f"soak: surge run (pid {proc.pid}) in {root}, {args.duration:.0f} s", flush=True)
+    try:
+        deadline = time.monotonic() + 240
+        while "surge is running" not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("surge run did not start:\n" + log_path.read_text(errors="replace")[-3000:])
+            time.sleep(1)
+        result = soak(args, proc, log_path, port, ports["SURGE_WAREHOUSE_PORT"], token)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.png)
+    print(json.dumps(result["summary"], indent=2))
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def soak(args: argparse.Namespace, proc: subprocess.Popen[bytes], log_path: Path, port: dict[str, int],
+         warehouse_port: int, token: str) -> dict[str, Any]:
+    started = time.monotonic()
+    wall_start = time.time()
+    minutes: dict[int, Minute] = {}
+    hist: dict[float, Cumulative] = {}
+    trades, signals_out = Cumulative(), Cumulative()
+    while time.monotonic() - started < args.duration and proc.poll() is None:
+        t0 = time.monotonic()
+        sample(port, minutes.setdefault(int((t0 - started) // 60), Minute()), hist, trades, signals_out)
+        time.sleep(max(0.0, args.sample_s - (time.monotonic() - t0)))
+    # Freeze intake right after a last sample of its counter, let everything downstream settle, reconcile.
+    final_minute = minutes.setdefault(int((time.monotonic() - started) // 60), Minute())
+    sample(port, final_minute, hist, trades, signals_out)
+    ingest_pid = last_pid(log_path, "ingest")
+    if ingest_pid is not None:
+        os.kill(ingest_pid, signal.SIGSTOP)
+    time.sleep(10)
+    sample(port, final_minute, hist, trades, signals_out, skip_ingest=True)
+    stored = reconcile(warehouse_port, token)
+    if ingest_pid is not None:
+        os.kill(ingest_pid, signal.SIGCONT)
+    run_log = log_path.read_text(errors="replace")
+    recycles = [{"at_s": at_s(line, wall_start), "line": line.split("RECYCLE ", 1)[1][:200]}
+                for line in run_log.splitlines() if "RECYCLE broker" in line]
+    drains = [line.split("DRAIN", 1)[1][:160] for line in run_log.splitlines() if "DRAIN" in line]
+    series: list[dict[str, Any]] = []
+    for m in sorted(minutes):
+        mm = minutes[m]
+        p99 = quantile(mm.buckets, 0.99)
+        p50 = quantile(mm.buckets, 0.50)
+        series.append({"minute": m, "signals": mm.buckets.get(float("inf"), 0.0),
+                       "p50_ms": None if p50 is None else round(p50 * 1000, 1),
+                       "p99_ms": None if p99 is None else round(p99 * 1000, 1),
+                       "lag_max_s": {s: round(max(v), 2) for s, v in mm.lag.items() if v}})
+    p99s = [(s["minute"], s["p99_ms"]) for s in series if s["p99_ms"] is not None]
+    first = [v for m, v in p99s if m < 10]
+    last_minutes = max((m for m, _ in p99s), default=0)
+    last = [v for m, v in p99s if m > last_minutes - 10]
+    first_p99 = sorted(first)[len(first) // 2] if first else None
+    last_p99 = sorted(last)[len(last) // 2] if last else None
+    summary = {
+        "duration_s": args.duration,
+        "recycles": len(recycles),
+        "drains": drains,
+        "p99_ms_median_first_10min": first_p99,
+        "p99_ms_median_last_10min": last_p99,
+        "p99_stable_within_1_5x": (None if not first_p99 or not last_p99 else last_p99 <= 1.5 * first_p99),
+        "trades_accepted_lower_bound": int(trades.total),
+        **stored,
+        "signals_published": int(signals_out.total),
+        "trades_missing_vs_accepted": int(trades.total) - stored["trades_stored_distinct"],
+        "signals_missing_vs_published": int(signals_out.total) - stored["signals_stored_distinct"],
+    }
+    return {"config": {"source": "sim", "sim_events_per_s": "default", "sample_s": args.sample_s},
+            "summary": summary, "minutes": series, "recycle_events": recycles,
+            "notes": ["accepted/published are counters sampled every sample_s and summed across process restarts:"
+                      " a lower bound, exact up to one sample interval per process (a recycle restarts ingest)."]}
+
+
+def at_s(line: str, wall_start: float) -> float | None:
+    match = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", line)
+    if not match:
+        return None
+    return round(time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) - wall_start, 1)
+
+
+def last_pid(log_path: Path, name: str) -> int | None:
+    found = re.findall(rf"started {name} \(pid (\d+)\)", log_path.read_text(errors="replace"))
+    return int(found[-1]) if found else None
+
+
+def sample(port: dict[str, int], minute: Minute, hist: dict[float, Cumulative], trades: Cumulative,
+           signals_out: Cumulative, *, skip_ingest: bool = False) -> None:
+    for stage, p in port.items():
+        if skip_ingest and stage == "ingest":
+            continue
+        rows = scrape(p)
+        for name, _labels, value in rows:
+            if name == "surge_event_time_lag_seconds":
+                minute.lag.setdefault(stage, []).append(value)
+        if stage == "ingest" and rows:
+            trades.update(sum(v for n, _, v in rows if n == "surge_ingest_trades_total"))
+        if stage == "decision" and rows:
+            signals_out.update(sum(v for n, labels, v in rows
+                                   if n == "surge_events_out_total" and labels.get("topic") == "signals.v1"))
+            for name, labels, value in rows:
+                if name == "surge_e2e_latency_seconds_bucket":
+                    le = float(labels["le"].replace("+Inf", "inf"))
+                    delta = hist.setdefault(le, Cumulative()).update(value)
+                    minute.buckets[le] = minute.buckets.get(le, 0.0) + delta
+
+
+def reconcile(warehouse_port: int, token: str) -> dict[str, int]:
+    from streams.storage.warehouse import open_warehouse
+
+    wh = open_warehouse(f"surge+http://127.0.0.1:{warehouse_port}", "surge", token=token)
+    try:
+        def one(sql: str) -> int:
+            return int(next(iter(wh.query(sql)[0].values())))
+
+        out = {
+            "trades_stored_rows": one("SELECT count() AS n FROM surge.trades"),
+            "trades_stored_distinct": one("SELECT count() AS n FROM surge.trades FINAL"),
+            "signals_stored_rows": one("SELECT count() AS n FROM surge.signals"),
+            "signals_stored_distinct": one("SELECT count() AS n FROM surge.signals FINAL"),
+            "outcomes_stored_distinct": one("SELECT count() AS n FROM surge.outcomes FINAL"),
+        }
+    finally:
+        wh.close()
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = result["minutes"]
+    xs = [m["minute"] for m in minutes]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    ax1.plot(xs, [m["p99_ms"] for m in minutes], label="p99", marker=".")
+    ax1.plot(xs, [m["p50_ms"] for m in minutes], label="p50", marker=".")
+    ax1.axhline(800, color="red", linestyle=":", label="SLO 800 ms")
+    ax1.set_ylabel("exchange->signal ms")
+    ax1.legend(loc="upper left")
+    for stage in ("features", "infer", "decision", "sink"):
+        ax2.plot(xs, [m["lag_max_s"].get(stage) for m in minutes], label=stage, marker=".")
+    ax2.set_ylabel("max event-time lag s")
+    ax2.set_xlabel("minute")
+    ax2.legend(loc="upper left")
+    for r in result["recycle_events"]:
+        if r["at_s"] is not None:
+            for ax in (ax1, ax2):
+                ax.axvline(r["at_s"] / 60, color="grey", linestyle="--", linewidth=0.8)
+    s = result["summary"]
+    fig.suptitle(f"surge run soak: {s['duration_s'] / 60:.0f} min, {s['recycles']} broker recycle(s)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
