@@ -18,7 +18,8 @@ signal the same way. Rules:
   state (``risk.py``) move with every outcome.
 
 Re-reads are idempotent (the state survives a restart as a snapshot, see ``stage.py``): a signal already open or
-resolved is skipped, and tick events at or before the instrument's newest processed event time are skipped.
+resolved is skipped, and so is a tick batch whose sequence is not above the instrument's newest applied one
+(ingest numbers its batches per instrument, increasing across sessions).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class OutcomesState:
     open: dict[InstrumentKey, list[OpenPosition]] = field(default_factory=dict)
     tops: dict[InstrumentKey, BookTop] = field(default_factory=dict)
     newest_event_us: dict[InstrumentKey, int] = field(default_factory=dict)
+    last_sequence: dict[InstrumentKey, int] = field(default_factory=dict)  # of the newest tick batch applied
     watermark_us: int = 0                 # newest event time of any instrument
     resolved: OrderedDict[str, None] = field(default_factory=OrderedDict)
     recent: list[bytes] = field(default_factory=list)   # serialized recent outcomes, newest last
@@ -190,6 +192,11 @@ def add_signal(state: OutcomesState, record: InRecord[Any], out: Outputs) -> Non
 
 def apply_ticks(state: OutcomesState, batch: market_pb2.TickBatch, out: Outputs) -> None:
     key = instrument(batch.venue, batch.symbol)
+    if batch.sequence and batch.sequence <= state.last_sequence.get(key, 0):
+        state.count("ticks_reread")
+        return  # a batch this state has already applied (a re-read after a restart)
+    if batch.sequence:
+        state.last_sequence[key] = batch.sequence
     seen_us = state.newest_event_us.get(key, 0)
     top = state.tops.setdefault(key, BookTop())
     for event in batch.events:
@@ -205,9 +212,7 @@ def apply_ticks(state: OutcomesState, batch: market_pb2.TickBatch, out: Outputs)
             top.bid, top.ask = event.book_ticker.bid_price, event.book_ticker.ask_price
         else:
             continue
-        if at_us <= seen_us:
-            continue  # re-read after a restart, or older than what this instrument has shown
-        seen_us = at_us
+        seen_us = max(seen_us, at_us)
         positions = state.open.get(key)
         if positions:
             _advance(state, key, positions, at_us, price, top, out)

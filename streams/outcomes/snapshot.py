@@ -30,6 +30,7 @@ def dumps(state: OutcomesState) -> bytes:
         "open": [dataclasses.asdict(p) for positions in state.open.values() for p in positions],
         "tops": [[venue, symbol, top.bid, top.ask] for (venue, symbol), top in state.tops.items()],
         "newest": [[venue, symbol, us] for (venue, symbol), us in state.newest_event_us.items()],
+        "sequences": [[venue, symbol, seq] for (venue, symbol), seq in state.last_sequence.items()],
         "watermark_us": state.watermark_us,
         "resolved": resolved,
         "recent": [base64.b64encode(raw).decode() for raw in state.recent[-RECENT_IN_SNAPSHOT:]],
@@ -53,6 +54,7 @@ def loads(raw: bytes, config: OutcomesConfig) -> OutcomesState:
         state.open.setdefault((pos.venue, pos.symbol), []).append(pos)
     state.tops = {(int(v), str(s)): BookTop(float(b), float(a)) for v, s, b, a in doc["tops"]}
     state.newest_event_us = {(int(v), str(s)): int(us) for v, s, us in doc["newest"]}
+    state.last_sequence = {(int(v), str(s)): int(seq) for v, s, seq in doc.get("sequences", [])}
     state.watermark_us = int(doc["watermark_us"])
     state.resolved = OrderedDict((str(i), None) for i in doc["resolved"])
     state.recent = [base64.b64decode(r) for r in doc["recent"]]

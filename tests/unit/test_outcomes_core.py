@@ -30,9 +30,10 @@ def signal(i: int = 1, decision: int = signal_pb2.LONG, *, price: float = 100.0,
 
 
 def ticks(*events: tuple[int, float] | tuple[int, float, float], venue: int = SPOT,
-          symbol: str = "BTCUSDT") -> market_pb2.TickBatch:
-    """(at_us, trade price) events, or (at_us, bid, ask) book tops."""
-    batch = market_pb2.TickBatch(schema_version=SCHEMA_VERSION, venue=venue, symbol=symbol)  # type: ignore[arg-type]  # a Venue number
+          symbol: str = "BTCUSDT", seq: int = 0) -> market_pb2.TickBatch:
+    """(at_us, trade price) events, or (at_us, bid, ask) book tops; ``seq`` the batch's ingest sequence."""
+    batch = market_pb2.TickBatch(schema_version=SCHEMA_VERSION, venue=venue, symbol=symbol,  # type: ignore[arg-type]  # a Venue number
+                                 sequence=seq)
     for ev in events:
         if len(ev) == 2:
             batch.events.add().trade.CopyFrom(market_pb2.Trade(price=ev[1], qty=1.0, exchange_us=ev[0]))
@@ -173,3 +174,17 @@ def test_realized_cost_uses_the_estimates_fees_per_venue() -> None:
     run(state, signal(1, venue=USDM))
     [o] = outcomes(run(state, ticks((T0 + 1, 100.7), venue=USDM)))
     assert o.realized_cost_bps == pytest.approx(10.0)  # no book seen: no spread
+
+
+def test_trades_of_one_microsecond_are_all_seen_and_a_reread_batch_is_skipped() -> None:
+    """The bug this pins: a book update and two trades stamped with the same time; only the last trade reaches
+    the target. Then the same batch again (its sequence is not new): nothing is applied twice."""
+    state = OutcomesState()
+    run(state, signal())
+    batch = ticks((T0 + 5, 100.1, 100.2), (T0 + 5, 100.5), (T0 + 5, 100.65), seq=7)
+    [o] = outcomes(run(state, batch))
+    assert (o.label, o.exit_price) == (outcome_pb2.HIT_TARGET, 100.65)
+    run(state, signal(2, at_us=T0 + 1))
+    assert outcomes(run(state, batch)) == [] and state.counts["ticks_reread"] == 1
+    [o2] = outcomes(run(state, ticks((T0 + 6, 99.5), seq=8)))
+    assert (o2.signal_id, o2.label) == ("BTCUSDT:2:5", outcome_pb2.HIT_STOP)
