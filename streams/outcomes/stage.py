@@ -205,13 +205,17 @@ class OutcomesMetrics(Collector):
         rep = state.quality.last
         if rep is not None:
             quality = GaugeMetricFamily("surge_live_quality", "Live signal quality over the rolling outcomes window "
-                                        "(ece_pp, brier, pr_auc, hit_at_k, avg_utility_bps, false_positive_rate, "
-                                        "cost_mape_pct, n)", labels=["stage", "metric"])
+                                        "(ece_pp, ece_drift_pp, brier, pr_auc, hit_at_k, avg_utility_bps, "
+                                        "false_positive_rate, cost_mape_pct, n)", labels=["stage", "metric"])
             for name in ("ece_pp", "brier", "pr_auc", "hit_at_k", "avg_utility_bps", "false_positive_rate",
                          "cost_mape_pct", "n"):
                 value = float(getattr(rep, name))
                 if math.isfinite(value):
                     quality.add_metric(["outcomes", name], value)
+            held_out = state.held_out_ece_pp.get(rep.model_version, math.nan)
+            drift = rep.ece_pp - (held_out if math.isfinite(held_out) else 0.0)
+            if math.isfinite(drift):
+                quality.add_metric(["outcomes", "ece_drift_pp"], drift)  # live minus the model's held-out ECE
             yield quality
         offsets = GaugeMetricFamily("surge_decision_threshold_offset", "Offsets live quality adds to the decision "
                                     "thresholds", labels=["stage", "threshold"])
