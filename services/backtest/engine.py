@@ -577,7 +577,9 @@ def _result(sim: Simulation, kind: str) -> BacktestResult:
         "fees": {"taker_bps": sim.fees.taker_bps, "maker_bps": sim.fees.maker_bps},
         "mode": {"name": sim.mode.name, "max_levels": sim.mode.max_levels,
                  "slippage_quantile": sim.mode.slippage_quantile, "bar_participation": sim.mode.bar_participation},
-        "cost_model_version": sim.pipeline.decision_state.cost.version,
+        # What the signals were priced with (the estimate's stamp), else the cost model's own stamp.
+        "cost_model_version": next((sg.cost_model_version for sg in sim.pipeline.signals if sg.cost_model_version),
+                                   sim.pipeline.decision_state.cost.version),
         "model_version": sim.pipeline.model.model_version,
         "feature_version": sim.pipeline.model.feature_version,
     }
