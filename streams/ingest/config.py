@@ -39,6 +39,7 @@ class IngestConfig:
     quarantine_window_us: int
     quarantine_release_us: int
     quarantine_resync_interval_us: int
+    book_audit_gap_ratio: float = 0.002
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestConfig:
@@ -48,16 +49,19 @@ class IngestConfig:
             quarantine_failures=settings.quarantine_failures,
             quarantine_window_us=_us(settings.quarantine_window_s),
             quarantine_release_us=_us(settings.quarantine_release_s),
-            quarantine_resync_interval_us=_us(settings.quarantine_resync_interval_s))
+            quarantine_resync_interval_us=_us(settings.quarantine_resync_interval_s),
+            book_audit_gap_ratio=settings.book_audit_gap_ratio)
 
     def new_state(self, venue: common_pb2.Venue, *, futures: bool = False, sequence_base: int = 0,
-                  codec: Codec | None = None) -> IngestState:
+                  codec: Codec | None = None, audits: bool = False) -> IngestState:
         """A fresh state for ``venue``. ``futures``: the venue's depth diffs chain by the previous final id
         (``VenueSpec.futures``); ``sequence_base`` keeps batch ids unique across sessions (a session's start time);
-        ``codec``: the venue's own (``codec_for``) unless given."""
+        ``codec``: the venue's own (``codec_for``) unless given; ``audits``: keep what book audits need and audit
+        the update-id chain every minute (live, where REST snapshots can answer)."""
         return IngestState(
             venue=venue, futures=futures, sequence_base=sequence_base, codec=codec or codec_for(venue),
             microbatch_ms=self.microbatch_ms, trade_backfill_timeout_us=self.trade_backfill_timeout_us,
             quarantine_failures=self.quarantine_failures, quarantine_window_us=self.quarantine_window_us,
             quarantine_release_us=self.quarantine_release_us,
-            quarantine_resync_interval_us=self.quarantine_resync_interval_us)
+            quarantine_resync_interval_us=self.quarantine_resync_interval_us, audits=audits,
+            audit_gap_ratio=self.book_audit_gap_ratio)

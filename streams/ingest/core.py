@@ -17,7 +17,11 @@ Data quality is enforced and measured here, per symbol:
 * a trade-id gap holds the symbol's later trades until the caller backfills the missing ids from REST (or the
   timeout passes), then emits them in id order; ids never recovered count as lost;
 * a symbol that keeps failing is quarantined: its batches carry ``QUARANTINED`` and its re-snapshots are spaced
-  out, so it cannot eat the REST budget the other symbols share.
+  out, so it cannot eat the REST budget the other symbols share;
+* with audits on (live), ``audit_snapshot`` compares a periodic REST snapshot with the local book at the same
+  update id (the snapshot is rolled forward over the recent diffs, or waits for the book to get there), which
+  catches what no sequence check can (a diff with a wrong quantity and a correct sequence), and every minute the
+  update-id chain of the diffs seen is audited: more breaks per diff than ``audit_gap_ratio`` rebuilds the book.
 """
 
 from __future__ import annotations
@@ -65,6 +69,12 @@ RESYNC_CROSSED = "crossed"
 RESYNC_RECONNECT = "reconnect"
 RESYNC_DIVERGENCE = "ticker_divergence"
 RESYNC_BAD_DEPTH = "bad_depth"
+RESYNC_AUDIT = "audit_mismatch"
+RESYNC_GAP_RATIO = "gap_ratio"
+
+AUDIT_LEVELS = TOP_LEVELS        # levels per side an audit compares (what the features stage reads)
+AUDIT_RECENT_DIFFS = 128         # applied diffs kept per symbol to roll an older audit snapshot forward
+AUDIT_WINDOW_US = 60_000_000     # the update-id chain audit window
 
 STAGE: Final = "ingest"
 
@@ -152,6 +162,19 @@ class SymbolState:
     quarantined_since_us: int = -1
     next_snapshot_us: int = 0
     quarantines: int = 0
+    # Book audits (live): recent applied diffs, a snapshot waiting for the book to reach its update id, results.
+    recent_diffs: deque[DepthUpdate] | None = None
+    audit: OrderBook | None = None
+    audits: int = 0                        # audits compared
+    audit_mismatches: int = 0
+    audits_inconclusive: int = 0           # no exact comparison possible (book resynced, diffs out of reach)
+    # The update-id chain of the diffs received, audited once a window.
+    chain_last: int = -1                   # final update id of the newest diff received
+    chain_diffs: int = 0                   # diffs received in the window
+    chain_breaks: int = 0                  # of which did not continue the chain
+    chain_window_start_us: int = -1
+    chain_gap_ratio: float = 0.0           # breaks per diff of the last complete window
+    rebuilds: int = 0                      # books rebuilt because that ratio was too high
 
     @property
     def time_sync_degraded(self) -> bool:
@@ -180,11 +203,15 @@ class IngestState:
     symbols: dict[str, SymbolState] = field(default_factory=dict)
     unattributed_bad_inputs: int = 0       # bad frames whose symbol could not be told
     codec: Codec | None = None             # decodes the frames of ``process``; see IngestConfig.new_state
+    audits: bool = False                   # keep recent diffs for ``audit_snapshot`` and audit the id chain
+    audit_gap_ratio: float = 0.002         # chain breaks per diff in a window above which a book is rebuilt
 
     def symbol_state(self, symbol: str) -> SymbolState:
         st = self.symbols.get(symbol)
         if st is None:
             st = self.symbols[symbol] = SymbolState(symbol, OrderBook(symbol, futures=self.futures))
+            if self.audits:
+                st.recent_diffs = deque(maxlen=AUDIT_RECENT_DIFFS)
         return st
 
     @property
@@ -249,6 +276,7 @@ def _lose_sync(state: IngestState, st: SymbolState, reason: str, out: IngestOutp
         st.book.mark_resyncing()
     st.resyncs[reason] = st.resyncs.get(reason, 0) + 1
     st.pending_tickers.clear()
+    _reset_audit(st)
     st.window_flags.add(common_pb2.BOOK_RESYNCING)
     if request:
         _request_resync(state, st, out, now_us)
@@ -332,6 +360,7 @@ def lose_sync(state: IngestState, symbols: Iterable[str], clock: Clock, reason: 
         if st.book.synced:
             _lose_sync(state, st, reason, out, now_us, request=False)
         st.resync_requested = st.resync_deferred = False
+        st.chain_last = -1  # the next connection's diffs start a new chain: no break to count
 
 
 def resume_trades(state: IngestState, symbols: Iterable[str], clock: Clock) -> IngestOutputs:
@@ -442,12 +471,19 @@ def _apply_diff(state: IngestState, st: SymbolState, update: DepthUpdate, raw: R
                 now_us: int) -> bool:
     """Apply one diff to the book; False when the diff must not be passed on (stale or crossing)."""
     book = st.book
+    if state.audits:
+        _chain(state, st, update, now_us)
     first_after_snapshot = book.state is BookState.AWAITING_FIRST
     status = book.apply(update)
     if status is SyncStatus.APPLIED:
         st.depth_updates += 1
         if st.pending_tickers:
             _check_pending_tickers(state, st, out, now_us)
+        recent = st.recent_diffs
+        if recent is not None:
+            recent.append(update)
+            if st.audit is not None:
+                _advance_audit(state, st, update, out, now_us)
         return True
     if status is SyncStatus.STALE:
         if not first_after_snapshot:
@@ -473,6 +509,132 @@ def _apply_diff(state: IngestState, st: SymbolState, update: DepthUpdate, raw: R
         _fail(state, st, now_us)
         _lose_sync(state, st, RESYNC_GAP, out, now_us)
     return True
+
+
+# --- book audits -----------------------------------------------------------------------------------------------
+
+
+def audit_snapshot(state: IngestState, symbol: str, snapshot: Raw | SnapshotEvent, clock: Clock,
+                   local_us: int | None = None) -> IngestOutputs:
+    """Compare a REST snapshot with the local book at the snapshot's update id.
+
+    The snapshot becomes a shadow book. If the local book is past it, the shadow is rolled forward over the
+    recent applied diffs (the same Binance procedure: drop the older ones, the first must straddle); if the
+    local book is behind, the shadow waits and follows the diffs the book applies until both stand at one
+    update id. Then the best ``AUDIT_LEVELS`` levels per side must be identical; a mismatch counts, flags the
+    window (BOOK_RESYNCING), counts as a failure (quarantine) and resyncs the book. Audits that cannot be
+    compared exactly (the book resynced meanwhile, the diffs in between are no longer kept) are counted as
+    inconclusive.
+    """
+    out = IngestOutputs()
+    now_us = clock.now_us()
+    if not isinstance(snapshot, SnapshotEvent):
+        decoded = codec_of(state).decode_snapshot(symbol, snapshot, now_us if local_us is None else local_us)
+        if isinstance(decoded, Rejected):
+            _dead_letter(state, decoded.symbol, decoded.raw, decoded.error_type, decoded.reason, out, now_us=now_us)
+            return out
+        snapshot = decoded
+    st = state.symbols.get(symbol)
+    if st is None:
+        return out
+    book = st.book
+    if book.state not in _SYNCED:
+        st.audits_inconclusive += 1
+        return out
+    shadow = OrderBook(symbol, futures=state.futures)
+    last_id = snapshot.last_update_id
+    if shadow.apply_snapshot(last_id, snapshot.bids, snapshot.asks) is not SyncStatus.APPLIED:
+        st.audits_inconclusive += 1  # a crossed snapshot: nothing to compare with
+        return out
+    if st.audit is not None:
+        st.audits_inconclusive += 1  # superseded by this one
+    st.audit = None
+    _start_audit(state, st, shadow, out, now_us)
+    return out
+
+
+def _start_audit(state: IngestState, st: SymbolState, shadow: OrderBook, out: IngestOutputs, now_us: int) -> None:
+    book = st.book
+    last_id = shadow.last_update_id
+    if book.last_update_id > last_id:
+        for diff in st.recent_diffs or ():
+            # Older diffs are STALE to the shadow (the venue's own rule: USD-M applies the one ending at its id).
+            if shadow.apply(diff) not in (SyncStatus.APPLIED, SyncStatus.STALE):
+                break
+        if shadow.synced and shadow.last_update_id == book.last_update_id:
+            _compare_books(state, st, shadow, out, now_us)
+        else:
+            st.audits_inconclusive += 1
+    elif book.last_update_id == last_id:
+        _compare_books(state, st, shadow, out, now_us)
+    else:
+        st.audit = shadow  # the book gets there with the next diffs (``_advance_audit``)
+
+
+def _advance_audit(state: IngestState, st: SymbolState, update: DepthUpdate, out: IngestOutputs, now_us: int,
+                   ) -> None:
+    """The book applied ``update``: move the waiting shadow along and compare once both stand at one id."""
+    shadow = st.audit
+    assert shadow is not None
+    status = shadow.apply(update)
+    if status not in (SyncStatus.APPLIED, SyncStatus.STALE):
+        st.audit = None
+        st.audits_inconclusive += 1
+        return
+    if shadow.last_update_id == st.book.last_update_id:
+        st.audit = None
+        _compare_books(state, st, shadow, out, now_us)
+
+
+def _compare_books(state: IngestState, st: SymbolState, shadow: OrderBook, out: IngestOutputs, now_us: int) -> None:
+    st.audits += 1
+    local_bids, local_asks = st.book.top(AUDIT_LEVELS)
+    shadow_bids, shadow_asks = shadow.top(AUDIT_LEVELS)
+    # A side the snapshot holds fewer levels of is compared as deep as the snapshot goes.
+    if local_bids[:len(shadow_bids)] == shadow_bids and local_asks[:len(shadow_asks)] == shadow_asks:
+        return
+    st.audit_mismatches += 1
+    _fail(state, st, now_us)
+    _lose_sync(state, st, RESYNC_AUDIT, out, now_us)
+
+
+def _reset_audit(st: SymbolState) -> None:
+    if st.audit is not None:
+        st.audit = None
+        st.audits_inconclusive += 1
+    if st.recent_diffs:
+        st.recent_diffs.clear()  # the next book is a new snapshot: older diffs no longer lead to it
+
+
+def _chain(state: IngestState, st: SymbolState, update: DepthUpdate, now_us: int) -> None:
+    """Count a received diff, and whether it continues the update-id chain of the diffs before it."""
+    last = st.chain_last
+    final = update.final_update_id
+    if final <= last:
+        return  # a duplicate or an older diff: not part of the chain
+    if st.chain_window_start_us < 0:
+        st.chain_window_start_us = now_us
+    if last >= 0:
+        st.chain_diffs += 1
+        if (update.prev_final_update_id != last) if state.futures else (update.first_update_id != last + 1):
+            st.chain_breaks += 1
+    st.chain_last = final
+
+
+def _audit_chain(state: IngestState, st: SymbolState, out: IngestOutputs, now_us: int) -> None:
+    """Once a window: the share of diffs that broke the id chain; above ``audit_gap_ratio`` the book is rebuilt."""
+    ratio = st.chain_breaks / st.chain_diffs if st.chain_diffs else 0.0
+    st.chain_gap_ratio = ratio
+    st.chain_diffs = st.chain_breaks = 0
+    st.chain_window_start_us = now_us
+    if state.audit_gap_ratio and ratio > state.audit_gap_ratio:
+        st.rebuilds += 1
+        st.window_flags.add(common_pb2.SEQUENCE_GAP)
+        _fail(state, st, now_us)
+        if st.book.state in _SYNCED:
+            _lose_sync(state, st, RESYNC_GAP_RATIO, out, now_us)
+        else:
+            _request_resync(state, st, out, now_us)
 
 
 def _note_ticker(state: IngestState, st: SymbolState, ticker: market_pb2.BookTicker, out: IngestOutputs,
@@ -586,6 +748,7 @@ def _apply_snapshot(state: IngestState, out: IngestOutputs, snapshot: SnapshotEv
     st.resync_requested = st.resync_deferred = False
     st.snapshots += 1
     st.pending_tickers.clear()
+    _reset_audit(st)
     last_id = snapshot.last_update_id
     status = st.book.apply_snapshot(last_id, snapshot.bids, snapshot.asks, exchange_us=snapshot.exchange_us,
                                     local_us=snapshot.local_us)
@@ -613,6 +776,8 @@ def _flush(state: IngestState, now_us: int, out: IngestOutputs, *, force: bool) 
             if now_us - st.last_failure_us >= state.quarantine_release_us:
                 st.quarantined_since_us = -1
                 st.failures.clear()
+        if state.audits and st.chain_window_start_us >= 0 and now_us - st.chain_window_start_us >= AUDIT_WINDOW_US:
+            _audit_chain(state, st, out, now_us)
         if st.pending and (force or now_us - st.window_open_us >= window_us):
             _emit_batch(state, st, out)
 

@@ -15,6 +15,9 @@ Series (all labelled by ``symbol``, on the ingest stage's registry):
   bad_depth, overload), ``surge_ingest_snapshots_total``, ``surge_ingest_snapshot_retries_total``;
 * ``surge_ingest_book_ticker_checks_total``, ``surge_ingest_book_ticker_divergence_total``;
 * ``surge_ingest_duplicates_total``, ``surge_ingest_bad_inputs_total``;
+* book audits (live): ``surge_ingest_book_audits_total``, ``surge_ingest_book_audit_mismatches_total``,
+  ``surge_ingest_book_audits_inconclusive_total``, ``surge_ingest_book_rebuilds_total`` and the gauge
+  ``surge_ingest_update_id_gap_ratio`` (breaks of the diffs' update-id chain per diff, last minute);
 * gauges ``surge_ingest_clock_drift_seconds`` (EWMA of exchange minus local time),
   ``surge_ingest_degraded_time_sync`` (1 beyond 100 ms), ``surge_ingest_book_synced``,
   ``surge_ingest_quarantined`` and the unlabelled ``surge_ingest_quarantined_symbols``.
@@ -43,6 +46,13 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("surge_ingest_book_ticker_divergence", "bookTickers that disagreed with the book", "divergences"),
     ("surge_ingest_duplicates", "Duplicate events dropped", "duplicates"),
     ("surge_ingest_bad_inputs", "Frames dead-lettered", "bad_inputs"),
+    ("surge_ingest_book_audits", "Books compared with a REST snapshot at the same update id", "audits"),
+    ("surge_ingest_book_audit_mismatches", "Audits that found the local book wrong (then resynced)",
+     "audit_mismatches"),
+    ("surge_ingest_book_audits_inconclusive", "Audits with no exact comparison (book resynced, diffs out of reach)",
+     "audits_inconclusive"),
+    ("surge_ingest_book_rebuilds", "Books rebuilt because the minute's update-id gap ratio was too high",
+     "rebuilds"),
 )
 
 
@@ -59,6 +69,7 @@ class IngestQuality:
     synced: Gauge
     quarantined: Gauge
     quarantined_symbols: Gauge
+    chain_gap_ratio: Gauge
     _exported: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @classmethod
@@ -81,6 +92,9 @@ class IngestQuality:
                               registry=registry),
             quarantined_symbols=Gauge("surge_ingest_quarantined_symbols", "Symbols in quarantine",
                                       registry=registry),
+            chain_gap_ratio=Gauge("surge_ingest_update_id_gap_ratio",
+                                  "Breaks of the depth diffs' update-id chain per diff over the last minute", sym,
+                                  registry=registry),
         )
 
     def export(self, state: IngestState) -> None:
@@ -99,6 +113,8 @@ class IngestQuality:
             self.degraded.labels(symbol).set(1.0 if st.time_sync_degraded else 0.0)
             self.synced.labels(symbol).set(1.0 if st.book.synced else 0.0)
             self.quarantined.labels(symbol).set(1.0 if st.quarantined else 0.0)
+            if st.recent_diffs is not None:
+                self.chain_gap_ratio.labels(symbol).set(st.chain_gap_ratio)
             n_quarantined += st.quarantined
         self.quarantined_symbols.set(n_quarantined)
 

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
                                       "connection")
     rest_weight_share: float = Field(0.5, gt=0, le=1, description="Share of Binance's per-minute REST weight "
                                      "limit ingest may use")
+    book_audit_interval_s: float = Field(20.0, ge=0, description="Live: compare each symbol's book with a REST "
+                                         "snapshot this often (staggered; at most half of ingest's REST weight; "
+                                         "0: never)")
+    book_audit_gap_ratio: float = Field(0.002, ge=0, le=1, description="Live: a symbol whose diff stream broke its "
+                                        "update-id chain more often than this per diff in the last minute is "
+                                        "rebuilt from a new snapshot (0: never)")
     trade_backfill_timeout_s: float = Field(5.0, gt=0, description="Hold trades after a trade-id gap at most this "
                                             "long for the REST backfill")
     quarantine_failures: int = Field(5, ge=1, description="Failures (bad frames, gaps, crossed or divergent books) "

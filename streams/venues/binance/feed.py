@@ -5,6 +5,12 @@ backfill requests become REST tasks, and outputs go to the runtime's source runn
 connection's books are marked resyncing and re-snapshotted once, and trades since the last one seen are
 backfilled, so a dropped connection loses no trade. While the bus falls behind, processing pauses; frames that
 pile up beyond ``MAX_FRAMES`` are dropped and every book resynced.
+
+Book audits (``SURGE_BOOK_AUDIT_INTERVAL_S``): every symbol's book is compared with a ``AUDIT_LIMIT``-level REST
+snapshot at the same update id (``core.audit_snapshot``), one symbol after another, staggered over the interval.
+They spend at most ``AUDIT_BUDGET_SHARE`` of ingest's REST weight budget, so snapshots and trade backfills always
+have the rest; with many symbols the interval is stretched to fit (logged once), and an audit that would break the
+share is put off (``surge_ingest_book_audits_deferred_total``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ EXPORT_EVERY_US = 1_000_000    # quality metrics and health detail refresh
 MAX_BACKLOG = 2_000            # queued outputs at the publisher before processing pauses (broker slow or away)
 MAX_FRAMES = 1_000_000         # frames waiting while paused before they are dropped and the books resynced
 SNAPSHOT_RETRY_S = 0.5         # a snapshot older than the buffered stream is fetched again after this
+AUDIT_LIMIT = 100              # levels per side of an audit snapshot (valid on both venues; weight 5 on both)
+AUDIT_BUDGET_SHARE = 0.5       # audits run only while ingest's REST spending stays below this share of its budget
+AUDIT_TICK_S = 0.25            # how often the audit schedule is looked at
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +62,15 @@ class LiveOptions:
     ping_interval_s: float
     rollover_s: float
     backoff_max_s: float
+    book_audit_interval_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LiveOptions:
         return cls(
             ingest=IngestConfig.from_settings(settings), snapshot_limit=settings.snapshot_limit,
             symbols_per_connection=settings.symbols_per_connection, ping_interval_s=settings.ws_ping_interval_s,
-            rollover_s=settings.ws_rollover_s, backoff_max_s=settings.ws_backoff_max_s)
+            rollover_s=settings.ws_rollover_s, backoff_max_s=settings.ws_backoff_max_s,
+            book_audit_interval_s=settings.book_audit_interval_s)
 
 
 class LiveFeed:
@@ -77,13 +88,14 @@ class LiveFeed:
         self.quality = quality
         self.health = health
         self.state = options.ingest.new_state(spec.venue, futures=spec.futures, sequence_base=clock.now_us(),
-                                              codec=CODEC)
+                                              codec=CODEC, audits=options.book_audit_interval_s > 0)
         for symbol in symbols:
             self.state.symbol_state(symbol)
         self.frames: list[Frame] = []
         self.fatal = False
         self._snapshot_tasks: dict[str, asyncio.Task[None]] = {}
         self._backfill_tasks: set[asyncio.Task[None]] = set()
+        self._audit_tasks: dict[str, asyncio.Task[None]] = {}
         self.plans = plan_connections(spec, ws_base, list(symbols), options.symbols_per_connection)
         self.connections = [
             StreamConnection(plan, self, clock, ping_interval_s=options.ping_interval_s,
@@ -100,6 +112,9 @@ class LiveFeed:
                                            ["stage", "route"], registry=registry)
         self.metrics_rollovers = Counter("surge_ingest_ws_rollovers", "Proactive connection rollovers",
                                          ["stage", "route"], registry=registry)
+        self.metrics_audits_deferred = Counter("surge_ingest_book_audits_deferred",
+                                               "Book audits put off to stay within their share of the REST budget",
+                                               ["stage"], registry=registry)
         self.metrics_overloads = Counter("surge_ingest_overloads", "Frames dropped because the bus fell behind",
                                          ["stage"], registry=registry)
 
@@ -145,14 +160,17 @@ class LiveFeed:
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: then close the connections, process what arrived and hand the rest to the publisher."""
         conn_tasks = [asyncio.create_task(c.run(stop)) for c in self.connections]
+        if self.options.book_audit_interval_s > 0 and self.state.symbols:
+            conn_tasks.append(asyncio.create_task(self._audit_loop(stop)))
         try:
             await self._process_loop(stop)
         finally:
             stop.set()
             await asyncio.gather(*conn_tasks, return_exceptions=True)
-            for task in [*self._snapshot_tasks.values(), *self._backfill_tasks]:
+            tasks = [*self._snapshot_tasks.values(), *self._backfill_tasks, *self._audit_tasks.values()]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._snapshot_tasks.values(), *self._backfill_tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._process_pending()
             flushed = core.flush(self.state, self.clock, force=True)
             self.publisher.submit(flushed.emits, flushed.rejects(), raw_events=0)
@@ -241,6 +259,59 @@ class LiveFeed:
                 return
             log.info("snapshot of %s is older than the buffered stream; fetching another", symbol)
             await asyncio.sleep(SNAPSHOT_RETRY_S)
+
+    def audit_interval_s(self) -> float:
+        """The audit interval per symbol: the setting, stretched when the symbols' audits would need more than
+        ``AUDIT_BUDGET_SHARE`` of the REST budget."""
+        interval = self.options.book_audit_interval_s
+        weight = self.spec.depth_weight(AUDIT_LIMIT)
+        per_minute = self.rest.budget.per_minute * AUDIT_BUDGET_SHARE
+        needed_s = len(self.state.symbols) * weight * 60.0 / per_minute if per_minute > 0 else float("inf")
+        return max(interval, needed_s)
+
+    async def _audit_loop(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.audit_interval_s()
+        symbols = list(self.state.symbols)
+        if interval > self.options.book_audit_interval_s:
+            log.warning("book audits of %d symbols every %.0fs would exceed %.0f%% of the REST weight budget; "
+                        "auditing each every %.0fs", len(symbols), self.options.book_audit_interval_s,
+                        AUDIT_BUDGET_SHARE * 100, interval)
+        weight = self.spec.depth_weight(AUDIT_LIMIT)
+        start = loop.time()
+        due = {s: start + interval * (i + 1) / len(symbols) for i, s in enumerate(symbols)}  # staggered
+        while not stop.is_set():
+            await asyncio.sleep(AUDIT_TICK_S)
+            now = loop.time()
+            for symbol, at in due.items():
+                if at > now:
+                    continue
+                due[symbol] = max(at + interval, now + AUDIT_TICK_S)
+                running = self._audit_tasks.get(symbol)
+                snapshot = self._snapshot_tasks.get(symbol)
+                if ((running is not None and not running.done()) or (snapshot is not None and not snapshot.done())
+                        or not self.state.symbols[symbol].book.synced):
+                    continue  # a resync is under way: the book is about to be a fresh snapshot anyway
+                if not self.rest.budget.headroom(weight, AUDIT_BUDGET_SHARE):
+                    self.metrics_audits_deferred.labels(STAGE).inc()
+                    due[symbol] = now + interval / 4
+                    continue
+                self._audit_tasks[symbol] = asyncio.create_task(self._audit(symbol))
+
+    async def _audit(self, symbol: str) -> None:
+        try:
+            body = await self.rest.depth(symbol, AUDIT_LIMIT)
+        except (RestError, httpx.HTTPError) as exc:
+            log.info("book audit snapshot of %s failed: %s", symbol, exc)
+            return
+        self._process_pending()  # the diffs received meanwhile first: the book is as close to the snapshot as can be
+        st = self.state.symbols[symbol]
+        before = st.audit_mismatches
+        out = core.audit_snapshot(self.state, symbol, body, self.clock)
+        if st.audit_mismatches > before:
+            log.warning("book audit of %s: the local book differs from the REST snapshot at update %d; resyncing",
+                        symbol, st.book.last_update_id)
+        self._handle(out, raw_events=0)
 
     async def _backfill(self, gap: TradeGap) -> None:
         try:

@@ -91,6 +91,14 @@ class WeightBudget:
                 return max(0.0, (at_us + 60_000_000 - now) / 1e6)
         return 60.0
 
+    def headroom(self, weight: int, share: float) -> bool:
+        """Whether ``weight`` can be spent now while staying within ``share`` of the budget (for optional calls,
+        such as book audits, that must leave the rest to snapshots and backfills)."""
+        self.delay_s(0)  # expire the spending older than a minute
+        if self.clock.now_us() < self.blocked_until_us:
+            return False
+        return self._used + weight <= self.per_minute * share
+
     def spend(self, weight: int) -> None:
         self._spent.append((self.clock.now_us(), weight))
         self._used += weight
