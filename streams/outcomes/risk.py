@@ -6,7 +6,10 @@ Driven by outcomes (each one's net return in bps). Pure and immutable: ``after_o
 * **Escalation** is immediate: the level is at least the severity of the consecutive-loss streak (3 / 5 / 8 by
   default) and of the paper book's drawdown from its high-water mark (5 / 10 / 15 %).
 * **Recovery** is slow: below SHUTDOWN, ``recovery_wins`` consecutive winning outcomes step the level down by
-  one, and never below what the current streak and drawdown call for.
+  one, and never below what the current streak and drawdown call for. A restricted level that sees no new loss
+  for ``recovery_quiet_us`` also steps down one level, with the streak and drawdown counted afresh: CAUTIOUS
+  allows tier A only, and a model that rarely reaches tier A would otherwise never trade again, so never win,
+  so never recover.
 * **SHUTDOWN** is left only by an operator ``reset`` (back to NORMAL with a new high-water mark) or after
   ``shutdown_cooloff_us`` (to RISK_AVERSE, with a new high-water mark, so trading restarts cautiously).
 
@@ -32,6 +35,7 @@ class RiskPolicy:
     loss_streaks: tuple[int, int, int] = (3, 5, 8)
     drawdowns: tuple[float, float, float] = (0.05, 0.10, 0.15)
     recovery_wins: int = 3
+    recovery_quiet_us: int = 3_600_000_000       # CAUTIOUS / RISK_AVERSE without a new loss for this long: one down
     shutdown_cooloff_us: int = 3_600_000_000
     # Paper notional of one position as a fraction of the book: equity *= 1 + fraction x net_bps / 1e4.
     position_fraction: float = 0.1
@@ -53,6 +57,7 @@ class RiskState:
     equity: float = 1.0
     peak_equity: float = 1.0
     since_us: int = 0          # when the current level was entered
+    last_loss_us: int = 0      # event time of the latest losing outcome
     reason: str = "start"
     outcomes: int = 0
 
@@ -64,14 +69,14 @@ class RiskState:
         return {"level": self.level.name, "consecutive_losses": self.consecutive_losses,
                 "consecutive_wins": self.consecutive_wins, "equity": self.equity, "peak_equity": self.peak_equity,
                 "drawdown": self.drawdown, "since_us": self.since_us, "reason": self.reason,
-                "outcomes": self.outcomes}
+                "outcomes": self.outcomes, "last_loss_us": self.last_loss_us}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> RiskState:
         return cls(level=RiskLevel[doc["level"]], consecutive_losses=int(doc["consecutive_losses"]),
                    consecutive_wins=int(doc["consecutive_wins"]), equity=float(doc["equity"]),
                    peak_equity=float(doc["peak_equity"]), since_us=int(doc["since_us"]), reason=str(doc["reason"]),
-                   outcomes=int(doc.get("outcomes", 0)))
+                   outcomes=int(doc.get("outcomes", 0)), last_loss_us=int(doc.get("last_loss_us", 0)))
 
 
 def severity(state: RiskState, policy: RiskPolicy) -> RiskLevel:
@@ -87,6 +92,7 @@ def after_outcome(state: RiskState, net_return_bps: float, at_us: int, policy: R
     equity = state.equity * (1.0 + step)
     loss = net_return_bps < 0
     updated = replace(state, equity=equity, peak_equity=max(state.peak_equity, equity),
+                      last_loss_us=at_us if loss else state.last_loss_us,
                       consecutive_losses=state.consecutive_losses + 1 if loss else 0,
                       consecutive_wins=0 if loss else state.consecutive_wins + 1, outcomes=state.outcomes + 1)
     target = severity(updated, policy)
@@ -102,10 +108,16 @@ def after_outcome(state: RiskState, net_return_bps: float, at_us: int, policy: R
 
 
 def after_time(state: RiskState, now_us: int, policy: RiskPolicy) -> RiskState:
-    """SHUTDOWN ends after its cool-off: RISK_AVERSE, with the drawdown and the loss streak counted afresh."""
+    """SHUTDOWN ends after its cool-off: RISK_AVERSE, with the drawdown and the loss streak counted afresh; a quiet
+    CAUTIOUS or RISK_AVERSE (no loss for ``recovery_quiet_us``) steps down one level the same way."""
     if state.level == RiskLevel.SHUTDOWN and now_us - state.since_us >= policy.shutdown_cooloff_us:
         return replace(state, level=RiskLevel.RISK_AVERSE, since_us=now_us, peak_equity=state.equity,
                        consecutive_losses=0, consecutive_wins=0, reason="shutdown cool-off ended")
+    if (state.level in (RiskLevel.CAUTIOUS, RiskLevel.RISK_AVERSE)
+            and now_us - max(state.since_us, state.last_loss_us) >= policy.recovery_quiet_us):
+        return replace(state, level=RiskLevel(state.level - 1), since_us=now_us, peak_equity=state.equity,
+                       consecutive_losses=0, consecutive_wins=0,
+                       reason=f"no loss for {policy.recovery_quiet_us / 60e6:g} min")
     return state
 
 

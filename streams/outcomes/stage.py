@@ -56,6 +56,7 @@ def config_from_settings(settings: Settings) -> core.OutcomesConfig:
         loss_streaks=(int(streaks[0]), int(streaks[1]), int(streaks[2])),
         drawdowns=parse_triple(settings.risk_drawdowns, float, "SURGE_RISK_DRAWDOWNS"),
         recovery_wins=settings.risk_recovery_wins,
+        recovery_quiet_us=round(settings.risk_recovery_quiet_s * 1e6),
         shutdown_cooloff_us=round(settings.risk_shutdown_cooloff_s * 1e6),
         position_fraction=settings.risk_position_fraction,
     )

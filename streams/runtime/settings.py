@@ -233,6 +233,8 @@ class Settings(BaseSettings):
     risk_drawdowns: str = Field("0.05,0.10,0.15", description="Risk: paper-book drawdowns that enter CAUTIOUS, "
                                 "RISK_AVERSE and SHUTDOWN")
     risk_recovery_wins: int = Field(3, ge=1, description="Risk: consecutive wins that step the state down by one")
+    risk_recovery_quiet_s: float = Field(3600.0, ge=0, description="Risk: CAUTIOUS / RISK_AVERSE step down one level "
+                                         "after this long without a losing outcome (event time)")
     risk_shutdown_cooloff_s: float = Field(3600.0, ge=0, description="Risk: SHUTDOWN ends (to RISK_AVERSE) after "
                                            "this long, unless an operator resets it first")
     risk_position_fraction: float = Field(0.1, gt=0, le=1, description="Risk: paper notional of one signal as a "

@@ -10,7 +10,7 @@ from streams.outcomes.risk import RiskLevel, RiskPolicy, RiskState, after_outcom
 
 pytestmark = pytest.mark.unit
 
-POLICY = RiskPolicy(shutdown_cooloff_us=1_000)
+POLICY = RiskPolicy(shutdown_cooloff_us=1_000, recovery_quiet_us=5_000)
 LOSS, WIN = -10.0, 10.0
 
 
@@ -94,3 +94,14 @@ def test_policy_rejects_nonsense() -> None:
         RiskPolicy(loss_streaks=(5, 3, 8))
     with pytest.raises(ValueError, match="drawdown"):
         RiskPolicy(drawdowns=(0.1, 0.05, 0.2))
+
+
+def test_a_quiet_restricted_level_steps_down_with_time() -> None:
+    """CAUTIOUS allows tier A only; a model that never reaches tier A would never trade, win or recover."""
+    state = play([LOSS] * 3)  # losses at event times 0, 1, 2
+    assert state.level == RiskLevel.CAUTIOUS
+    assert after_time(state, 2 + 4_999, POLICY).level == RiskLevel.CAUTIOUS
+    calm = after_time(state, 2 + 5_000, POLICY)
+    assert (calm.level, calm.consecutive_losses, calm.reason) == (RiskLevel.NORMAL, 0, "no loss for 8.33333e-05 min")
+    averse = play([LOSS] * 5)
+    assert after_time(averse, 4 + 5_000, POLICY).level == RiskLevel.CAUTIOUS  # one level at a time
