@@ -22,6 +22,7 @@ from services.gateway.routers import (
     performance,
     predict,
     predictions,
+    risk,
     signals,
     symbols,
 )
@@ -80,6 +81,7 @@ def create_app(settings: Settings, *, predictor: Batcher | None = None) -> FastA
     app.include_router(dashboard.router)
     app.include_router(reports_router, dependencies=read)
     app.include_router(symbols.router, dependencies=read)
+    app.include_router(risk.router, dependencies=read)
     app.include_router(predictions.router, dependencies=read)
     app.include_router(outcomes.router, dependencies=read)
     app.include_router(performance.router, dependencies=read)

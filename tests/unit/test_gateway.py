@@ -252,7 +252,7 @@ def test_openapi_lists_every_route(env: Env) -> None:
                      "/stats/performance", "/predict", "/export/signals", "/models", "/models/{version}/deploy",
                      "/models/{version}/rollback", "/metrics", "/reports/backtest", "/reports/backtest/{run_id}",
                      "/reports/realtime", "/reports/regime", "/reports/window", "/reports/calibration",
-                     "/reports/attribution"}
+                     "/reports/attribution", "/risk"}
 
 
 def test_dead_letters_listed_and_counted(env: Env) -> None:
@@ -531,7 +531,7 @@ def test_503_bodies_name_the_dependency_and_leak_nothing(
                 assert body == {"status": "degraded", "dependencies": {
                     "warehouse": {"ok": False, "detail": "unavailable: WarehouseUnavailable"},
                     "redis": {"ok": False, "detail": "unavailable: ConnectionError"}}, "symbols": []}
-            elif path in ("/signals", "/signals/latest", "/symbols", "/predictions/latest"):
+            elif path in ("/signals", "/signals/latest", "/symbols", "/predictions/latest", "/risk"):
                 assert body == {"detail": "redis unavailable"}, path
             else:
                 assert body == {"detail": "warehouse unavailable"}, path
