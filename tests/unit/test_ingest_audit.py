@@ -151,3 +151,17 @@ def test_without_audits_nothing_is_kept() -> None:
     feed(state, clock, depth(T0 // MS, 101, 103))
     st = state.symbols[SYMBOL]
     assert st.recent_diffs is None and st.chain_diffs == 0
+
+
+def test_audits_only_spend_their_share_of_the_rest_budget() -> None:
+    from streams.venues.binance.rest import WeightBudget
+
+    clock = ManualClock(T0)
+    budget = WeightBudget(100, clock)
+    assert budget.headroom(5, 0.5)
+    budget.spend(46)
+    assert not budget.headroom(5, 0.5) and budget.delay_s(5) == 0.0  # snapshots may still spend it
+    clock.advance_us(61_000_000)
+    assert budget.headroom(5, 0.5)  # the spending left the one-minute window
+    budget.block(10)
+    assert not budget.headroom(5, 0.5)

@@ -17,7 +17,10 @@ per symbol applies every diff as it is published, so a REST snapshot is always c
 position. Exchange times are mapped onto the wall clock (with the capture's clock skew removed), so drift
 measurements are meaningful. Faults: drop every Nth depth diff from the stream (the book still changes: a
 real gap), send every Nth message twice, abort connections after S seconds, send a malformed frame before
-every Nth message of chosen symbols, delay every frame by D ms.
+every Nth message of chosen symbols, delay every frame by D ms, and silently corrupt every Nth depth diff: one
+of its levels (not among the best ``CORRUPT_MIN_RANK`` of its side, within the top ``CORRUPT_MAX_RANK``) goes out
+with a wrong quantity and a correct sequence, while the exchange's own book (and so every REST snapshot) keeps
+the true one. No sequence or bookTicker check can see that; only a book audit against a snapshot can.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ log = logging.getLogger("surge.fake_exchange")
 PUBLIC_KINDS = frozenset({"depth", "bookTicker"})   # USD-M /public; everything else is /market
 MAX_CLIENT_QUEUE = 200_000                          # a client this far behind is dropped, as Binance does
 MALFORMED_VARIANTS = ("truncated", "bad_value", "unknown_event", "not_object")
+CORRUPT_MIN_RANK = 3                                # a corrupted level is never among the best 3 of its side
+CORRUPT_MAX_RANK = 20                               # ... and always among the best 20 (what audits compare)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class FakeOptions:
     malformed_every: int = 0           # a malformed frame before every Nth message (of malformed_symbols)
     malformed_symbols: frozenset[str] = frozenset()  # empty: every symbol
     delay_ms: float = 0.0
+    corrupt_qty_every: int = 0         # every Nth depth diff goes out with one level's quantity changed
     start_delay_s: float = 1.0         # after the first connection, so a client's other connections are up
     start_on_connect: bool = True
     rebase_time: bool = True
@@ -221,11 +227,13 @@ class FakeExchange:
         self.stats: dict[str, Any] = {
             "published": {}, "gaps": [], "duplicates": 0, "malformed": [], "disconnects": 0,
             "connections_total": 0, "snapshots_served": {}, "rest_requests": 0, "rate_limited": 0,
+            "corrupted": [],
         }
         self._depth_seen = 0
         self._sent = 0
         self._sent_by_symbol: dict[str, int] = {}
         self._malformed_turn = 0
+        self._corrupt_due = False
 
     # --- time -----------------------------------------------------------------------------------------------
 
@@ -297,6 +305,13 @@ class FakeExchange:
             if every and self._depth_seen % every == 0:
                 self.stats["gaps"].append({"symbol": symbol, "U": data.get("U"), "u": data.get("u")})
                 return  # the exchange's book moved, the stream skipped it: a real gap
+            every = self.options.corrupt_qty_every
+            if every and self._depth_seen % every == 0:
+                self._corrupt_due = True
+            if self._corrupt_due:
+                corrupted = self._corrupt(symbol, out)
+                self._corrupt_due = corrupted is out  # no level qualified: the next diff then
+                out = corrupted
         if kind == "trade":
             self.trades[symbol].append(out)
         published[kind] = published.get(kind, 0) + 1
@@ -326,6 +341,23 @@ class FakeExchange:
             frame = client.frame(key, payload)
             for _ in range(copies):
                 self._enqueue(client, due, frame)
+
+    def _corrupt(self, symbol: str, diff: dict[str, Any]) -> dict[str, Any]:
+        """``diff`` with one level's quantity changed (see the module doc); unchanged if no level qualifies."""
+        book = self.books[symbol]
+        for key, side, best_first in (("b", book.bids, True), ("a", book.asks, False)):
+            ranked = (heapq.nlargest if best_first else heapq.nsmallest)(CORRUPT_MAX_RANK, side, key=float)
+            eligible = set(ranked[CORRUPT_MIN_RANK:])
+            levels = diff.get(key) or []
+            for i, (price, qty) in enumerate(levels):
+                if price in eligible and float(qty) > 0.0:
+                    wrong = f"{float(qty) * 1.5 + 0.001:.8f}"
+                    changed = [list(level) for level in levels]
+                    changed[i][1] = wrong
+                    self.stats["corrupted"].append({"symbol": symbol, "u": diff.get("u"), "side": key,
+                                                    "price": price, "qty": qty, "sent": wrong})
+                    return {**diff, key: changed}
+        return diff
 
     def _enqueue(self, client: Client, due: float, frame: bytes) -> None:
         if client.queue.qsize() >= MAX_CLIENT_QUEUE:
