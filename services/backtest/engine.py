@@ -459,12 +459,12 @@ def kline_vectors(frame: pd.DataFrame, venue: str, spread_bps: float) -> list[fe
 def run_klines(cfg: BacktestConfig, settings: Settings, progress: Progress | None = None) -> BacktestResult:
     from streams.features.batch import compute_klines_frame
 
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), time.process_time()
     model = load_model(cfg.model_dir, intra_op_threads=1)
     venue = _kline_venue(cfg.data, cfg.venue)
     frame = compute_klines_frame(list(cfg.data))
     frame = frame.sort_values(["ts", "symbol"], kind="stable").reset_index(drop=True)  # symbols interleaved in time
-    t_features = time.perf_counter()
+    t_features, cpu1 = time.perf_counter(), time.process_time()
     pipeline = Pipeline(settings, model)
     sim = Simulation(cfg, settings, pipeline, venue)
     closed_us = frame["ts"].to_numpy(dtype=np.int64) * 1000 + MINUTE_US
@@ -482,11 +482,12 @@ def run_klines(cfg: BacktestConfig, settings: Settings, progress: Progress | Non
     for k in range(0, len(vectors), INFER_CHUNK):
         for p in pipeline.infer(vectors[k:k + INFER_CHUNK]):
             predictions[f"{p.symbol}:{p.ts.exchange_us}"] = p
-    t_infer = time.perf_counter()
+    t_infer, cpu2 = time.perf_counter(), time.process_time()
     result = simulate_bars(sim, frame.iloc[first:last], predictions, progress)
     result.info.update({"seconds_features": t_features - started, "seconds_infer": t_infer - t_features,
                         "seconds_simulation": time.perf_counter() - t_infer, "bars": int(last - first),
-                        "venue": venue})
+                        "cpu_seconds_features": cpu1 - cpu0, "cpu_seconds_infer": cpu2 - cpu1,
+                        "cpu_seconds_simulation": time.process_time() - cpu2, "venue": venue})
     return result
 
 
