@@ -130,6 +130,20 @@ DASHBOARDS: tuple[Dashboard, ...] = (
             f"WHERE $__timeFilter({SIGNAL_TIME}) GROUP BY flag ORDER BY signals DESC")),
     )),
     Dashboard("surge-model-quality", "surge / model quality", (
+        Panel("Live quality over the outcomes window: ECE and its drift, pp", (
+            q('max(surge_live_quality{metric="ece_pp"})', "ECE pp"),
+            q('max(surge_live_quality{metric="ece_drift_pp"})', "drift vs held-out pp")),
+              description="Alert SurgeCalibrationDrift at 5 pp of drift."),
+        Panel("Live quality: Brier, PR-AUC, hit@10, false-positive rate", (
+            q('max(surge_live_quality{metric="brier"})', "Brier"),
+            q('max(surge_live_quality{metric="pr_auc"})', "PR-AUC"),
+            q('max(surge_live_quality{metric="hit_at_k"})', "hit@10"),
+            q('max(surge_live_quality{metric="false_positive_rate"})', "false positives"))),
+        Panel("Live quality history per model (ClickHouse live_quality)", sql=(
+            "SELECT fromUnixTimestamp64Micro(at_us) AS time, model_version, ece_pp, brier, pr_auc "
+            "FROM surge.live_quality FINAL WHERE $__timeFilter(fromUnixTimestamp64Micro(at_us)) ORDER BY time")),
+        Panel("Threshold offsets live quality applies", (
+            q("max by (threshold) (surge_decision_threshold_offset)", "{{threshold}}"),)),
         Panel("Live Brier score per horizon (ClickHouse)", sql=(
             "SELECT toStartOfInterval(t, INTERVAL $__interval_s second) AS time, horizon_min, "
             f"avg((p - y) * (p - y)) AS brier FROM ({RESOLVED}) GROUP BY time, horizon_min ORDER BY time"),
@@ -138,11 +152,11 @@ DASHBOARDS: tuple[Dashboard, ...] = (
             "SELECT horizon_min, sum(abs(mp - my) * n) / sum(n) AS ece, sum(n) AS outcomes FROM ("
             "SELECT horizon_min, least(toUInt8(floor(p * 10)), 9) AS bin, avg(p) AS mp, avg(y) AS my, count() AS n "
             f"FROM ({RESOLVED}) GROUP BY horizon_min, bin) GROUP BY horizon_min ORDER BY horizon_min"),
-              description="Alert SurgeCalibrationDrift fires on surge_outcomes_ece_drift once it is exported."),
+              description="Recomputed from every resolved outcome in the range (the stage's window is 500)."),
         Panel("Live ROC AUC per horizon (ClickHouse)", kind="table", sql=(
             "SELECT horizon_min, arrayAUC(groupArray(p), groupArray(y)) AS roc_auc, count() AS outcomes "
             f"FROM ({RESOLVED}) GROUP BY horizon_min ORDER BY horizon_min"),
-              description="PR-AUC needs a metric the outcomes stage does not export yet; ROC AUC stands in."),
+              description="PR-AUC over the stage's window is in the live-quality panels."),
         Panel("Registry: calibration ECE of each version (ClickHouse)", kind="table", sql=(
             "SELECT model_version, feature_version, calibration_ece, is_active, is_canary, "
             "fromUnixTimestamp64Micro(deployed_at_us) AS deployed_at, deployed_by "
@@ -164,13 +178,18 @@ DASHBOARDS: tuple[Dashboard, ...] = (
             q("sum by (result) (increase(surge_infer_model_reloads_total[$__range]))", "reload {{result}}"))),
     )),
     Dashboard("surge-costs", "surge / costs", (
+        Panel("Cost model MAPE over the outcomes window, % (SLO 15 %)", (
+            q('max(surge_live_quality{metric="cost_mape_pct"})', "MAPE %"),),
+              description="Alert SurgeCostModelMapeHigh at 15 %."),
+        Panel("Realized utility over the outcomes window, bps", (
+            q('max(surge_live_quality{metric="avg_utility_bps"})', "avg utility bps"),)),
         Panel("Estimated vs realized cost per symbol, bps (ClickHouse)", kind="table", width=24, sql=(
             "SELECT symbol, count() AS outcomes, avg(estimated_cost_bps) AS estimated_bps, "
             "avg(realized_cost_bps) AS realized_bps, "
             "avgIf(abs(realized_cost_bps - estimated_cost_bps) / abs(realized_cost_bps), realized_cost_bps != 0) "
             "AS mape FROM surge.outcomes FINAL "
             f"WHERE label != '' AND $__timeFilter({OUTCOME_TIME}) GROUP BY symbol ORDER BY outcomes DESC"),
-              description="MAPE SLO 15 %; alert SurgeCostModelMapeHigh reads surge_outcomes_cost_mape once exported."),
+              description="MAPE SLO 15 %, over every resolved outcome in the range."),
         Panel("Cost MAPE over time (ClickHouse)", unit="percentunit", sql=(
             f"SELECT toStartOfInterval({OUTCOME_TIME}, INTERVAL $__interval_s second) AS time, "
             "avgIf(abs(realized_cost_bps - estimated_cost_bps) / abs(realized_cost_bps), realized_cost_bps != 0) "

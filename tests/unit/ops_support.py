@@ -14,7 +14,7 @@ DEPLOY = REPO_ROOT / "deploy"
 
 # Metrics a rule or panel expects that no code exports yet (another change adds them); each is named in a
 # comment next to its rule. A test fails once one is exported, so the list cannot go stale.
-PENDING_METRICS = frozenset({"surge_outcomes_ece_drift", "surge_outcomes_cost_mape"})
+PENDING_METRICS: frozenset[str] = frozenset()
 # Series Prometheus itself writes for every target.
 PROMETHEUS_BUILTINS = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
 
