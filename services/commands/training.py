@@ -49,6 +49,7 @@ def train(
     rounds: Annotated[int, typer.Option(help="Boosting rounds")] = 300,
     seed: Annotated[int, typer.Option(help="Random seed")] = 7,
     class_weight: Annotated[str, typer.Option(help="balanced | none (uniqueness weights only)")] = "balanced",
+    lambda_l2: Annotated[float, typer.Option(help="LightGBM L2 leaf penalty (weights have mean 1)")] = 10.0,
     monotone: Annotated[str, typer.Option(help="Comma-separated features the forecast may only rise with")] = "",
     calibration: Annotated[str, typer.Option(help="isotonic | platt | beta | temperature")] = "isotonic",
     calibration_days: Annotated[float, typer.Option(
@@ -75,7 +76,7 @@ def train(
                           class_weight=class_weight,  # type: ignore[arg-type]
                           monotone_increasing=tuple(m.strip() for m in monotone.split(",") if m.strip()),
                           calibration=calibration,  # type: ignore[arg-type]
-                          calibration_recent_days=calibration_days)
+                          calibration_recent_days=calibration_days, lambda_l2=lambda_l2)
         card = run_training(_files(data), out, cfg, eval_data=_files(eval_data or []), quiet=quiet,
                             command="surge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                             variants_horizon=variants, pool_data=_files(pool or []))
@@ -118,6 +119,7 @@ def evaluate(
     min_train_days: Annotated[float, typer.Option(help="Days of data before the first test window")] = 28.0,
     window_days: Annotated[float, typer.Option(help="Rolling training window in days (0: expanding)")] = 0.0,
     class_weight: Annotated[str, typer.Option(help="balanced | none")] = "none",
+    lambda_l2: Annotated[float, typer.Option(help="LightGBM L2 leaf penalty (weights have mean 1)")] = 270.0,
     monotone: Annotated[str, typer.Option(help="Comma-separated monotone-increasing features")] =
         "parkinson_5m,parkinson_1h,rv_1h",
     calibration: Annotated[str, typer.Option(help="isotonic | platt | beta | temperature")] = "temperature",
@@ -143,7 +145,7 @@ def evaluate(
                           monotone_increasing=tuple(m.strip() for m in monotone.split(",") if m.strip()),
                           calibration=calibration,  # type: ignore[arg-type]
                           calibration_recent_days=calibration_days, objective=objective,  # type: ignore[arg-type]
-                          folds=folds)
+                          folds=folds, lambda_l2=lambda_l2)
         frame = klines_frame(_files(data))
         report = run_walk_forward(frame, cfg, horizon=horizon, step=step, min_train_days=min_train_days,
                               window_days=window_days, log=(lambda _m: None) if quiet else console.print)
@@ -190,7 +192,7 @@ def retrain(
     try:
         cfg = TrainConfig(horizons=_horizons(horizons), objective="logloss", class_weight="none",
                           monotone_increasing=("parkinson_5m", "parkinson_1h", "rv_1h"), calibration="temperature",
-                          calibration_recent_days=calibration_days)
+                          calibration_recent_days=calibration_days, lambda_l2=270.0)
         result = run_retrain(warehouse, LiveClock(), _files(data), out, cfg, canary_share=settings.canary_share,
                              eval_data=_files(eval_data or []), since_us=since_us, min_outcomes=min_outcomes,
                              max_ece=max_ece, actor=f"retrain:{os_actor()}",

@@ -43,8 +43,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"* **Labels**: {labels_text(lab)}.",
         f"* **Model**: LightGBM per horizon, shipped objective **{card['objective']}**"
         f"{' (gamma ' + str(cfg['gamma']) + ')' if card['objective'] == 'focal' else ''}, "
-        f"{cfg['num_boost_round']} rounds, {cfg['num_leaves']} leaves, learning rate {cfg['learning_rate']}; "
-        f"weights: uniqueness={cfg['uniqueness']}, classes {cfg['class_weight']}"
+        f"{cfg['num_boost_round']} rounds, {cfg['num_leaves']} leaves, learning rate {cfg['learning_rate']}, "
+        f"L2 {cfg['lambda_l2']:g}; weights: uniqueness={cfg['uniqueness']}, classes {cfg['class_weight']}"
         + (f"; monotone increasing in {', '.join(f'`{n}`' for n in cfg['monotone_increasing'])}"
            if cfg.get("monotone_increasing") else "") + ".",
         f"* **Validation**: purged {cfg['folds']}-fold CV on label spans, embargo {cfg['embargo_frac']:.0%} of the "
@@ -146,11 +146,12 @@ def variants_markdown(card: dict[str, Any]) -> list[str]:
              "training base rate; skill (period rate) against the evaluation period's own rate, known only "
              "afterwards. **Selection caveat**: the shipped row was chosen with these evaluation numbers, so its "
              "row is optimistic; the walk-forward evaluation is the unbiased check.", "",
-             "| variant | objective | calibration | window | ECE | ROC-AUC | PR-AUC | Brier | skill (train rate) "
+             "| variant | objective | L2 | calibration | window | ECE | ROC-AUC | PR-AUC | Brier | skill (train rate) "
              "| skill (period rate) | mean p | shipped |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v in var["rows"]:
-        lines.append(f"| {v['variant']} | {v['objective']} | {v['calibration']} | {v['calibration_window']} | "
+        lines.append(f"| {v['variant']} | {v['objective']} | {v.get('lambda_l2', 'n/a')} | {v['calibration']} | "
+                     f"{v['calibration_window']} | "
                      f"{_pp(v['ece'])} | {_f(v['roc_auc'], 3)} | {_f(v['pr_auc'], 3)} | {_f(v['brier'], 5)} | "
                      f"{_f(v['brier_skill'])} | {_f(v['brier_skill_period'])} | {_f(v['mean_p'])} | "
                      f"{'**yes**' if v.get('shipped_config') else ''} |")

@@ -1,12 +1,12 @@
 """Every model variant tried for the held-out report, on one horizon, through the pipeline's own pieces.
 
 The grid (issue 12): class weights (balanced on uniqueness vs uniqueness only), monotone constraints on the
-volatility features (or the configured ``monotone_increasing``), focal loss vs log loss, four calibration maps
-(isotonic, Platt, beta, temperature) fitted on three windows (every out-of-fold score; the out-of-fold scores of
-the last ``calibration_recent_days`` (15 when unset) only; a booster fitted before that recent window and
-calibrated on it, out of sample), and, when other symbols' bars are given, pooling them into training. Each
-variant is scored on the evaluation rows exactly as it would be served (``Calibration.apply`` on the booster's
-scores); the card lists all of them, the losers included.
+volatility features (or the configured ``monotone_increasing``), the L2 leaf penalty, focal loss vs log
+loss, four calibration maps (isotonic, Platt, beta, temperature) fitted on three windows (every out-of-fold
+score; the out-of-fold scores of the last ``calibration_recent_days`` (15 when unset) only; a booster fitted
+before that recent window and calibrated on it, out of sample), and, when other symbols' bars are given,
+pooling them into training. Each variant is scored on the evaluation rows exactly as it would be served
+(``Calibration.apply`` on the booster's scores); the card lists all of them, the losers included.
 
 Selection caveat: choosing the shipped variant by these numbers uses the evaluation month, so the winner's
 evaluation numbers are optimistic; the walk-forward evaluation (``surge evaluate --walk-forward``) is the
@@ -34,6 +34,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 VOLATILITY_FEATURES = ("parkinson_5m", "parkinson_1h", "rv_1h")
+L2_SWEEP = (10.0, 100.0, 270.0, 1000.0)  # L2 leaf regularisation, on weights of mean 1
 WINDOWS = ("all OOF", "recent OOF", "recent hold-out")
 HEADLINE = ("n", "base_rate", "mean_p", "brier", "brier_skill", "brier_skill_period", "ece", "ece_quantile",
             "roc_auc", "pr_auc", "log_loss")
@@ -72,6 +73,10 @@ def run_variants(lab: Labelled, h: int, train_rows: IntArray, eval_rows: IntArra
         ("balanced weights + monotone vol, focal", replace(cfg, class_weight="balanced", monotone_increasing=mono),
          "focal", False),
     ]
+    for l2 in L2_SWEEP:
+        if l2 != cfg.lambda_l2:
+            grid.append((f"uniqueness weights + monotone vol, lambda_l2 {l2:g}",
+                         replace(cfg, class_weight="none", monotone_increasing=mono, lambda_l2=l2), "logloss", False))
     if pool is not None:
         grid.append(("uniqueness weights + monotone vol, pooled symbols",
                      replace(cfg, class_weight="none", monotone_increasing=mono), "logloss", True))
@@ -116,6 +121,7 @@ def run_variants(lab: Labelled, h: int, train_rows: IntArray, eval_rows: IntArra
                 metrics = probability_metrics(p, y_ev, base_rate_forecast=float(y.mean()))
                 row = {"variant": label, "objective": objective, "class_weight": vcfg.class_weight,
                        "monotone_increasing": list(vcfg.monotone_increasing), "pooled": pooled,
+                       "lambda_l2": vcfg.lambda_l2,
                        "calibration": method, "calibration_window": window,
                        **{k: metrics[k] for k in HEADLINE}}
                 out.append(row)
