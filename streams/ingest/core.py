@@ -205,6 +205,8 @@ class IngestState:
     codec: Codec | None = None             # decodes the frames of ``process``; see IngestConfig.new_state
     audits: bool = False                   # keep recent diffs for ``audit_snapshot`` and audit the id chain
     audit_gap_ratio: float = 0.002         # chain breaks per diff in a window above which a book is rebuilt
+    fixed_universe: bool = False           # events of symbols without a state are ignored (live: the followed set)
+    ignored_events: int = 0                # ... counted here (a stream unsubscribed a moment ago)
 
     def symbol_state(self, symbol: str) -> SymbolState:
         st = self.symbols.get(symbol)
@@ -363,6 +365,31 @@ def lose_sync(state: IngestState, symbols: Iterable[str], clock: Clock, reason: 
         st.chain_last = -1  # the next connection's diffs start a new chain: no break to count
 
 
+def add_symbols(state: IngestState, symbols: Iterable[str]) -> list[str]:
+    """Follow ``symbols`` too (a live universe change); returns the ones that are new. Their books ask for a
+    snapshot with the first diff buffered, as at start."""
+    added = [s for s in symbols if s not in state.symbols]
+    for symbol in added:
+        state.symbol_state(symbol)
+    return added
+
+
+def drop_symbols(state: IngestState, symbols: Iterable[str], clock: Clock) -> IngestOutputs:
+    """Stop following ``symbols``: their pending events go out in a last TickBatch, held trades are released,
+    and their state is forgotten (with ``fixed_universe``, their late frames are then ignored)."""
+    out = IngestOutputs()
+    now_us = clock.now_us()
+    for symbol in symbols:
+        st = state.symbols.get(symbol)
+        if st is None:
+            continue
+        _release_trades(state, st, out, now_us)
+        if st.pending:
+            _emit_batch(state, st, out)
+        del state.symbols[symbol]
+    return out
+
+
 def resume_trades(state: IngestState, symbols: Iterable[str], clock: Clock) -> IngestOutputs:
     """After a reconnect: hold ``symbols``' trades and ask for every trade since the last one seen."""
     out = IngestOutputs()
@@ -406,7 +433,7 @@ def apply_trade_backfill(state: IngestState, symbol: str, trades: bytes | Sequen
     return out
 
 
-def _ingest(state: IngestState, out: IngestOutputs, ev: NormalizedEvent, now_us: int) -> None:
+def _ingest(state: IngestState, out: IngestOutputs, ev: NormalizedEvent, now_us: int) -> None:  # noqa: PLR0911 - early exits per event kind keep the hot path flat
     # Exact type checks (the event classes are final): cheaper than isinstance on the hot path.
     if type(ev) is SnapshotEvent:
         _apply_snapshot(state, out, ev, now_us)
@@ -426,7 +453,12 @@ def _ingest(state: IngestState, out: IngestOutputs, ev: NormalizedEvent, now_us:
         if mark is not None and event.mark_price.exchange_us <= mark.last_mark_us:
             mark.duplicates += 1
             return
-    st = state.symbols.get(symbol) or state.symbol_state(symbol)
+    st = state.symbols.get(symbol)
+    if st is None:
+        if state.fixed_universe:
+            state.ignored_events += 1
+            return
+        st = state.symbol_state(symbol)
     book = st.book
     sent_us = ev.sent_us
     if sent_us:
@@ -744,6 +776,8 @@ def _add_event(state: IngestState, out: IngestOutputs, st: SymbolState, event: m
 
 def _apply_snapshot(state: IngestState, out: IngestOutputs, snapshot: SnapshotEvent, now_us: int) -> None:
     symbol = snapshot.symbol
+    if state.fixed_universe and symbol not in state.symbols:
+        return  # a late answer for a symbol no longer followed
     st = state.symbol_state(symbol)
     st.resync_requested = st.resync_deferred = False
     st.snapshots += 1

@@ -25,6 +25,8 @@ Series (all labelled by ``symbol``, on the ingest stage's registry):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -117,6 +119,15 @@ class IngestQuality:
                 self.chain_gap_ratio.labels(symbol).set(st.chain_gap_ratio)
             n_quarantined += st.quarantined
         self.quarantined_symbols.set(n_quarantined)
+
+    def forget(self, symbols: Sequence[str]) -> None:
+        """Drop the gauges of symbols no longer followed (a live universe change); counters stay as they were."""
+        gauges = (self.gap_ratio, self.loss_ratio, self.drift, self.degraded, self.synced, self.quarantined,
+                  self.chain_gap_ratio)
+        for symbol in symbols:
+            for gauge in gauges:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(symbol)
 
     def _advance(self, counter: Counter, symbol: str, attr: str, value: int, labels: tuple[str, ...]) -> None:
         key = (symbol, attr)

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     top_n: int = Field(0, ge=0, le=500, description="Live: follow the N symbols with the largest 24h quote volume "
                        "(0: use SURGE_SYMBOLS)")
     top_quote_asset: str = Field("USDT", description="Quote asset of the symbols --top picks from")
+    top_refresh_s: float = Field(60.0, ge=0, description="Live --top: re-rank this often and add/remove symbols "
+                                 "on the running connections (0: rank once at start)")
+    top_rank_by: Literal["quote_volume", "volatility"] = Field("quote_volume", description="Live --top: rank by "
+                                                               "24h quote volume or 24h range / last price")
     snapshot_limit: int = Field(1000, ge=5, le=5000, description="Levels per side of REST depth snapshots "
                                 "(USD-M allows 5/10/20/50/100/500/1000)")
     symbols_per_connection: int = Field(25, ge=1, le=50, description="Symbols per WebSocket connection")

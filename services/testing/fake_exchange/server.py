@@ -472,6 +472,13 @@ class FakeExchange:
         if method == "SUBSCRIBE" and isinstance(params, list):
             self._subscribe(client, [str(p) for p in params])
             await client.ws.send(orjson.dumps({"result": None, "id": ident}), text=True)
+        elif method == "UNSUBSCRIBE" and isinstance(params, list):
+            for name in (str(p) for p in params):
+                key = (name.split("@", 1)[0].upper(), stream_kind(name))
+                if client.names.get(key) == name.encode():
+                    del client.names[key]
+                    self.subscribers.get(key, set()).discard(client)
+            await client.ws.send(orjson.dumps({"result": None, "id": ident}), text=True)
         elif method == "LIST_SUBSCRIPTIONS":
             names = [n.decode() for n in client.names.values()]
             await client.ws.send(orjson.dumps({"result": names, "id": ident}), text=True)
@@ -590,8 +597,10 @@ class FakeExchange:
     def _ticker(self, symbol: str) -> dict[str, Any]:
         trades = self.trades[symbol]
         last = trades[-1]["p"] if trades else "0"
+        prices = [float(t["p"]) for t in trades]
+        high, low = (max(prices), min(prices)) if prices else (0.0, 0.0)
         return {"symbol": symbol, "lastPrice": last, "quoteVolume": f"{self.capture.quote_volume.get(symbol, 0.0):.8f}",
-                "count": len(trades)}
+                "highPrice": f"{high:.8f}", "lowPrice": f"{low:.8f}", "count": len(trades)}
 
     def _rest_trade(self, trade: dict[str, Any]) -> dict[str, Any]:
         record = {"id": trade["t"], "price": trade["p"], "qty": trade["q"],

@@ -6,6 +6,11 @@ connection's books are marked resyncing and re-snapshotted once, and trades sinc
 backfilled, so a dropped connection loses no trade. While the bus falls behind, processing pauses; frames that
 pile up beyond ``MAX_FRAMES`` are dropped and every book resynced.
 
+Live universe (``--top N``): every ``SURGE_TOP_REFRESH_S`` the ranker is asked again; symbols that left the top N
+are flushed and unsubscribed, new ones are subscribed on connections with room (or on new connections), and the
+other streams never stop. Each ranking is handed to ``on_universe`` (run_live: the Redis key
+``surge:universe:<venue>``, for the gateway's ``/symbols``).
+
 Book audits (``SURGE_BOOK_AUDIT_INTERVAL_S``): every symbol's book is compared with a ``AUDIT_LIMIT``-level REST
 snapshot at the same update id (``core.audit_snapshot``), one symbol after another, staggered over the interval.
 They spend at most ``AUDIT_BUDGET_SHARE`` of ingest's REST weight budget, so snapshots and trade backfills always
@@ -16,11 +21,12 @@ share is put off (``surge_ingest_book_audits_deferred_total``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -38,7 +44,7 @@ from streams.runtime.source import SourceRunner
 from streams.venues.binance.codec import CODEC
 from streams.venues.binance.rest import BinanceRest, RestError
 from streams.venues.binance.spec import VenueSpec, base_urls, venue_spec
-from streams.venues.binance.ws import Backoff, StreamConnection, plan_connections
+from streams.venues.binance.ws import Backoff, ConnectionPlan, StreamConnection, plan_connections, route_plan
 
 log = logging.getLogger("surge.venues.binance.feed")
 
@@ -50,6 +56,10 @@ SNAPSHOT_RETRY_S = 0.5         # a snapshot older than the buffered stream is fe
 AUDIT_LIMIT = 100              # levels per side of an audit snapshot (valid on both venues; weight 5 on both)
 AUDIT_BUDGET_SHARE = 0.5       # audits run only while ingest's REST spending stays below this share of its budget
 AUDIT_TICK_S = 0.25            # how often the audit schedule is looked at
+UNIVERSE_KEY = "surge:universe:"  # + venue name: the followed symbols as JSON (run_live's publisher)
+
+Ranker = Callable[[], Awaitable[list[str]]]
+UniverseHook = Callable[[list[str]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +73,7 @@ class LiveOptions:
     rollover_s: float
     backoff_max_s: float
     book_audit_interval_s: float = 0.0
+    top_refresh_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LiveOptions:
@@ -70,7 +81,7 @@ class LiveOptions:
             ingest=IngestConfig.from_settings(settings), snapshot_limit=settings.snapshot_limit,
             symbols_per_connection=settings.symbols_per_connection, ping_interval_s=settings.ws_ping_interval_s,
             rollover_s=settings.ws_rollover_s, backoff_max_s=settings.ws_backoff_max_s,
-            book_audit_interval_s=settings.book_audit_interval_s)
+            book_audit_interval_s=settings.book_audit_interval_s, top_refresh_s=settings.top_refresh_s)
 
 
 class LiveFeed:
@@ -78,8 +89,14 @@ class LiveFeed:
 
     def __init__(self, spec: VenueSpec, ws_base: str, symbols: Sequence[str], options: LiveOptions, clock: Clock, *,
                  rest: BinanceRest, publisher: SourceRunner, metrics: StageMetrics, quality: IngestQuality,
-                 health: HealthState, rng: random.Random | None = None) -> None:
+                 health: HealthState, rng: random.Random | None = None, ranker: Ranker | None = None,
+                 on_universe: UniverseHook | None = None) -> None:
         self.spec = spec
+        self.ws_base = ws_base
+        self.rng = rng
+        self.ranker = ranker
+        self.on_universe = on_universe
+        self.symbols: list[str] = list(dict.fromkeys(symbols))
         self.options = options
         self.clock = clock
         self.rest = rest
@@ -89,18 +106,19 @@ class LiveFeed:
         self.health = health
         self.state = options.ingest.new_state(spec.venue, futures=spec.futures, sequence_base=clock.now_us(),
                                               codec=CODEC, audits=options.book_audit_interval_s > 0)
-        for symbol in symbols:
+        for symbol in self.symbols:
             self.state.symbol_state(symbol)
+        self.state.fixed_universe = True  # frames of a symbol just unsubscribed must not bring its state back
         self.frames: list[Frame] = []
         self.fatal = False
         self._snapshot_tasks: dict[str, asyncio.Task[None]] = {}
         self._backfill_tasks: set[asyncio.Task[None]] = set()
         self._audit_tasks: dict[str, asyncio.Task[None]] = {}
-        self.plans = plan_connections(spec, ws_base, list(symbols), options.symbols_per_connection)
-        self.connections = [
-            StreamConnection(plan, self, clock, ping_interval_s=options.ping_interval_s,
-                             rollover_s=options.rollover_s, backoff_max_s=options.backoff_max_s, rng=rng)
-            for plan in self.plans]
+        self.plans = plan_connections(spec, ws_base, self.symbols, options.symbols_per_connection)
+        self.connections = [self._connection(plan) for plan in self.plans]
+        self._conn_stops: dict[StreamConnection, asyncio.Event] = {}
+        self._conn_tasks: dict[StreamConnection, asyncio.Task[None]] = {}
+        self._stop: asyncio.Event | None = None
         registry = metrics.registry
         self.metrics_connections = Gauge("surge_ingest_ws_connections", "Open WebSocket connections",
                                          registry=registry)
@@ -115,6 +133,11 @@ class LiveFeed:
         self.metrics_audits_deferred = Counter("surge_ingest_book_audits_deferred",
                                                "Book audits put off to stay within their share of the REST budget",
                                                ["stage"], registry=registry)
+        self.metrics_universe = Gauge("surge_ingest_universe_symbols", "Symbols followed", registry=registry)
+        self.metrics_universe.set(len(self.symbols))
+        self.metrics_universe_changes = Counter("surge_ingest_universe_changes",
+                                                "Symbols added to or removed from the followed set",
+                                                ["stage", "change"], registry=registry)
         self.metrics_overloads = Counter("surge_ingest_overloads", "Frames dropped because the bus fell behind",
                                          ["stage"], registry=registry)
 
@@ -152,6 +175,27 @@ class LiveFeed:
     def on_rollover(self, conn: StreamConnection) -> None:
         self.metrics_rollovers.labels(STAGE, conn.plan.route or "/").inc()
 
+    def _connection(self, plan: ConnectionPlan) -> StreamConnection:
+        o = self.options
+        return StreamConnection(plan, self, self.clock, ping_interval_s=o.ping_interval_s, rollover_s=o.rollover_s,
+                                backoff_max_s=o.backoff_max_s, rng=self.rng)
+
+    def _start_connection(self, conn: StreamConnection) -> None:
+        """Run ``conn`` until the feed stops or the connection is retired (its symbols all left)."""
+        own = self._conn_stops[conn] = asyncio.Event()
+        stop = self._stop
+        assert stop is not None
+
+        async def run() -> None:
+            watcher = asyncio.create_task(stop.wait())
+            watcher.add_done_callback(lambda _: own.set())
+            try:
+                await conn.run(own)
+            finally:
+                watcher.cancel()
+
+        self._conn_tasks[conn] = asyncio.create_task(run())
+
     def _update_connection_gauge(self) -> None:
         self.metrics_connections.set(sum(c.up for c in self.connections))
 
@@ -159,14 +203,21 @@ class LiveFeed:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: then close the connections, process what arrived and hand the rest to the publisher."""
-        conn_tasks = [asyncio.create_task(c.run(stop)) for c in self.connections]
+        self._stop = stop
+        for conn in self.connections:
+            self._start_connection(conn)
+        loops = []
         if self.options.book_audit_interval_s > 0 and self.state.symbols:
-            conn_tasks.append(asyncio.create_task(self._audit_loop(stop)))
+            loops.append(asyncio.create_task(self._audit_loop(stop)))
+        if self.ranker is not None and self.options.top_refresh_s > 0:
+            loops.append(asyncio.create_task(self._universe_loop(stop)))
         try:
             await self._process_loop(stop)
         finally:
             stop.set()
-            await asyncio.gather(*conn_tasks, return_exceptions=True)
+            for event in self._conn_stops.values():
+                event.set()
+            await asyncio.gather(*self._conn_tasks.values(), *loops, return_exceptions=True)
             tasks = [*self._snapshot_tasks.values(), *self._backfill_tasks, *self._audit_tasks.values()]
             for task in tasks:
                 task.cancel()
@@ -260,6 +311,79 @@ class LiveFeed:
             log.info("snapshot of %s is older than the buffered stream; fetching another", symbol)
             await asyncio.sleep(SNAPSHOT_RETRY_S)
 
+    # --- live universe -----------------------------------------------------------------------------------------
+
+    async def _universe_loop(self, stop: asyncio.Event) -> None:
+        assert self.ranker is not None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.options.top_refresh_s)
+            if stop.is_set():
+                return
+            try:
+                ranked = await self.ranker()
+            except (RestError, httpx.HTTPError, orjson.JSONDecodeError) as exc:
+                log.warning("could not re-rank the universe (%s); keeping %d symbols", exc, len(self.symbols))
+                continue
+            if ranked:
+                await self.set_universe(ranked)
+
+    async def set_universe(self, symbols: Sequence[str]) -> None:
+        """Follow exactly ``symbols`` from now on, changing only what changed."""
+        wanted = list(dict.fromkeys(symbols))
+        removed = [s for s in self.symbols if s not in wanted]
+        added = [s for s in wanted if s not in self.symbols]
+        if removed or added:
+            self._process_pending()  # frames of the leaving symbols go out first
+            for symbol in removed:
+                for tasks in (self._snapshot_tasks, self._audit_tasks):
+                    task = tasks.pop(symbol, None)
+                    if task is not None:
+                        task.cancel()
+            if removed:
+                self._handle(core.drop_symbols(self.state, removed, self.clock), raw_events=0)
+                self.quality.forget(removed)
+            core.add_symbols(self.state, added)
+            self.symbols = [s for s in self.symbols if s not in removed] + added
+            await self._replan(removed, added)
+            self.metrics_universe.set(len(self.symbols))
+            self.metrics_universe_changes.labels(STAGE, "added").inc(len(added))
+            self.metrics_universe_changes.labels(STAGE, "removed").inc(len(removed))
+            self.health.set_live(True, symbols=",".join(self.symbols))
+            log.info("universe: +%s -%s (%d symbols)", ",".join(added) or "none", ",".join(removed) or "none",
+                     len(self.symbols))
+        if self.on_universe is not None:
+            await self.on_universe(list(self.symbols))
+
+    async def _replan(self, removed: Sequence[str], added: Sequence[str]) -> None:
+        """Unsubscribe ``removed`` and subscribe ``added`` on the running connections (new ones for what does not
+        fit); a connection left without symbols is retired."""
+        per = self.options.symbols_per_connection
+        groups: dict[tuple[str, ...], list[StreamConnection]] = {}
+        for conn in self.connections:
+            groups.setdefault(conn.plan.symbols, []).append(conn)
+        waiting = list(added)
+        for key, conns in groups.items():
+            kept = [s for s in key if s not in removed]
+            room = max(0, per - len(kept))
+            symbols, waiting = kept + waiting[:room], waiting[room:]
+            if not symbols:
+                for conn in conns:
+                    self._conn_stops[conn].set()
+                    self.connections.remove(conn)
+                continue
+            if tuple(symbols) != key:
+                for conn in conns:
+                    await conn.resubscribe(route_plan(self.spec, self.ws_base, conn.plan.route, symbols))
+        for plan in plan_connections(self.spec, self.ws_base, waiting, per):
+            conn = self._connection(plan)
+            self.connections.append(conn)
+            self._start_connection(conn)
+        self.plans = [c.plan for c in self.connections]
+        self._update_connection_gauge()
+
+    # --- book audits --------------------------------------------------------------------------------------------
+
     def audit_interval_s(self) -> float:
         """The audit interval per symbol: the setting, stretched when the symbols' audits would need more than
         ``AUDIT_BUDGET_SHARE`` of the REST budget."""
@@ -283,6 +407,9 @@ class LiveFeed:
         while not stop.is_set():
             await asyncio.sleep(AUDIT_TICK_S)
             now = loop.time()
+            if due.keys() != self.state.symbols.keys():  # the universe changed
+                interval = self.audit_interval_s()
+                due = {s: due.get(s, now + interval * (0.5 + 0.5 * random.random())) for s in self.state.symbols}
             for symbol, at in due.items():
                 if at > now:
                     continue
@@ -328,17 +455,19 @@ class LiveFeed:
 
 
 async def resolve_symbols(rest: BinanceRest, settings: Settings) -> list[str]:
-    """``--top N`` by 24 h quote volume, else SURGE_SYMBOLS checked against exchangeInfo where reachable."""
+    """``--top N`` by 24 h quote volume (or volatility), else SURGE_SYMBOLS checked against exchangeInfo where
+    reachable."""
     if settings.top_n:
         backoff = Backoff(cap_s=settings.ws_backoff_max_s)
         for _ in range(5):
             try:
-                top = await rest.top_symbols(settings.top_n, settings.top_quote_asset)
+                top = await rest.top_symbols(settings.top_n, settings.top_quote_asset, settings.top_rank_by)
             except (RestError, httpx.HTTPError, orjson.JSONDecodeError) as exc:
                 log.warning("could not rank symbols by volume (%s); retrying", exc)
                 await asyncio.sleep(backoff.next())
                 continue
-            log.info("top %d %s symbols by 24h quote volume: %s", settings.top_n, rest.spec.name, ",".join(top))
+            log.info("top %d %s symbols by 24h %s: %s", settings.top_n, rest.spec.name, settings.top_rank_by,
+                     ",".join(top))
             return top
         raise RuntimeError("could not rank symbols by 24h quote volume: Binance REST unreachable")
     wanted = list(dict.fromkeys(settings.symbol_list))
@@ -352,6 +481,34 @@ async def resolve_symbols(rest: BinanceRest, settings: Settings) -> list[str]:
     if unknown:
         log.error("not trading on Binance %s, left out: %s", rest.spec.name, ",".join(unknown))
     return [s for s in wanted if s in trading]
+
+
+def universe_publisher(settings: Settings, venue: str, clock: Clock) -> UniverseHook:
+    """Publish the followed symbols to Redis (``surge:universe:<venue>``: JSON with the symbols, the ranking and
+    the time), expiring after three refresh cycles so a dead ingest does not leave a stale universe. A Redis that
+    cannot be reached is logged and skipped; ingest goes on."""
+    from redis.exceptions import RedisError
+
+    from streams.storage.cache import open_redis
+
+    client = open_redis(settings.redis_connection_url())
+    key = UNIVERSE_KEY + venue
+    ttl_s = max(60, round(3 * settings.top_refresh_s)) if settings.top_refresh_s else None
+    failed = False
+
+    async def publish(symbols: list[str]) -> None:
+        nonlocal failed
+        doc = orjson.dumps({"venue": venue, "symbols": symbols, "top_n": settings.top_n,
+                            "rank_by": settings.top_rank_by, "updated_us": clock.now_us()})
+        try:
+            await asyncio.to_thread(client.set, key, doc, ex=ttl_s)
+            failed = False
+        except (RedisError, OSError) as exc:
+            if not failed:
+                log.warning("could not publish the universe to Redis (%s); retrying every refresh", exc)
+            failed = True
+
+    return publish
 
 
 async def run_live(settings: Settings, clock: Clock, stop: threading.Event, *, publisher: SourceRunner,
@@ -373,8 +530,17 @@ async def run_live(settings: Settings, clock: Clock, stop: threading.Event, *, p
         if not symbols:
             log.error("no symbol to follow")
             return 2
+        ranker: Ranker | None = None
+        if settings.top_n:
+            async def ranker() -> list[str]:
+                return await rest.top_symbols(settings.top_n, settings.top_quote_asset, settings.top_rank_by)
+
+        on_universe = universe_publisher(settings, spec.name, clock) if settings.top_n else None
         feed = LiveFeed(spec, ws_base, symbols, LiveOptions.from_settings(settings), clock, rest=rest,
-                        publisher=publisher, metrics=metrics, quality=quality, health=health)
+                        publisher=publisher, metrics=metrics, quality=quality, health=health, ranker=ranker,
+                        on_universe=on_universe)
+        if on_universe is not None:
+            await on_universe(symbols)
         log.info("ingest from LIVE Binance %s: %d symbols over %d connections (%s, REST %s)", spec.name, len(symbols),
                  len(feed.connections), ws_base, rest_base)
         health.set_live(True, source="live", venue=spec.name, symbols=",".join(symbols))

@@ -31,9 +31,20 @@ STABLECOINS = frozenset({"USDC", "FDUSD", "TUSD", "BUSD", "DAI", "USDP", "USDE",
                          "EURI", "XUSD", "BFUSD", "RLUSD", "USDS"})
 
 
+def rank_value(ticker: Mapping[str, Any], rank_by: str) -> float:
+    """What ``--top`` ranks a ticker/24hr entry by: its quote volume, or its 24 h volatility as the day's range
+    over the last price. Raises KeyError/TypeError/ValueError on a ticker without the fields."""
+    if rank_by == "volatility":
+        last = float(ticker["lastPrice"])
+        if last <= 0.0:
+            raise ValueError("no last price")
+        return (float(ticker["highPrice"]) - float(ticker["lowPrice"])) / last
+    return float(ticker["quoteVolume"])
+
+
 def select_top_symbols(exchange_info: Mapping[str, Any], tickers: Sequence[Mapping[str, Any]], n: int, *,
-                       quote_asset: str, futures: bool) -> list[str]:
-    """The ``n`` trading symbols quoted in ``quote_asset`` with the largest 24 h quote volume.
+                       quote_asset: str, futures: bool, rank_by: str = "quote_volume") -> list[str]:
+    """The ``n`` trading symbols quoted in ``quote_asset`` with the largest 24 h quote volume (or volatility).
 
     Futures: perpetual contracts only. Stablecoin-vs-stablecoin pairs are skipped (volume without signal).
     Ties are broken by name so the choice is deterministic.
@@ -52,7 +63,7 @@ def select_top_symbols(exchange_info: Mapping[str, Any], tickers: Sequence[Mappi
         symbol = ticker.get("symbol")
         if symbol in eligible:
             try:
-                ranked.append((-float(ticker["quoteVolume"]), str(symbol)))
+                ranked.append((-rank_value(ticker, rank_by), str(symbol)))
             except (KeyError, TypeError, ValueError):
                 continue
     ranked.sort()
@@ -170,9 +181,10 @@ class BinanceRest:
             raise RestError(200, "ticker/24hr is not a list", "ticker/24hr")
         return tickers
 
-    async def top_symbols(self, n: int, quote_asset: str) -> list[str]:
+    async def top_symbols(self, n: int, quote_asset: str, rank_by: str = "quote_volume") -> list[str]:
         info, tickers = await self.exchange_info(), await self.ticker_24hr()
-        return select_top_symbols(info, tickers, n, quote_asset=quote_asset, futures=self.spec.futures)
+        return select_top_symbols(info, tickers, n, quote_asset=quote_asset, futures=self.spec.futures,
+                                  rank_by=rank_by)
 
     async def trades_since(self, symbol: str, first_id: int, last_id: int | None) -> list[Any]:
         """Trades with id >= ``first_id`` (up to ``last_id`` if given), oldest first, as decoded JSON objects.

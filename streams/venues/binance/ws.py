@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
 
@@ -49,23 +50,26 @@ class ConnectionPlan:
         return f"{self.route or '/'}[{self.symbols[0]}..{self.symbols[-1]}]"
 
 
+def route_plan(spec: VenueSpec, ws_base: str, route: str, symbols: Sequence[str]) -> ConnectionPlan:
+    """The connection of ``symbols`` on one routed path of the venue."""
+    kinds: list[StreamKind] = [k for k in spec.streams if k.route == route]
+    streams = tuple(f"{s.lower()}{k.suffix}" for s in symbols for k in kinds)
+    if len(streams) > spec.max_streams_per_connection:
+        raise ValueError(f"{len(streams)} streams on one connection; {spec.name} allows "
+                         f"{spec.max_streams_per_connection}: lower SURGE_SYMBOLS_PER_CONNECTION")
+    url = f"{ws_base.rstrip('/')}{route}/stream?streams={'/'.join(streams)}"
+    names = {k.name for k in kinds}
+    return ConnectionPlan(route, tuple(symbols), streams, url, "depth" in names, "trade" in names)
+
+
 def plan_connections(spec: VenueSpec, ws_base: str, symbols: Sequence[str],
                      per_connection: int) -> list[ConnectionPlan]:
     """Spread the symbols over connections: ``per_connection`` symbols each, one connection per route."""
-    routes: dict[str, list[StreamKind]] = {}
-    for kind in spec.streams:
-        routes.setdefault(kind.route, []).append(kind)
+    routes = list(dict.fromkeys(k.route for k in spec.streams))
     plans: list[ConnectionPlan] = []
     for i in range(0, len(symbols), per_connection):
         chunk = tuple(symbols[i:i + per_connection])
-        for route, kinds in routes.items():
-            streams = tuple(f"{s.lower()}{k.suffix}" for s in chunk for k in kinds)
-            if len(streams) > spec.max_streams_per_connection:
-                raise ValueError(f"{len(streams)} streams on one connection; {spec.name} allows "
-                                 f"{spec.max_streams_per_connection}: lower SURGE_SYMBOLS_PER_CONNECTION")
-            url = f"{ws_base.rstrip('/')}{route}/stream?streams={'/'.join(streams)}"
-            names = {k.name for k in kinds}
-            plans.append(ConnectionPlan(route, chunk, streams, url, "depth" in names, "trade" in names))
+        plans.extend(route_plan(spec, ws_base, route, chunk) for route in routes)
     return plans
 
 
@@ -181,10 +185,29 @@ class StreamConnection:
         self.active: _Link | None = None
         self.sessions = 0
         self.rollovers = 0
+        self._request_id = 0
 
     @property
     def up(self) -> bool:
         return self.active is not None and self.active.task is not None and not self.active.task.done()
+
+    async def resubscribe(self, plan: ConnectionPlan) -> None:
+        """Carry ``plan``'s streams from now on: SUBSCRIBE / UNSUBSCRIBE the difference on the open connection,
+        and connect with the new URL from the next (re)connect or rollover on. The other streams never stop."""
+        old = set(self.plan.streams)
+        new = set(plan.streams)
+        self.plan = plan
+        link = self.active
+        if link is None or not self.up:
+            return
+        removed = [s for s in old if s not in new]
+        added = [s for s in plan.streams if s not in old]
+        with contextlib.suppress(WebSocketException, OSError):  # dropped meanwhile: the reconnect uses the new URL
+            for method, params in (("UNSUBSCRIBE", removed), ("SUBSCRIBE", added)):
+                if params:
+                    self._request_id += 1
+                    await link.ws.send(orjson.dumps({"method": method, "params": params,
+                                                     "id": self._request_id}).decode())
 
     async def _open(self) -> ClientConnection:
         return await connect(self.plan.url, ping_interval=self.ping_interval_s, ping_timeout=self.ping_interval_s,
