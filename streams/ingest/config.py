@@ -40,6 +40,7 @@ class IngestConfig:
     quarantine_release_us: int
     quarantine_resync_interval_us: int
     book_audit_gap_ratio: float = 0.002
+    stale_input_us: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestConfig:
@@ -50,7 +51,7 @@ class IngestConfig:
             quarantine_window_us=_us(settings.quarantine_window_s),
             quarantine_release_us=_us(settings.quarantine_release_s),
             quarantine_resync_interval_us=_us(settings.quarantine_resync_interval_s),
-            book_audit_gap_ratio=settings.book_audit_gap_ratio)
+            book_audit_gap_ratio=settings.book_audit_gap_ratio, stale_input_us=_us(settings.stale_input_s))
 
     def new_state(self, venue: common_pb2.Venue, *, futures: bool = False, sequence_base: int = 0,
                   codec: Codec | None = None, audits: bool = False) -> IngestState:
@@ -64,4 +65,4 @@ class IngestConfig:
             quarantine_failures=self.quarantine_failures, quarantine_window_us=self.quarantine_window_us,
             quarantine_release_us=self.quarantine_release_us,
             quarantine_resync_interval_us=self.quarantine_resync_interval_us, audits=audits,
-            audit_gap_ratio=self.book_audit_gap_ratio)
+            audit_gap_ratio=self.book_audit_gap_ratio, stale_after_us=self.stale_input_us)

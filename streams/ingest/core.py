@@ -205,6 +205,7 @@ class IngestState:
     codec: Codec | None = None             # decodes the frames of ``process``; see IngestConfig.new_state
     audits: bool = False                   # keep recent diffs for ``audit_snapshot`` and audit the id chain
     audit_gap_ratio: float = 0.002         # chain breaks per diff in a window above which a book is rebuilt
+    stale_after_us: int = 0                # a batch whose newest event is older than this on receipt: STALE_INPUT
     fixed_universe: bool = False           # events of symbols without a state are ignored (live: the followed set)
     ignored_events: int = 0                # ... counted here (a stream unsubscribed a moment ago)
 
@@ -849,6 +850,9 @@ def _emit_batch(state: IngestState, st: SymbolState, out: IngestOutputs) -> None
         flags.add(common_pb2.SIMULATED)
     if st.time_sync_degraded:
         flags.add(common_pb2.DEGRADED_TIME_SYNC)
+    if state.stale_after_us and st.newest_exchange_us and (
+            st.newest_local_us - st.newest_exchange_us > state.stale_after_us):
+        flags.add(common_pb2.STALE_INPUT)  # the venue's stream itself is late: its newest event arrived this old
     if not book.synced:
         flags.add(common_pb2.BOOK_RESYNCING)
     if st.quarantined_since_us >= 0:

@@ -80,3 +80,18 @@ def test_supervisor_turns_the_bound_off_for_replays_unless_set() -> None:
     assert child_settings(Settings(), "replay:/x.gz").stale_input_s == 0.0
     assert child_settings(Settings(), "sim").stale_input_s == 5.0
     assert child_settings(Settings(stale_input_s=9.0), "replay:/x.gz").stale_input_s == 9.0
+
+
+def test_ingest_flags_a_batch_whose_newest_event_arrived_too_old() -> None:
+    from streams.ingest.config import IngestConfig
+    from streams.ingest.core import flush, process
+    from tests.unit.test_ingest_core import MS, T0, batches, trade
+
+    state = IngestConfig.from_settings(Settings(stale_input_s=5.0)).new_state(common_pb2.BINANCE_SPOT)
+    clock = ManualClock(T0)
+    process([("BTCUSDT", trade(T0 // MS, 1), T0 + 100 * MS)], state, clock)  # 0.1 s in flight: fine
+    late = T0 + 20 * MS
+    process([("ETHUSDT", trade(late // MS - 6000, 1, symbol="ETHUSDT"), late)], state, clock)  # 6 s in flight
+    clock.advance_us(50 * MS)
+    out = {b.symbol: list(b.quality_flags) for b in batches(flush(state, clock))}
+    assert common_pb2.STALE_INPUT not in out["BTCUSDT"] and common_pb2.STALE_INPUT in out["ETHUSDT"]
