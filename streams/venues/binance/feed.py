@@ -296,7 +296,8 @@ class LiveFeed:
                 body = await self.rest.depth(symbol, self.options.snapshot_limit)
             except (RestError, httpx.HTTPError) as exc:
                 delay = backoff.next()
-                log.warning("snapshot of %s failed (%s); retrying in %.1fs", symbol, exc, delay)
+                log.warning("snapshot of %s failed (%s); retrying in %.1fs", symbol, exc, delay,
+                            extra={"symbol": symbol})
                 await asyncio.sleep(delay)
                 continue
             self._process_pending()  # diffs received while the snapshot was in flight go into the buffer first
@@ -306,9 +307,11 @@ class LiveFeed:
             self._handle(out, raw_events=0)
             if not again:
                 if self.state.symbols[symbol].book.synced:
-                    log.info("book %s synced at update %d", symbol, self.state.symbols[symbol].book.last_update_id)
+                    log.info("book %s synced at update %d", symbol, self.state.symbols[symbol].book.last_update_id,
+                             extra={"symbol": symbol})
                 return
-            log.info("snapshot of %s is older than the buffered stream; fetching another", symbol)
+            log.info("snapshot of %s is older than the buffered stream; fetching another", symbol,
+                     extra={"symbol": symbol})
             await asyncio.sleep(SNAPSHOT_RETRY_S)
 
     # --- live universe -----------------------------------------------------------------------------------------
@@ -429,7 +432,7 @@ class LiveFeed:
         try:
             body = await self.rest.depth(symbol, AUDIT_LIMIT)
         except (RestError, httpx.HTTPError) as exc:
-            log.info("book audit snapshot of %s failed: %s", symbol, exc)
+            log.info("book audit snapshot of %s failed: %s", symbol, exc, extra={"symbol": symbol})
             return
         self._process_pending()  # the diffs received meanwhile first: the book is as close to the snapshot as can be
         st = self.state.symbols[symbol]
@@ -437,14 +440,15 @@ class LiveFeed:
         out = core.audit_snapshot(self.state, symbol, body, self.clock)
         if st.audit_mismatches > before:
             log.warning("book audit of %s: the local book differs from the REST snapshot at update %d; resyncing",
-                        symbol, st.book.last_update_id)
+                        symbol, st.book.last_update_id, extra={"symbol": symbol})
         self._handle(out, raw_events=0)
 
     async def _backfill(self, gap: TradeGap) -> None:
         try:
             trades = await self.rest.trades_since(gap.symbol, gap.first_id, gap.last_id)
         except (RestError, httpx.HTTPError) as exc:
-            log.warning("trade backfill of %s from id %d failed: %s", gap.symbol, gap.first_id, exc)
+            log.warning("trade backfill of %s from id %d failed: %s", gap.symbol, gap.first_id, exc,
+                        extra={"symbol": gap.symbol})
             trades = []
         self._process_pending()  # live trades received meanwhile are held with the gap: order is kept
         out = core.apply_trade_backfill(self.state, gap.symbol, trades, self.clock)
