@@ -69,11 +69,14 @@ bench: install ## Benchmarks; results go to bench/results/*.json
 clean: ## Remove the embedded stack's state (.surge/) and caches
 	rm -rf .surge .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: soak ops-check
+.PHONY: soak ops-check bench-load
 SOAK_S ?= 3600
 
 soak: install ## Soak `surge run` at its default load for SOAK_S s (default 3600): p99 and lag per minute, zero-loss check; bench/results/soak.{json,png}
 	$(PY) bench/soak.py --duration $(SOAK_S)
+
+bench-load: install ## Ramp simulator events/s until the pipeline saturates: per-stage throughput, lag, p50/p95/p99; bench/results/load.{json,png}
+	$(PY) bench/load.py
 
 ops-check: install ## promtool rule tests, dashboards, kustomize overlays, compose and Dockerfile checks (tests/unit/test_ops_*.py)
 	$(VENV)/bin/pytest -m unit tests/unit/test_ops_rules.py tests/unit/test_ops_dashboards.py tests/unit/test_ops_k8s.py tests/unit/test_ops_compose.py tests/unit/test_ops_supervisor_drain.py $(PYTEST_ARGS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from services.stack.supervisor import CONSUMED_METRIC, DrainWatch
+from services.stack.supervisor import CONSUMED_METRIC, DrainWatch, worst_lag
 from streams.runtime.observability import StageMetrics
 
 pytestmark = pytest.mark.unit
@@ -39,3 +39,17 @@ def test_the_consumed_count_is_read_from_a_stage_exposition() -> None:
     metrics.events_in.labels("features").inc(42)
     text = generate_latest(metrics.registry).decode()
     assert [float(v) for v in CONSUMED_METRIC.findall(text)] == [42.0]
+
+
+def test_the_recycle_watches_the_worst_lag_of_the_signal_path() -> None:
+    def exposition(stage: str, lag: float) -> str:
+        metrics = StageMetrics.create(stage)
+        metrics.event_time_lag_seconds.labels(stage).set(lag)
+        return generate_latest(metrics.registry).decode()
+
+    texts = {"features": exposition("features", 1.5), "infer": exposition("infer", 17.0),
+             "decision": exposition("decision", 9.0)}
+    assert worst_lag(texts) == ("infer", 17.0)
+    assert worst_lag({"features": exposition("features", 0.25)}) == ("features", 0.25)
+    assert worst_lag({"sink": exposition("sink", 99.0)}) is None  # off the signal path
+    assert worst_lag({}) is None
