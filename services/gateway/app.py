@@ -111,6 +111,7 @@ def create_app(settings: Settings, *, predictor: Batcher | None = None) -> FastA
             return False
         return info is not None and info.allows("read")
 
+    app.add_middleware(predict.PredictFastPath, state=app.state)  # inside the rate limit (added first)
     app.add_middleware(GatewayMiddleware, limiter=app.state.limiter,
                        cache=app.state.response_cache, client_of=client_of, authorized=authorized)
     errors.install(app)  # a dependency down is a 503 naming it, without the exception text (that is logged)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import prediction_pb2, signal_pb2
 from services.gateway.errors import ErrorOut
@@ -110,20 +112,13 @@ def _decide(body: PredictIn, model: Model, p: Prediction, i: int, config: Decisi
 _TIER_RANK = {"TIER_A": 2, "TIER_B": 1}
 
 
-@router.post("/predict", response_model=PredictOut,
-             responses={503: {"model": ErrorOut, "description": "no model, or not scored within the timeout"}})
-async def predict(request: Request, body: PredictIn) -> PredictOut:
-    """Score one feature vector with the serving model (batched with concurrent requests onto one ONNX call)
-    and price it as the decision stage would (normal conditions: no degradation, risk NORMAL)."""
-    state: Any = request.app.state
+async def score(state: Any, body: PredictIn) -> PredictOut:
+    """The whole answer of one request; raises PredictUnavailable (503) or RequestValidationError (422)."""
     batcher: Batcher = state.predictor
     settings = state.resources.settings
-    try:
-        model = await batcher.ready_model()
-        row, missing = _row(model, body)
-        model, prediction, i = await batcher.score(row, settings.predict_timeout_ms / 1000.0)
-    except PredictUnavailable as exc:
-        raise HTTPException(503, str(exc)) from None
+    model = await batcher.ready_model()
+    row, missing = _row(model, body)
+    model, prediction, i = await batcher.score(row, settings.predict_timeout_ms / 1000.0)
     horizons = _decide(body, model, prediction, i, state.decision_config, state.cost_model)
     acting = [h for h in horizons if h.decision != "WAIT"]
     best = max(acting, key=lambda h: (_TIER_RANK.get(h.tier, 0), h.net_utility_bps)) if acting else None
@@ -135,3 +130,85 @@ async def predict(request: Request, body: PredictIn) -> PredictOut:
                       decision=best.decision if best else "WAIT", tier=best.tier if best else "TIER_NONE",
                       horizon_min=best.horizon_min if best else None, horizons=horizons, missing_features=missing,
                       top_features=top)
+
+
+@router.post("/predict", response_model=PredictOut,
+             responses={503: {"model": ErrorOut, "description": "no model, or not scored within the timeout"}})
+async def predict(request: Request, body: PredictIn) -> PredictOut:
+    """Score one feature vector with the serving model (batched with concurrent requests onto one ONNX call)
+    and price it as the decision stage would (normal conditions: no degradation, risk NORMAL)."""
+    try:
+        return await score(request.app.state, body)
+    except PredictUnavailable as exc:
+        raise HTTPException(503, str(exc)) from None
+
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+MAX_BODY = 1 << 20
+
+
+class PredictFastPath:
+    """``POST /predict`` without FastAPI's per-request routing and dependency machinery (most of a request's
+    cost once the ONNX call is shared): the body is validated by the same pydantic model and answered by the same
+    ``score``. Anything unusual (invalid body, a token to check, a large body) falls through to the FastAPI route,
+    which gives the canonical answer (422, 401...), so both paths answer alike."""
+
+    def __init__(self, app: Any, state: Any) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope.get("path") != "/predict" or scope.get("method") != "POST"
+                or self.state.resources.settings.gateway_auth != "open"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay(b"".join(chunks), message), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+            if size > MAX_BODY:
+                break
+        raw = b"".join(chunks)
+        try:
+            if more:
+                raise ValueError("large body")
+            body = PredictIn.model_validate_json(raw)
+            out = await score(self.state, body)
+        except PredictUnavailable as exc:
+            await _answer(send, 503, orjson.dumps({"detail": str(exc)}))
+            return
+        except (ValidationError, RequestValidationError, ValueError):
+            await self.app(scope, _replay(raw, None, receive if more else None), send)
+            return
+        await _answer(send, 200, orjson.dumps(out.model_dump()))
+
+
+def _replay(raw: bytes, then: MutableMapping[str, Any] | None, rest: Receive | None = None) -> Receive:
+    sent = False
+
+    async def receive() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": raw, "more_body": rest is not None}
+        if rest is not None:
+            return await rest()
+        if then is not None:
+            return then
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
