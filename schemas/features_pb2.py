@@ -23,15 +23,16 @@ _sym_db = _symbol_database.Default()
 
 
 from schemas import common_pb2 as schemas_dot_common__pb2
+from schemas import market_pb2 as schemas_dot_market__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16schemas/features.proto\x12\x08surge.v1\x1a\x14schemas/common.proto\"\xad\x02\n\rFeatureVector\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x11\n\tvector_id\x18\x02 \x01(\t\x12\x1e\n\x05venue\x18\x03 \x01(\x0e\x32\x0f.surge.v1.Venue\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_version\x18\x05 \x01(\t\x12\r\n\x05names\x18\x06 \x03(\t\x12\x0e\n\x06values\x18\x07 \x03(\x01\x12\x0e\n\x06regime\x18\x08 \x01(\t\x12\x11\n\tmid_price\x18\t \x01(\x01\x12\x16\n\x0e\x64\x61ta_window_id\x18\n \x01(\t\x12 \n\x02ts\x18\x0b \x01(\x0b\x32\x14.surge.v1.Timestamps\x12,\n\rquality_flags\x18\x0c \x03(\x0e\x32\x15.surge.v1.QualityFlagb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16schemas/features.proto\x12\x08surge.v1\x1a\x14schemas/common.proto\x1a\x14schemas/market.proto\"\xab\x03\n\rFeatureVector\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x11\n\tvector_id\x18\x02 \x01(\t\x12\x1e\n\x05venue\x18\x03 \x01(\x0e\x32\x0f.surge.v1.Venue\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_version\x18\x05 \x01(\t\x12\r\n\x05names\x18\x06 \x03(\t\x12\x0e\n\x06values\x18\x07 \x03(\x01\x12\x0e\n\x06regime\x18\x08 \x01(\t\x12\x11\n\tmid_price\x18\t \x01(\x01\x12\x16\n\x0e\x64\x61ta_window_id\x18\n \x01(\t\x12 \n\x02ts\x18\x0b \x01(\x0b\x32\x14.surge.v1.Timestamps\x12,\n\rquality_flags\x18\x0c \x03(\x0e\x32\x15.surge.v1.QualityFlag\x12\'\n\tbook_bids\x18\r \x03(\x0b\x32\x14.surge.v1.PriceLevel\x12\'\n\tbook_asks\x18\x0e \x03(\x0b\x32\x14.surge.v1.PriceLevel\x12\x19\n\x0c\x66unding_rate\x18\x0f \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_funding_rateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'schemas.features_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATUREVECTOR']._serialized_start=59
-  _globals['_FEATUREVECTOR']._serialized_end=360
+  _globals['_FEATUREVECTOR']._serialized_start=81
+  _globals['_FEATUREVECTOR']._serialized_end=508
 # @@protoc_insertion_point(module_scope)

@@ -23,19 +23,20 @@ _sym_db = _symbol_database.Default()
 
 
 from schemas import common_pb2 as schemas_dot_common__pb2
+from schemas import market_pb2 as schemas_dot_market__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18schemas/prediction.proto\x12\x08surge.v1\x1a\x14schemas/common.proto\"\xb0\x01\n\x12HorizonProbability\x12\x13\n\x0bhorizon_min\x18\x01 \x01(\r\x12\x0c\n\x04p_up\x18\x02 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x03 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x04 \x01(\x01\x12\x19\n\x11upper_barrier_bps\x18\x05 \x01(\x01\x12\x19\n\x11lower_barrier_bps\x18\x06 \x01(\x01\x12 \n\x18timeout_counts_as_not_up\x18\x07 \x01(\x08\"H\n\x13\x46\x65\x61tureContribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\xaf\x03\n\nPrediction\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x15\n\rprediction_id\x18\x02 \x01(\t\x12\x1e\n\x05venue\x18\x03 \x01(\x0e\x32\x0f.surge.v1.Venue\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_version\x18\x06 \x01(\t\x12.\n\x08horizons\x18\x07 \x03(\x0b\x32\x1c.surge.v1.HorizonProbability\x12\x0e\n\x06regime\x18\x08 \x01(\t\x12\x11\n\tmid_price\x18\t \x01(\x01\x12\x12\n\nspread_bps\x18\n \x01(\x01\x12\x33\n\x0ctop_features\x18\x0b \x03(\x0b\x32\x1d.surge.v1.FeatureContribution\x12\x16\n\x0e\x64\x61ta_window_id\x18\x0c \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\r \x01(\x08\x12 \n\x02ts\x18\x0e \x01(\x0b\x32\x14.surge.v1.Timestamps\x12,\n\rquality_flags\x18\x0f \x03(\x0e\x32\x15.surge.v1.QualityFlagb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18schemas/prediction.proto\x12\x08surge.v1\x1a\x14schemas/common.proto\x1a\x14schemas/market.proto\"\xb0\x01\n\x12HorizonProbability\x12\x13\n\x0bhorizon_min\x18\x01 \x01(\r\x12\x0c\n\x04p_up\x18\x02 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x03 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x04 \x01(\x01\x12\x19\n\x11upper_barrier_bps\x18\x05 \x01(\x01\x12\x19\n\x11lower_barrier_bps\x18\x06 \x01(\x01\x12 \n\x18timeout_counts_as_not_up\x18\x07 \x01(\x08\"H\n\x13\x46\x65\x61tureContribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\xad\x04\n\nPrediction\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x15\n\rprediction_id\x18\x02 \x01(\t\x12\x1e\n\x05venue\x18\x03 \x01(\x0e\x32\x0f.surge.v1.Venue\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_version\x18\x06 \x01(\t\x12.\n\x08horizons\x18\x07 \x03(\x0b\x32\x1c.surge.v1.HorizonProbability\x12\x0e\n\x06regime\x18\x08 \x01(\t\x12\x11\n\tmid_price\x18\t \x01(\x01\x12\x12\n\nspread_bps\x18\n \x01(\x01\x12\x33\n\x0ctop_features\x18\x0b \x03(\x0b\x32\x1d.surge.v1.FeatureContribution\x12\x16\n\x0e\x64\x61ta_window_id\x18\x0c \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\r \x01(\x08\x12 \n\x02ts\x18\x0e \x01(\x0b\x32\x14.surge.v1.Timestamps\x12,\n\rquality_flags\x18\x0f \x03(\x0e\x32\x15.surge.v1.QualityFlag\x12\'\n\tbook_bids\x18\x10 \x03(\x0b\x32\x14.surge.v1.PriceLevel\x12\'\n\tbook_asks\x18\x11 \x03(\x0b\x32\x14.surge.v1.PriceLevel\x12\x19\n\x0c\x66unding_rate\x18\x12 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_funding_rateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'schemas.prediction_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HORIZONPROBABILITY']._serialized_start=61
-  _globals['_HORIZONPROBABILITY']._serialized_end=237
-  _globals['_FEATURECONTRIBUTION']._serialized_start=239
-  _globals['_FEATURECONTRIBUTION']._serialized_end=311
-  _globals['_PREDICTION']._serialized_start=314
-  _globals['_PREDICTION']._serialized_end=745
+  _globals['_HORIZONPROBABILITY']._serialized_start=83
+  _globals['_HORIZONPROBABILITY']._serialized_end=259
+  _globals['_FEATURECONTRIBUTION']._serialized_start=261
+  _globals['_FEATURECONTRIBUTION']._serialized_end=333
+  _globals['_PREDICTION']._serialized_start=336
+  _globals['_PREDICTION']._serialized_end=893
 # @@protoc_insertion_point(module_scope)

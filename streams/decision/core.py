@@ -43,7 +43,7 @@ from types import MappingProxyType
 from typing import Final
 
 from schemas import SCHEMA_VERSION, common_pb2, prediction_pb2, signal_pb2
-from streams.decision.cost import CostModel
+from streams.decision.cost import CostModel, levels_of
 from streams.outcomes.risk import RiskLevel
 from streams.runtime import validate as v
 from streams.runtime.clock import Clock
@@ -223,10 +223,16 @@ def evaluate(prediction: prediction_pb2.Prediction, horizon: prediction_pb2.Hori
     moves = cost.expected_moves(p, horizon.horizon_min, upper_bps=horizon.upper_barrier_bps,
                                 lower_bps=horizon.lower_barrier_bps,
                                 timeout_counts_as_not_up=horizon.timeout_counts_as_not_up)
-    # Predictions carry no funding rate yet, so both sides cost the same; one estimate serves both.
+    book = (levels_of(prediction.book_bids), levels_of(prediction.book_asks)) \
+        if prediction.book_bids and prediction.book_asks else None
+    funding = prediction.funding_rate if prediction.HasField("funding_rate") else None
     priced = cost.estimate(prediction.venue, prediction.symbol, prediction.regime, prediction.spread_bps,
-                           horizon.horizon_min, stressed=conditions.stressed)
-    estimated = priced.total_bps
+                           horizon.horizon_min, side=LONG, funding_rate=funding, book=book,
+                           stressed=conditions.stressed)
+    # Only funding differs by side (a LONG pays a positive rate, a SHORT receives it).
+    short_priced = priced if funding is None else cost.estimate(
+        prediction.venue, prediction.symbol, prediction.regime, prediction.spread_bps, horizon.horizon_min,
+        side=SHORT, funding_rate=funding, book=book, stressed=conditions.stressed)
     tier_a, tier_b = config.tier_a, config.tier_b
     if conditions.tau_offset or conditions.kappa_offset:
         tier_a = TierRule(tier_a.tau + conditions.tau_offset, tier_a.kappa + conditions.kappa_offset)
@@ -238,23 +244,23 @@ def evaluate(prediction: prediction_pb2.Prediction, horizon: prediction_pb2.Hori
     allow_b = not conditions.degraded and conditions.risk == RiskLevel.NORMAL
     allow_any = not conditions.paused and conditions.risk != RiskLevel.SHUTDOWN
 
-    sides: list[tuple[signal_pb2.Decision, float, float]] = [(LONG, p, moves.long_bps)]
+    sides: list[tuple[signal_pb2.Decision, float, float, float]] = [(LONG, p, moves.long_bps, priced.total_bps)]
     if moves.short_bps is not None:
-        sides.append((SHORT, 1.0 - p, moves.short_bps))
-    best: tuple[int, float, signal_pb2.Decision, float] | None = None  # (tier rank, net, side, expected)
-    for side, p_side, expected in sides:
+        sides.append((SHORT, 1.0 - p, moves.short_bps, short_priced.total_bps))
+    best: tuple[int, float, signal_pb2.Decision, float, float] | None = None  # (rank, net, side, expected, cost)
+    for side, p_side, expected, estimated in sides:
         net = expected - estimated
         ratio = net / estimated if estimated > 0 else (float("inf") if net > 0 else float("-inf"))
         rank = 2 if tier_a.passes(p_side, ratio) else 1 if allow_b and tier_b.passes(p_side, ratio) else 0
         if allow_any and rank and (best is None or (rank, net) > (best[0], best[1])):
-            best = (rank, net, side, expected)
+            best = (rank, net, side, expected, estimated)
     if best is None:
         # WAIT reports the favoured side's expectation: the SHORT's only when a SHORT can be priced.
         favoured = sides[1] if len(sides) > 1 and p < moves.breakeven_p else sides[0]
-        expected = favoured[2]
+        expected, estimated = favoured[2], favoured[3]
         return Evaluation(WAIT, signal_pb2.TIER_NONE, horizon, expected, estimated, expected - estimated,
                           moves.upper_bps, moves.lower_bps, priced.version)
-    rank, net, side, expected = best
+    rank, net, side, expected, estimated = best
     tier = signal_pb2.TIER_A if rank == 2 else signal_pb2.TIER_B
     return Evaluation(side, tier, horizon, expected, estimated, net, moves.upper_bps, moves.lower_bps,
                       priced.version)

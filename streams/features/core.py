@@ -21,11 +21,12 @@ far-future time would otherwise become the symbol's clock: event time never goes
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import numpy as np
 
@@ -266,6 +267,10 @@ def status_flags(status: int) -> list[Flag]:
     return extra
 
 
+BOOK_LEVELS_FORWARDED: Final = 10
+FUNDING_INDEX: Final = d.FEATURE_NAMES.index("funding_rate_bps")
+
+
 def build_vector(tb: market_pb2.TickBatch, rec: VectorRecord, clock: Clock,
                  stale_after_us: int = 0) -> features_pb2.FeatureVector:
     """The vector of one batch; STALE_INPUT when its event time is more than ``stale_after_us`` behind the clock."""
@@ -289,7 +294,21 @@ def build_vector(tb: market_pb2.TickBatch, rec: VectorRecord, clock: Clock,
     vec.ts.CopyFrom(tb.ts)
     vec.ts.exchange_us = rec.t_us
     vec.ts.features_us = now_us
+    attach_book_and_funding(vec, tb, rec)
     return vec
+
+
+def attach_book_and_funding(vec: features_pb2.FeatureVector, tb: market_pb2.TickBatch, rec: VectorRecord) -> None:
+    """The book top of the batch's last snapshot (the decision stage walks it for its order size) and the funding
+    rate the kernel holds (``funding_rate_bps``; NaN when there is no fresh markPrice), as a fraction."""
+    for event in reversed(tb.events):
+        if event.WhichOneof("event") == "book":
+            vec.book_bids.extend(event.book.bids[:BOOK_LEVELS_FORWARDED])
+            vec.book_asks.extend(event.book.asks[:BOOK_LEVELS_FORWARDED])
+            break
+    funding_bps = float(rec.values[FUNDING_INDEX])
+    if math.isfinite(funding_bps):
+        vec.funding_rate = funding_bps / 1e4
 
 
 @dataclass(slots=True)

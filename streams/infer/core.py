@@ -226,7 +226,11 @@ def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: boo
         data_window_id=vec.data_window_id,
         canary=canary,
         quality_flags=vec.quality_flags,
+        book_bids=vec.book_bids,
+        book_asks=vec.book_asks,
     )
+    if vec.HasField("funding_rate"):
+        p.funding_rate = vec.funding_rate
     if (stale_after_us and vec.ts.exchange_us and now_us - vec.ts.exchange_us > stale_after_us
             and common_pb2.STALE_INPUT not in p.quality_flags):
         p.quality_flags.append(common_pb2.STALE_INPUT)

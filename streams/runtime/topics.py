@@ -86,6 +86,10 @@ REPEATED_LIMITS: Final[Mapping[str, int]] = {
     "horizons": 64,
     "top_features": 64,
     "quality_flags": 32,  # QualityFlag has 10 values; later stages add, so a few repeats are tolerated
+    "book_bids": 64,  # FeatureVector / Prediction: the forwarded book top (10 levels a side)
+    "book_asks": 64,
+    "bids": 5_000,  # TickBatch book snapshots and diffs: SURGE_SNAPSHOT_LIMIT is at most 5000 a side
+    "asks": 5_000,
 }
 
 # A compiled walk per message type, one step per field that needs a check: (field, repeated?, max entries or 0,
