@@ -41,7 +41,8 @@ def predictions(shared_data: Path) -> Iterator[list[prediction_pb2.Prediction]]:
     preds: list[prediction_pb2.Prediction] = []
     for k in range(0, len(vectors), 32):  # the infer stage's batches of 32, stamped on their newest event time
         rows = vectors[k:k + 32]
-        out = infer_core.process([InRecord(v, "") for v in rows], model, ManualClock(max(v.ts.exchange_us for v in rows)))
+        clock = ManualClock(max(v.ts.exchange_us for v in rows))
+        out = infer_core.process([InRecord(v, "") for v in rows], model, clock)
         preds += [e.value for e in out.emits if isinstance(e.value, prediction_pb2.Prediction)]
     yield preds
 
