@@ -78,12 +78,13 @@ def stage(
     import importlib
 
     from streams.runtime.runner import StageRunner
+    from streams.runtime.source import SourceSpec, run_source
 
-    stage_module = importlib.import_module(f"streams.{name}.stage")
-    # Ingest is source-driven (no consumer), so it brings its own run(); every other stage is a StageSpec.
-    if hasattr(stage_module, "run"):
-        raise typer.Exit(stage_module.run(settings))
-    raise typer.Exit(StageRunner(stage_module.spec(settings), settings).run())
+    stage_spec = importlib.import_module(f"streams.{name}.stage").spec(settings)
+    # A source-driven stage (ingest) is a SourceSpec; every consumer-driven stage a StageSpec.
+    if isinstance(stage_spec, SourceSpec):
+        raise typer.Exit(run_source(stage_spec, settings))
+    raise typer.Exit(StageRunner(stage_spec, settings).run())
 
 
 @app.command()

@@ -22,9 +22,10 @@ def ingest(
     exit_when_done: Annotated[bool, typer.Option(help="Exit when a replay ends (else idle until stopped)")] = True,
 ) -> None:
     """Run the ingest stage alone: live Binance, a replayed capture or the simulator -> ticks.v1."""
-    from streams.ingest.stage import run
+    from streams.ingest.stage import spec
     from streams.runtime.observability import configure_logging
     from streams.runtime.settings import Settings
+    from streams.runtime.source import run_source
 
     try:  # the flags go into the Settings object (init values win over SURGE_*), not into os.environ
         settings = Settings.with_overrides(source=source, venue=venue, symbols=symbols, top_n=top,
@@ -33,7 +34,7 @@ def ingest(
         console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from exc
     configure_logging(settings, "ingest")
-    raise typer.Exit(run(settings))
+    raise typer.Exit(run_source(spec(settings), settings))
 
 
 def fake_exchange(

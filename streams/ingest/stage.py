@@ -26,17 +26,15 @@ from streams.ingest.core import STAGE
 from streams.ingest.quality import IngestQuality, health_detail
 from streams.ingest.replay import capture_files, parse_speed, run_replay
 from streams.ingest.simulator import MarketSimulator
-from streams.runtime.clock import Clock, LiveClock
-from streams.runtime.kafka import ensure_topics, producer_config
-from streams.runtime.observability import HealthState, StageMetrics, make_tracer_provider, serve_health
-from streams.runtime.runner import StopFlag
+from streams.runtime.clock import Clock
+from streams.runtime.observability import HealthState, StageMetrics, make_tracer_provider
 from streams.runtime.settings import Settings
-from streams.runtime.source import SourceRunner
+from streams.runtime.source import SourceContext, SourceRunner, SourceSpec
 from streams.runtime.topics import Topic
 from streams.venues.binance.feed import run_live
 from streams.venues.binance.spec import base_urls, ping_url, venue_spec
 
-__all__ = ["STAGE", "IngestLoop", "resolve_source", "run"]
+__all__ = ["STAGE", "IngestLoop", "drive", "resolve_source", "spec"]
 
 LOOP_US = 5_000          # poll the simulator every ~5 ms: well inside the 20 ms micro-batch window
 EXPORT_EVERY_US = 1_000_000
@@ -132,50 +130,40 @@ def resolve_source(settings: Settings) -> str:
     raise ValueError(f"unknown ingest source {settings.source!r}: use auto, sim, live or replay:PATH")
 
 
-def run(settings: Settings, clock: Clock | None = None, *, stop_event: threading.Event | None = None) -> int:
-    """Run the ingest stage until SIGTERM/SIGINT or ``stop_event`` (or the end of a finite source); 0 = clean."""
-    clock = clock or LiveClock()
-    try:
-        venue_spec(settings.venue)
-        source = resolve_source(settings)
-    except (ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 2
-    metrics = StageMetrics.create(STAGE)
+def check(settings: Settings) -> None:
+    """Usage errors before anything connects: an unknown venue or source, a missing capture, a bad speed. ``auto``
+    is resolved by ``drive`` (it pings the venue, which is not a usage question)."""
+    venue_spec(settings.venue)
+    if settings.source.strip().lower() != "auto":
+        resolve_source(settings)
+
+
+def drive(context: SourceContext) -> int:
+    """Run the resolved source until the stop event (or the end of a finite source); 0 = clean."""
+    settings, clock, metrics, health = context.settings, context.clock, context.metrics, context.health
+    source = resolve_source(settings)
     quality = IngestQuality.create(metrics.registry)
-    health = HealthState()
-    stop_health = serve_health(settings.stage_port(STAGE), metrics.registry, health, host=settings.metrics_host)
-    stop = StopFlag()
-    if stop_event is not None:
-        stop.event = stop_event
-    if threading.current_thread() is threading.main_thread():
-        stop.install()  # signal handlers can only be installed from the main thread
-    try:
-        created = ensure_topics(settings)
-        if created:
-            log.info("created topics %s", created)
-        producer = Producer(producer_config(settings, "surge-ingest-producer"))
-        for topic in (Topic.TICKS, Topic.DLQ):
-            # Fetch leaders before the source starts its clock, or the first produce stalls ~1 s on metadata.
-            producer.list_topics(topic.value, timeout=10)
-        health.set_live(True, source=source)
-        if source == "sim":
-            code = _run_sim(settings, clock, producer=producer, metrics=metrics, quality=quality, health=health,
-                            stop=stop.event)
-        elif source == "live":
-            code = _run_live(settings, clock, producer=producer, metrics=metrics, quality=quality, health=health,
-                             stop=stop.event)
-        else:
-            path = Path(source.split(":", 1)[1])
-            tracer = make_tracer_provider(STAGE, settings).get_tracer("surge.ingest")
-            publisher = SourceRunner(STAGE, producer, metrics, tracer, clock, source_topic=f"replay:{path}")
-            code = run_replay(settings, path, publisher=publisher, metrics=metrics, quality=quality, health=health,
-                              stop=stop.event, wall=clock)
-            if publisher.close():
-                code = code or 1
-        return code
-    finally:
-        stop_health()
+    health.set_live(True, source=source)
+    if source == "sim":
+        return _run_sim(settings, clock, producer=context.producer, metrics=metrics, quality=quality, health=health,
+                        stop=context.stop)
+    if source == "live":
+        spec = venue_spec(settings.venue)
+        ws_base, _ = base_urls(settings, spec)
+        return _run_live(settings, clock, publisher=context.runner(f"ws:{ws_base}"), metrics=metrics,
+                         quality=quality, health=health, stop=context.stop)
+    path = Path(source.split(":", 1)[1])
+    publisher = context.runner(f"replay:{path}")
+    code = run_replay(settings, path, publisher=publisher, metrics=metrics, quality=quality, health=health,
+                      stop=context.stop, wall=clock)
+    if publisher.close():
+        code = code or 1
+    return code
+
+
+def spec(settings: Settings) -> SourceSpec:
+    """The ingest stage for ``run_source``: source-driven, so no consumer and no ``StageSpec``."""
+    return SourceSpec(name=STAGE, output_topics=(Topic.TICKS, Topic.DLQ), drive=drive, check=check)
 
 
 def _run_sim(settings: Settings, clock: Clock, *, producer: Producer, metrics: StageMetrics,
@@ -198,12 +186,8 @@ def _run_sim(settings: Settings, clock: Clock, *, producer: Producer, metrics: S
     return code
 
 
-def _run_live(settings: Settings, clock: Clock, *, producer: Producer, metrics: StageMetrics,
+def _run_live(settings: Settings, clock: Clock, *, publisher: SourceRunner, metrics: StageMetrics,
               quality: IngestQuality, health: HealthState, stop: threading.Event) -> int:
-    tracer = make_tracer_provider(STAGE, settings).get_tracer("surge.ingest")
-    spec = venue_spec(settings.venue)
-    ws_base, _ = base_urls(settings, spec)
-    publisher = SourceRunner(STAGE, producer, metrics, tracer, clock, source_topic=f"ws:{ws_base}")
     try:
         code = asyncio.run(run_live(settings, clock, stop, publisher=publisher, metrics=metrics, quality=quality,
                                     health=health))

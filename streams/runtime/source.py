@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import Producer
 from opentelemetry.propagate import inject
 from opentelemetry.trace import Tracer
 
-from streams.runtime.clock import Clock
+from streams.runtime.clock import Clock, LiveClock
 from streams.runtime.core import Emit
 from streams.runtime.delivery import Delivery
 from streams.runtime.dlq import dead_letter
-from streams.runtime.kafka import DeliveryFailed, KafkaRecord
-from streams.runtime.observability import StageMetrics
+from streams.runtime.kafka import DeliveryFailed, KafkaRecord, ensure_topics, producer_config
+from streams.runtime.observability import HealthState, StageMetrics, make_tracer_provider, serve_health
+from streams.runtime.runner import StopFlag
+from streams.runtime.settings import Settings
+from streams.runtime.topics import Topic
 
 # A source cannot be paused like a consumer, so it may run further ahead of the acks than a stage does.
 SOURCE_MAX_IN_FLIGHT = 2_000
@@ -119,3 +122,67 @@ class SourceRunner:
         if self.backlog:
             log.error("%d %s batch(es) unacknowledged at exit", self.backlog, self.stage)
         return self.backlog
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a source stage's driver gets from the process that runs it (``run_source``): the stage's settings,
+    clock, metrics (its /metrics registry is ``metrics.registry``), health, the stop event, and a producer whose
+    topic metadata is already fetched; ``runner`` makes the delivery for one source."""
+
+    name: str
+    settings: Settings
+    clock: Clock
+    metrics: StageMetrics
+    health: HealthState
+    stop: threading.Event
+    producer: Producer
+    tracer: Tracer
+
+    def runner(self, source_topic: str) -> SourceRunner:
+        return SourceRunner(self.name, self.producer, self.metrics, self.tracer, self.clock,
+                            source_topic=source_topic)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """A stage driven by a source instead of a consumer: ``check`` validates the settings before anything is
+    connected (a ValueError or FileNotFoundError is a usage error, exit 2); ``drive`` runs the source until the
+    stop event or the source's end and returns the exit code."""
+
+    name: str
+    output_topics: tuple[Topic, ...]
+    drive: Callable[[SourceContext], int]
+    check: Callable[[Settings], None] | None = None
+
+
+def run_source(spec: SourceSpec, settings: Settings, clock: Clock | None = None, *,
+               stop_event: threading.Event | None = None) -> int:
+    """Serve health and metrics, create the topics, open the producer, and drive the source; 0 = clean."""
+    clock = clock or LiveClock()
+    try:
+        if spec.check is not None:
+            spec.check(settings)
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    metrics = StageMetrics.create(spec.name)
+    health = HealthState(stall_after_s=settings.stall_readiness_s)
+    stop_health = serve_health(settings.stage_port(spec.name), metrics.registry, health, host=settings.metrics_host)
+    stop = StopFlag()
+    if stop_event is not None:
+        stop.event = stop_event
+    if threading.current_thread() is threading.main_thread():
+        stop.install()  # signal handlers can only be installed from the main thread
+    try:
+        created = ensure_topics(settings)
+        if created:
+            log.info("created topics %s", created)
+        producer = Producer(producer_config(settings, f"surge-{spec.name}-producer"))
+        for topic in spec.output_topics:
+            # Fetch leaders before the source starts its clock, or the first produce stalls ~1 s on metadata.
+            producer.list_topics(topic.value, timeout=10)
+        tracer = make_tracer_provider(spec.name, settings).get_tracer(f"surge.{spec.name}")
+        return spec.drive(SourceContext(spec.name, settings, clock, metrics, health, stop.event, producer, tracer))
+    finally:
+        stop_health()

@@ -11,10 +11,11 @@ from confluent_kafka import Producer
 
 from schemas import dlq_pb2, market_pb2
 from streams.ingest.core import DeadLetterOut, IngestOutputs
-from streams.ingest.stage import IngestLoop, run
+from streams.ingest.stage import IngestLoop, spec
 from streams.runtime.clock import ManualClock
 from streams.runtime.observability import StageMetrics
 from streams.runtime.settings import Settings
+from streams.runtime.source import run_source
 from streams.runtime.topics import Topic, decode
 
 pytestmark = pytest.mark.unit
@@ -126,8 +127,9 @@ def test_dead_letters_go_to_dlq_with_the_sim_source() -> None:
 
 
 def test_unsupported_sources_are_refused_before_touching_the_broker(tmp_path: Path) -> None:
-    assert run(Settings(source="carrier-pigeon")) == 2
-    assert run(Settings(source=f"replay:{tmp_path / 'missing.gz'}")) == 2
+    """Tried, with no broker anywhere: an unknown source, a missing capture, a zero replay speed; each is exit 2."""
     capture = tmp_path / "btcusdt.jsonl"
     capture.write_bytes(b"{}\n")
-    assert run(Settings(source=f"replay:{capture}", replay_speed="0")) == 2  # speed must be positive or max
+    for settings in (Settings(source="carrier-pigeon"), Settings(source=f"replay:{tmp_path / 'missing.gz'}"),
+                     Settings(source=f"replay:{capture}", replay_speed="0")):  # speed must be positive or max
+        assert run_source(spec(settings), settings) == 2

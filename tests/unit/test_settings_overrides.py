@@ -145,15 +145,15 @@ def test_surge_run_replay_children_drop_backpressure_unless_set(clean_env: pytes
 ])
 def test_stage_and_ingest_flags_take_effect_without_touching_os_environ(clean_env: pytest.MonkeyPatch,
                                                                          argv: list[str]) -> None:
-    import streams.ingest.stage
+    import streams.runtime.source
 
     seen: list[Settings] = []
 
-    def fake_run(settings: Settings) -> int:
+    def fake_run(spec: object, settings: Settings) -> int:
         seen.append(settings)
         return 0
 
-    clean_env.setattr(streams.ingest.stage, "run", fake_run)
+    clean_env.setattr(streams.runtime.source, "run_source", fake_run)
     clean_env.setenv("SURGE_VENUE", "spot")  # the flag wins
     before = dict(os.environ)
     result = CliRunner().invoke(app, argv)
