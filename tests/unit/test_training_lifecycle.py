@@ -197,3 +197,39 @@ def test_retrain_from_outcomes_registers_and_canaries_with_audit(warehouse: Ware
     assert not strict.deployed and "ECE" in strict.reason
     assert registry.audit_log()[-1]["action"] == "retrain_rejected"
     assert registry.canary() is not None and registry.canary().model_version == result.model_version  # type: ignore[union-attr]
+
+
+def test_surge_evaluate_and_retrain_commands(data: dict[str, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import services.training.dataset as dataset_mod
+    import services.training.train as train_mod
+    from services.cli import app
+
+    monkeypatch.setattr(dataset_mod, "klines_frame", stand_in_frame)
+    monkeypatch.setattr(train_mod, "klines_frame", stand_in_frame)
+    runner = CliRunner()
+    report = tmp_path / "wf.json"
+    res = runner.invoke(app, ["evaluate", "--walk-forward", "--data", str(data["jan"]), "--data", str(data["feb"]),
+                              "--data", str(data["mar"]), "--step", "week", "--min-train-days", "3", "--horizon", "5",
+                              "--folds", "3", "--out", str(report)])
+    assert res.exit_code in (0, 1), res.output  # 1: the drift test says a retrain is due
+    assert report.exists() and report.with_suffix(".md").read_text().startswith("# Walk-forward evaluation")
+    assert "| fold |" in res.output
+
+    monkeypatch.setenv("SURGE_CLICKHOUSE_URL", f"chdb://{tmp_path / 'ch'}")
+    monkeypatch.setenv("SURGE_CANARY_SHARE", "0.08")
+    wh = open_warehouse(f"chdb://{tmp_path / 'ch'}", "surge")
+    apply_ddl(wh, "surge")
+    wh.insert("outcomes", [outcome_row("o1", "LONG", 5, "HIT_TARGET", (T0_MS + 600 * 60_000) * 1000 + 5, 60.0, 40.0)],
+              list(OUTCOME_COLUMNS))
+    wh.close()
+    res = runner.invoke(app, ["retrain", "--data", str(data["jan"]), "--data", str(data["feb"]), "--eval",
+                              str(data["mar"]), "--out", str(tmp_path / "re"), "--horizons", "5", "--max-ece", "0.5"])
+    assert res.exit_code in (0, 1), res.output
+    wh = open_warehouse(f"chdb://{tmp_path / 'ch'}", "surge")
+    actions = [r["action"] for r in wh.query("SELECT action FROM surge.audit_logs ORDER BY at_us")]
+    wh.close()
+    assert actions[0] == "retrain_start" and "retrain_trained" in actions
+    assert actions[-1] in ("retrain_done", "retrain_rejected")
