@@ -2,8 +2,9 @@
 
 Folds step through time (a month or a week each). Fold k tests on [t_k, t_k + step) with a model trained by the
 pipeline's own ``train_horizon`` (purged k-fold CV with embargo inside the training span, the configured
-calibration) on every bar before t_k whose label resolves at least ``embargo_bars`` before t_k (purge: no training
-label reaches into the test window; embargo: serially correlated features cannot either). The training window is
+calibration) on every bar before t_k whose label resolves at least the embargo (``embargo_frac`` of the data's
+span, about 22 hours on three months) before t_k (purge: no training label reaches into the test window;
+embargo: serially correlated features cannot either). The training window is
 expanding (``window_days=0``) or rolling. Every fold reports ECE, Brier (and its skill against the training base
 rate and against the fold's own rate), ROC-AUC and PR-AUC.
 
