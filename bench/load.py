@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -66,6 +67,7 @@ def snapshot(handle: StackProcesses) -> dict[str, dict[str, Any]]:
 
 
 def measure(root: Path, rate: int, warmup_s: float, measure_s: float) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     with stack(root) as handle:
         for stage in ("sink", "outcomes", "decision", "infer", "features"):
             handle.start_stage(stage)
@@ -99,8 +101,10 @@ def measure(root: Path, rate: int, warmup_s: float, measure_s: float) -> dict[st
     behind = [s for s in CONSUMERS if (stages[s]["lag_end_s"] or 0.0) > LAG_BEHIND_S]
     ingest_short = achieved < 0.9 * rate
     bottleneck = "ingest" if ingest_short and not behind else (behind[0] if behind else None)
+    # The machine's 1-minute load average around the window: on a shared box, other work skews every number.
     return {"target_events_per_s": rate, "achieved_events_per_s": achieved, "saturated": ingest_short or bool(behind),
-            "bottleneck": bottleneck, "stages": stages}
+            "bottleneck": bottleneck, "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "stages": stages}
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
