@@ -369,6 +369,14 @@ def test_kill9_features_and_infer_under_load_every_batch_is_scored(infra: StackP
         assert infra.stop(stage) == 0
 
 
+def test_broker_restart_keeps_every_topic_and_offset() -> None:
+    """A broker restart with its data kept (Redpanda, a Kafka cluster) must lose nothing: the producers' retries
+    carry them over the restart and the consumers resume from their committed offsets."""
+    pytest.skip("Tansu's memory storage keeps nothing across a restart (topics, records and committed offsets are "
+                "gone), so a restart can only be recycled around (services/stack/supervisor.py drains first); the "
+                "frozen-broker case is test_chaos.py::test_broker_outage_is_ridden_out; this needs Redpanda")
+
+
 if __name__ == "__main__":
     if "--readme" in sys.argv:
         update_readme()
