@@ -19,6 +19,10 @@ ALWAYS_ACT = {
     "SURGE_DECISION_HORIZONS": "5",
     # Test predictions are stamped "now"; a loaded CI box must not turn them into paused WAITs.
     "SURGE_DECISION_MAX_EXCHANGE_LAG_S": "0",
+    # Acting on everything loses money after fees, so the paper book's risk state machine would soon shut the
+    # signals down (as it should); these tests count signals, so its thresholds are put out of reach.
+    "SURGE_RISK_LOSS_STREAKS": "1000000,1000000,1000000",
+    "SURGE_RISK_DRAWDOWNS": "0.97,0.98,0.99",
 }
 
 
