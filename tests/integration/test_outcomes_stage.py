@@ -16,6 +16,10 @@ from tests.integration.stack import StackProcesses, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
+# The shared infrastructure puts the risk thresholds out of reach (tests/integration/conftest.py); this test is
+# about them, so the outcomes stage gets the defaults back.
+RISK_DEFAULTS = {"SURGE_RISK_LOSS_STREAKS": "3,5,8", "SURGE_RISK_DRAWDOWNS": "0.05,0.10,0.15"}
+
 
 def trade_batch(symbol: str, at_us: int, price: float, seq: int) -> market_pb2.TickBatch:
     batch = market_pb2.TickBatch(schema_version=SCHEMA_VERSION, batch_id=f"t:{symbol}:{seq}",
@@ -36,7 +40,7 @@ def test_signals_resolve_after_a_kill9_and_losses_move_the_risk_state(infra: Sta
     restarted, then three symbols trade through the target and, after those are stored, three through the stop."""
     client = redis.Redis.from_url(infra.settings.redis_connection_url())
     infra.start_stage("sink")
-    infra.start_stage("outcomes")
+    infra.start_stage("outcomes", extra_env=RISK_DEFAULTS)
     infra.wait_stage_ready("outcomes")
     now_us = time.time_ns() // 1000
     signals = []
@@ -48,7 +52,7 @@ def test_signals_resolve_after_a_kill9_and_losses_move_the_risk_state(infra: Sta
     wait_for(lambda: snapshot_open(client) == len(SYMBOLS), 60, "six open signals in the snapshot", interval_s=0.2)
 
     infra.kill9("outcomes")
-    infra.start_stage("outcomes")
+    infra.start_stage("outcomes", extra_env=RISK_DEFAULTS)
     infra.wait_stage_ready("outcomes")
 
     winners, losers = SYMBOLS[:3], SYMBOLS[3:]
