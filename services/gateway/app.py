@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
@@ -66,7 +67,9 @@ def create_app(settings: Settings, *, predictor: Batcher | None = None) -> FastA
             batcher.close()
             resources.close()
 
-    app = FastAPI(title="surge gateway", version="1", lifespan=lifespan, description=OPENAPI_DESCRIPTION)
+    limited = {429: {"model": errors.ErrorOut, "description": "rate limited: retry after `Retry-After` seconds"}}
+    app = FastAPI(title="surge gateway", version="1", lifespan=lifespan, description=OPENAPI_DESCRIPTION,
+                  responses=limited)  # type: ignore[arg-type]
     app.state.resources = resources
     app.state.predictor = batcher
     app.state.decision_config = DecisionConfig.from_settings(settings)
@@ -75,19 +78,23 @@ def create_app(settings: Settings, *, predictor: Batcher | None = None) -> FastA
                                     settings.gateway_max_concurrent)
     app.state.response_cache = ResponseCache(settings.gateway_cache_ttl_s)
     read = [Depends(require_read)]
+    read_errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": errors.ErrorOut, "description": "no or invalid token (reads need one when "
+                                                       "SURGE_GATEWAY_AUTH=read)"},
+        403: {"model": errors.ErrorOut, "description": "the token lacks scope read"}}
     app.include_router(health.router)
-    app.include_router(signals.router, dependencies=read)
-    app.include_router(dead_letters.router, dependencies=read)
+    app.include_router(signals.router, dependencies=read, responses=read_errors)
+    app.include_router(dead_letters.router, dependencies=read, responses=read_errors)
     app.include_router(dashboard.router)
-    app.include_router(reports_router, dependencies=read)
-    app.include_router(symbols.router, dependencies=read)
-    app.include_router(risk.router, dependencies=read)
-    app.include_router(predictions.router, dependencies=read)
-    app.include_router(outcomes.router, dependencies=read)
-    app.include_router(performance.router, dependencies=read)
-    app.include_router(analytics.router, dependencies=read)
-    app.include_router(predict.router, dependencies=read)
-    app.include_router(export.router, dependencies=read)
+    app.include_router(reports_router, dependencies=read, responses=read_errors)
+    app.include_router(symbols.router, dependencies=read, responses=read_errors)
+    app.include_router(risk.router, dependencies=read, responses=read_errors)
+    app.include_router(predictions.router, dependencies=read, responses=read_errors)
+    app.include_router(outcomes.router, dependencies=read, responses=read_errors)
+    app.include_router(performance.router, dependencies=read, responses=read_errors)
+    app.include_router(analytics.router, dependencies=read, responses=read_errors)
+    app.include_router(predict.router, dependencies=read, responses=read_errors)
+    app.include_router(export.router, dependencies=read, responses=read_errors)
     app.include_router(models.router)  # reads take require_read themselves; deploy/rollback need admin
     app.include_router(metrics.router)
 
