@@ -320,6 +320,16 @@ def test_reports_export_symbols_and_health(env: Env) -> None:
 
     table = pq.read_table(io.BytesIO(env.client.get("/export/signals", params={"format": "parquet"}).content))
     assert table.num_rows == 3 and "p_up" in table.column_names
+    from google.protobuf.internal.decoder import _DecodeVarint  # type: ignore[attr-defined]
+
+    raw, pos, messages = env.client.get("/export/signals", params={"format": "protobuf"}).content, 0, []
+    while pos < len(raw):
+        size, pos = _DecodeVarint(raw, pos)
+        messages.append(signal_pb2.Signal.FromString(raw[pos:pos + size]))
+        pos += size
+    assert [(m.signal_id, m.decision, m.tier, m.ts.decision_us) for m in messages] == [
+        (f"BTCUSDT:{i}", signal_pb2.LONG, signal_pb2.TIER_A, NOW + i * SECOND) for i in (1, 2, 3)]
+    assert messages[0].top_features[0].name == "ofi_1s"
 
     fresh = prediction_pb2.Prediction(
         schema_version=1, prediction_id="p1", venue=common_pb2.BINANCE_SPOT, symbol="BTCUSDT", model_version="m1",
