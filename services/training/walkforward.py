@@ -147,7 +147,7 @@ def walk_forward(frame: pd.DataFrame, cfg: TrainConfig, *, horizon: int = 30, st
             "drift": {"score_psi": drift.score_psi, "score_ks": drift.score_ks, "features": drift.features},
         }
         reasons = list(drift.reasons)
-        if len(test) and 0 < y[test].mean() < 1:
+        if len(test):  # a window without a single UP still has n, base rate, ECE and Brier (AUC is undefined)
             p = cal.apply(np.asarray(booster.predict(x[test]), dtype=np.float64))
             m = probability_metrics(p, y[test], base_rate_forecast=res.base_rate)
             entry["metrics"] = {key: m[key] for key in ("n", "base_rate", "mean_p", "ece", "brier", "brier_skill",
@@ -164,15 +164,19 @@ def walk_forward(frame: pd.DataFrame, cfg: TrainConfig, *, horizon: int = 30, st
     scored = [f["metrics"] for f in folds if "metrics" in f]
     summary = {
         "folds": len(folds),
-        "mean_ece": float(np.mean([m["ece"] for m in scored])) if scored else float("nan"),
-        "mean_roc_auc": float(np.mean([m["roc_auc"] for m in scored])) if scored else float("nan"),
-        "mean_brier_skill_period": float(np.mean([m["brier_skill_period"] for m in scored])) if scored
-        else float("nan"),
+        "mean_ece": _nanmean([m["ece"] for m in scored]),
+        "mean_roc_auc": _nanmean([m["roc_auc"] for m in scored]),
+        "mean_brier_skill_period": _nanmean([m["brier_skill_period"] for m in scored]),
         "retrain_due_now": bool(folds and folds[-1]["retrain_due"]),
     }
     return {"horizon": horizon, "step": step, "window_days": window_days, "reference_days": reference_days,
             "psi_retrain": PSI_RETRAIN, "ece_limit": ece_limit, "features": names, "folds": folds,
             "summary": summary}
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _one_horizon(cfg: TrainConfig, horizon: int) -> TrainConfig:
