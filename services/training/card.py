@@ -60,7 +60,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"* **ONNX parity**: max |onnx - native| = {card['onnx_parity']['max_abs_diff_raw']:.3g} (raw), "
         f"{card['onnx_parity']['max_abs_diff_calibrated']:.3g} (calibrated) over {card['onnx_parity']['rows']} rows, "
         f"half of them with {card['onnx_parity']['nan_share_of_half']:.0%} of inputs set to NaN (the calibrated "
-        "difference is the raw one times the slope of the isotonic table, whose steps are near-vertical); artifact "
+        "difference is the raw one times the slope of the calibration table: an isotonic table has near-vertical "
+        "steps); artifact "
         f"{card['artifact_bytes']} bytes.",
         "",
         "## Held-out evaluation (what the infer stage serves: ONNX + calibration table)",
@@ -69,15 +70,17 @@ def card_markdown(card: dict[str, Any]) -> str:
     ev = card["metrics"]["eval"]
     if ev:
         lines += [
-            "| horizon | n | base rate | mean p | Brier | Brier base rate | skill | ECE | ECE (quantile) | PR-AUC "
-            "| ROC-AUC | log loss |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| horizon | n | base rate | mean p | Brier | Brier base rate | skill | skill (period rate) | ECE "
+            "| ECE (quantile) | PR-AUC | ROC-AUC | log loss |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for h, m in ev.items():
             lines.append(f"| {h} | {m['n']} | {_f(m['base_rate'])} | {_f(m['mean_p'])} | {_f(m['brier'], 5)} | "
-                         f"{_f(m['brier_base_rate'], 5)} | {_f(m['brier_skill'])} | {_pp(m['ece'])} | "
+                         f"{_f(m['brier_base_rate'], 5)} | {_f(m['brier_skill'])} | "
+                         f"{_f(m.get('brier_skill_period'))} | {_pp(m['ece'])} | "
                          f"{_pp(m['ece_quantile'])} | {_f(m['pr_auc'])} | {_f(m['roc_auc'])} | {_f(m['log_loss'])} |")
-        lines += ["", "Brier base rate: the constant forecast of the training base rate. Hit@k: share of UP "
+        lines += ["", "Brier base rate: the constant forecast of the training base rate (skill against it); skill "
+                  "(period rate): against the evaluation period's own rate, known only afterwards. Hit@k: share of UP "
                   "among the k highest forecasts (non-overlapping: at most one open label span per symbol).", "",
                   "| horizon | " + " | ".join(f"hit@{k}" for k in next(iter(ev.values()))["hit_at_k"])
                   + " | " + " | ".join(f"hit@{k} non-overlapping" for k in next(iter(ev.values()))["hit_at_k"])
