@@ -106,6 +106,7 @@ def warehouse(
 
     Requires SURGE_WAREHOUSE_TOKEN (clients send it as a bearer token); `surge run` generates one."""
     from services.warehouse.server import MIN_TOKEN_CHARS, serve
+    from streams.storage.warehouse import settings_ttl_days
 
     settings = _settings()
     token = settings.warehouse_token.get_secret_value() if settings.warehouse_token is not None else ""
@@ -113,7 +114,7 @@ def warehouse(
         console.print(f"[red]refusing to start:[/red] set SURGE_WAREHOUSE_TOKEN (at least {MIN_TOKEN_CHARS} "
                       "characters; e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         raise typer.Exit(2)
-    serve(path.resolve(), "127.0.0.1", port, settings.clickhouse_database, token)
+    serve(path.resolve(), "127.0.0.1", port, settings.clickhouse_database, token, settings_ttl_days(settings))
 
 
 @app.command()

@@ -33,7 +33,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -54,6 +54,7 @@ from streams.storage.warehouse import (
     ddl_commands,
     ddl_tables,
     open_warehouse,
+    settings_ttl_days,
     split_table,
 )
 
@@ -418,8 +419,10 @@ def _ignore_signal(signum: int, frame: FrameType | None) -> None:
     return
 
 
-def serve(path: Path, host: str, port: int, database: str, token: str) -> None:
-    """Own the chdb folder at ``path``, create the schema, and serve it until SIGTERM/SIGINT."""
+def serve(path: Path, host: str, port: int, database: str, token: str,
+          ttl_days: Mapping[str, int] | None = None) -> None:
+    """Own the chdb folder at ``path``, create the schema (tables it creates get ``ttl_days``, the
+    ``SURGE_TTL_DAYS_*`` settings), and serve it until SIGTERM/SIGINT."""
     import uvicorn
 
     if len(token) < MIN_TOKEN_CHARS:
@@ -429,7 +432,7 @@ def serve(path: Path, host: str, port: int, database: str, token: str) -> None:
     warehouse = open_warehouse(f"chdb://{folder}", database)
     assert isinstance(warehouse, ClickHouseWarehouse)
     try:
-        apply_ddl(warehouse, database)
+        apply_ddl(warehouse, database, ttl_days)
         log.info("warehouse service: chdb %s, database %s, on http://%s:%d", folder, database, host, port)
         app = create_app(warehouse, token)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
@@ -457,10 +460,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database", default="surge")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    token = Settings().warehouse_token
+    settings = Settings()
+    token = settings.warehouse_token
     if token is None or len(token.get_secret_value()) < MIN_TOKEN_CHARS:
         sys.exit(f"refusing to start: set SURGE_WAREHOUSE_TOKEN (at least {MIN_TOKEN_CHARS} characters)")
-    serve(args.path, args.host, args.port, args.database, token.get_secret_value())
+    serve(args.path, args.host, args.port, args.database, token.get_secret_value(), settings_ttl_days(settings))
 
 
 if __name__ == "__main__":

@@ -160,7 +160,8 @@ def warehouse_service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes],
     yield from start_service(tmp_path)
 
 
-def start_service(root: Path, token: str = TOKEN) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+def start_service(root: Path, token: str = TOKEN,
+                  extra_env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """The real warehouse service in a subprocess, on a free port, with ``token``; stopped afterwards."""
     port = free_port()
     folder = root / "served"
@@ -170,7 +171,7 @@ def start_service(root: Path, token: str = TOKEN) -> Iterator[tuple[subprocess.P
         [sys.executable, "-m", "services.warehouse.server", "--path", str(folder), "--port", str(port),
          "--database", "surge"],
         cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**env, "SURGE_WAREHOUSE_TOKEN": token},
+        env={**env, "SURGE_WAREHOUSE_TOKEN": token, **(extra_env or {})},
     )
     try:
         deadline = time.monotonic() + 60
@@ -228,3 +229,16 @@ def test_remote_warehouse_against_the_real_service(
         assert [r["dlq_id"] for r in rows] == ["t:0:7", "t:0:8", "t:0:9"]
     finally:
         local.close()
+
+
+def test_the_service_creates_its_tables_with_the_ttl_settings(tmp_path: Path) -> None:
+    """SURGE_TTL_DAYS_TICKS=3 reaches the tables the service creates (it owns the folder, so it creates them)."""
+    for _, _, folder in start_service(tmp_path, extra_env={"SURGE_TTL_DAYS_TICKS": "3"}):
+        served = folder
+    wh = open_warehouse(f"chdb://{served}", "surge")
+    try:
+        ddl = wh.query("SELECT create_table_query AS q FROM system.tables WHERE database = 'surge' "
+                       "AND name = 'trades'")[0]["q"]
+    finally:
+        wh.close()
+    assert "toIntervalDay(3)" in ddl or "INTERVAL 3 DAY" in ddl, ddl
