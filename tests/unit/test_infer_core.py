@@ -108,7 +108,8 @@ def test_batch_of_32_gives_32_calibrated_predictions(state: InferState) -> None:
     out = run(vecs, state, now_us=99_000)
     assert not out.rejects and len(out.emits) == 32
     for vec, emit, pred in zip(vecs, out.emits, predictions(out), strict=True):
-        assert emit.topic is Topic.PREDICTIONS and emit.key == "SIMULATOR:BTCUSDT" and emit.exchange_us == vec.ts.exchange_us
+        assert emit.topic is Topic.PREDICTIONS and emit.key == "SIMULATOR:BTCUSDT"
+        assert emit.exchange_us == vec.ts.exchange_us
         assert pred.prediction_id == f"{vec.vector_id}:{VERSION}"
         assert pred.model_version == VERSION and pred.feature_version == FEATURE_VERSION
         assert [h.horizon_min for h in pred.horizons] == HORIZONS
