@@ -58,8 +58,10 @@ class Predictions:
     def round(self, stack: StackProcesses, tag: str, timeout_s: float = 15) -> dict[str, prediction_pb2.Prediction]:
         """Feed one vector per symbol and wait for all their predictions; symbol -> prediction."""
         vecs = [feature_vector(i, s, a=0.1 * (i % 7) - 0.3, b=0.2) for i, s in enumerate(SYMBOLS)]
+        now_us = time.time_ns() // 1000
         for v in vecs:
             v.vector_id = f"{tag}:{v.symbol}"
+            v.ts.exchange_us = now_us  # the stage's live clock refuses event times from 1970 (event_time_too_old)
         stack.send(Topic.FEATURES.value, vecs)
         ids = {v.vector_id for v in vecs}
         deadline = time.monotonic() + timeout_s
