@@ -97,7 +97,9 @@ def test_top_n_follows_a_changing_ticker_list_on_the_running_connection(shared_d
         publisher.close()
     assert seen == {"btc_new_snapshots": 0, "btc_lost": 0}  # BTC went on untouched while ETH was added
     assert feed.symbols == ["ETHUSDT"] and list(feed.state.symbols) == ["ETHUSDT"]
-    assert published[0] == ["BTCUSDT"] and ["BTCUSDT", "ETHUSDT"] in published and published[-1] == ["ETHUSDT"]
+    # The first ranking cycle may come before or after ETH joined (that is timing), but the order is fixed.
+    assert published[0] in (["BTCUSDT"], ["BTCUSDT", "ETHUSDT"])
+    assert ["BTCUSDT", "ETHUSDT"] in published and published[-1] == ["ETHUSDT"]
     assert subscribers.get("BTCUSDT@trade", 0) == 0 and subscribers.get("BTCUSDT@depth", 0) == 0
     # One connection the whole time: changed by SUBSCRIBE / UNSUBSCRIBE, never reconnected.
     assert metrics.registry.get_sample_value("surge_ingest_ws_connects_total",
