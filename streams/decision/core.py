@@ -365,7 +365,8 @@ def _emit(state: DecisionState, key: IdeaKey, prediction: prediction_pb2.Predict
             return  # one position idea per cooldown window
         before = replace(idea)
         cooldown_us = state.config.cooldown_us(prediction.regime, state.risk)
-        idea.cooldown_until_us = event_us + cooldown_us
+        # No cooldown means none at all: not even a prediction older than the last signal waits.
+        idea.cooldown_until_us = event_us + cooldown_us if cooldown_us > 0 else 0
         signal = build_signal(prediction, ev, state.cost, now_us, idea.cooldown_until_us)
         if cooldown_us > 0:
             state.claims.append(Claim(idea_key(key[0], key[1]), signal.signal_id, max(1, cooldown_us // 1000),

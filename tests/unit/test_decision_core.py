@@ -416,3 +416,12 @@ def test_without_a_cooldown_every_prediction_stands_on_its_own(clock: ManualCloc
     out = run(state_of(), clock, pred(0.80, i=1), pred(0.95, i=2), pred(0.85, i=3))
     assert [e.value.signal_id for e in out.emits] == [  # type: ignore[attr-defined]
         "BTCUSDT:1:m7:5", "BTCUSDT:2:m7:5", "BTCUSDT:3:m7:5"]
+
+
+def test_no_cooldown_lets_an_older_prediction_through_too(clock: ManualClock) -> None:
+    """Found by the broker-outage chaos test: predictions re-sent with earlier event times than the last signal
+    were held back as "cooling" although the cooldown was 0."""
+    state = state_of()
+    assert len(run(state, clock, pred(0.9, i=1, exchange_us=T0 - 10_000)).emits) == 1
+    assert len(run(state, clock, pred(0.9, i=2, exchange_us=T0 - 20_000)).emits) == 1
+    assert state.rule_counts == {}
