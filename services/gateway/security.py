@@ -32,6 +32,7 @@ import redis
 from fastapi import Depends, HTTPException, Request
 
 from streams.storage.cache import L1Cache
+from streams.storage.registry import AUDIT_COLUMNS, audit_row
 
 TOKENS_KEY: Final = "surge:api_tokens"
 TOKEN_HASHES_KEY: Final = "surge:api_tokens:sha256"
@@ -362,7 +363,5 @@ AdminToken = Annotated[TokenInfo, Depends(require_admin)]
 
 def audit(warehouse: Any, action: str, actor: str, subject: str, reason: str = "") -> None:
     """One row in ``audit_logs`` (the registry's trail): ``subject`` goes in its model_version column."""
-    at = time.time_ns() // 1000
-    audit_id = hashlib.sha256(f"{at}:{action}:{subject}:{actor}".encode()).hexdigest()[:20]
-    warehouse.insert("audit_logs", [[audit_id, action, actor, subject, "", reason, at]],
-                     ["audit_id", "action", "actor", "model_version", "previous_version", "reason", "at_us"])
+    warehouse.insert("audit_logs", [audit_row(action, actor, subject, "", reason, time.time_ns() // 1000)],
+                     list(AUDIT_COLUMNS))

@@ -62,7 +62,7 @@ class Auditor:
         self.actor = actor
 
     def __call__(self, action: str, version: str, reason: str, previous: str = "") -> None:
-        self.registry._audit(action, self.actor, version, previous, reason)
+        self.registry.audit(action, self.actor, version, previous, reason)
 
 
 def realized_outcomes(warehouse: Warehouse, cfg: TrainConfig, since_us: int = 0) -> pd.DataFrame:

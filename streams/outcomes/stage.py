@@ -15,7 +15,6 @@ and ticks reach the same replica.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +34,7 @@ from streams.runtime.core import DownstreamUnavailable, InRecord, Outputs, Rejec
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 from streams.storage.cache import ADAPT_KEY, OUTCOMES_SNAPSHOT_KEY, RISK_KEY, RISK_RESET_KEY, open_redis
-from streams.storage.registry import AUDIT_COLUMNS, ModelRegistry, RegistryError
+from streams.storage.registry import AUDIT_COLUMNS, ModelRegistry, RegistryError, audit_row
 from streams.storage.warehouse import Warehouse, WarehouseError, apply_ddl, open_warehouse_from
 
 log = logging.getLogger("surge.outcomes")
@@ -79,11 +78,6 @@ class OutcomesRuntime:
     database: str | None = None   # set: the schema is applied before the first audit insert
     registry: ModelRegistry | None = None
     quality_written_us: int = 0
-
-
-def audit_row(action: str, previous: str, reason: str, at_us: int, *, model_version: str = "") -> list[object]:
-    audit_id = hashlib.sha256(f"{at_us}:{action}:{previous}:{model_version}:{reason}".encode()).hexdigest()[:20]
-    return [audit_id, action, ACTOR, model_version, previous, reason, at_us]
 
 
 def take_reset(rt: OutcomesRuntime) -> None:
@@ -142,9 +136,9 @@ def flush(rt: OutcomesRuntime) -> list[Reject]:
         take_reset(rt)
         state = rt.state
         learn_held_out_ece(rt)
-        rows = [audit_row(f"risk_{to.lower()}", before, reason, at_us)
+        rows = [audit_row(f"risk_{to.lower()}", ACTOR, "", before, reason, at_us)
                 for before, to, at_us, reason in state.transitions]
-        rows += [audit_row(f"quality_{action}", "", reason, at_us, model_version=model)
+        rows += [audit_row(f"quality_{action}", ACTOR, model, "", reason, at_us)
                  for action, model, at_us, reason in state.quality_events]
         if rows:
             rt.warehouse.insert("audit_logs", rows, AUDIT_COLUMNS)

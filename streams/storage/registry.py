@@ -24,6 +24,13 @@ COLUMNS = (
 AUDIT_COLUMNS = ("audit_id", "action", "actor", "model_version", "previous_version", "reason", "at_us")
 
 
+def audit_row(action: str, actor: str, subject: str, previous: str, reason: str, at_us: int) -> list[Any]:
+    """One ``audit_logs`` row in ``AUDIT_COLUMNS`` order, with a deterministic id over every field; ``subject``
+    (the model_version column) names what was acted on: a model version, a risk state's model, a token."""
+    audit_id = hashlib.sha256(f"{at_us}:{action}:{subject}:{previous}:{actor}:{reason}".encode()).hexdigest()[:20]
+    return [audit_id, action, actor, subject, previous, reason, at_us]
+
+
 class RegistryError(RuntimeError):
     """A registry action that cannot be done (unknown version, nothing to roll back to, ...)."""
 
@@ -125,10 +132,9 @@ class ModelRegistry:
         rows = [replace(r, updated_us=self._tick()).row() for r in records]
         self.warehouse.insert("model_versions", rows, list(COLUMNS))
 
-    def _audit(self, action: str, actor: str, version: str, previous: str, reason: str) -> None:
-        at = self._tick()
-        audit_id = hashlib.sha256(f"{at}:{action}:{version}:{previous}:{actor}".encode()).hexdigest()[:20]
-        self.warehouse.insert("audit_logs", [[audit_id, action, actor, version, previous, reason, at]],
+    def audit(self, action: str, actor: str, version: str, previous: str, reason: str) -> None:
+        """Append one row to ``audit_logs``, on the registry's strictly increasing clock."""
+        self.warehouse.insert("audit_logs", [audit_row(action, actor, version, previous, reason, self._tick())],
                               list(AUDIT_COLUMNS))
 
     def versions(self) -> list[ModelRecord]:
@@ -157,7 +163,7 @@ class ModelRegistry:
         if rec.model_version in existing:
             return existing[rec.model_version]  # registering the same artifact twice is a no-op
         self._write([rec])
-        self._audit("register", actor, rec.model_version, "", f"artifact {rec.artifact_path}")
+        self.audit("register", actor, rec.model_version, "", f"artifact {rec.artifact_path}")
         return rec
 
     def deploy(self, version: str, actor: str, *, canary: bool = False, reason: str = "") -> ModelRecord:
@@ -184,7 +190,7 @@ class ModelRegistry:
                                    rollback_target=previous.model_version if previous else ""))
             action, prev_version = "deploy", previous.model_version if previous else ""
         self._write(changes)
-        self._audit(action, actor, version, prev_version, reason)
+        self.audit(action, actor, version, prev_version, reason)
         return changes[-1]
 
     def rollback(self, actor: str, reason: str = "") -> ModelRecord:
@@ -201,7 +207,7 @@ class ModelRegistry:
             replace(target, is_active=True, is_canary=False, deployed_at_us=now, deployed_by=actor,
                     rollback_target=target.rollback_target),
         ])
-        self._audit("rollback", actor, target.model_version, current.model_version, reason)
+        self.audit("rollback", actor, target.model_version, current.model_version, reason)
         return target
 
     def rollback_canary(self, actor: str, reason: str) -> ModelRecord:
@@ -210,7 +216,7 @@ class ModelRegistry:
         if canary is None:
             raise RegistryError("no canary to roll back")
         self._write([replace(canary, is_canary=False)])
-        self._audit("rollback_canary", actor, canary.model_version, "", reason)
+        self.audit("rollback_canary", actor, canary.model_version, "", reason)
         return canary
 
     def ensure_default(self, model_dir: Path, actor: str = "bootstrap") -> ModelRecord:
