@@ -108,13 +108,13 @@ def backtest(
 def _store(settings: object, report: dict[str, object]) -> None:
     from services.backtest.store import save_run
     from streams.runtime.settings import Settings
-    from streams.storage.warehouse import WarehouseError, apply_ddl, open_warehouse_from
+    from streams.storage.warehouse import WarehouseError, apply_ddl_from, open_warehouse_from
 
     assert isinstance(settings, Settings)
     try:
         wh = open_warehouse_from(settings)
         try:
-            apply_ddl(wh, settings.clickhouse_database)
+            apply_ddl_from(wh, settings)
             save_run(wh, report, time.time_ns() // 1000)
         finally:
             wh.close()

@@ -33,11 +33,11 @@ def os_actor() -> str:
 def _registry() -> ModelRegistry:
     from streams.runtime.clock import LiveClock
     from streams.runtime.settings import Settings
-    from streams.storage.warehouse import apply_ddl, open_warehouse_from
+    from streams.storage.warehouse import apply_ddl_from, open_warehouse_from
 
     settings = Settings()
     warehouse = open_warehouse_from(settings)
-    apply_ddl(warehouse, settings.clickhouse_database)
+    apply_ddl_from(warehouse, settings)
     return ModelRegistry(warehouse, LiveClock())
 
 

@@ -26,13 +26,13 @@ def _store() -> TokenStore:
 def _audit(action: str, subject: str, reason: str) -> None:
     """Best effort: the token change is made in Redis whether or not the warehouse can record it."""
     from streams.runtime.settings import Settings
-    from streams.storage.warehouse import apply_ddl, open_warehouse_from
+    from streams.storage.warehouse import apply_ddl_from, open_warehouse_from
 
     settings = Settings()
     try:
         warehouse = open_warehouse_from(settings)
         try:
-            apply_ddl(warehouse, settings.clickhouse_database)
+            apply_ddl_from(warehouse, settings)
             audit(warehouse, action, os_actor(), subject, reason)
         finally:
             warehouse.close()

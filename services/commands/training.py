@@ -183,11 +183,11 @@ def retrain(
     from streams.runtime.clock import LiveClock
     from streams.runtime.settings import Settings
     from streams.storage.registry import RegistryError
-    from streams.storage.warehouse import apply_ddl, open_warehouse_from
+    from streams.storage.warehouse import apply_ddl_from, open_warehouse_from
 
     settings = Settings()
     warehouse = open_warehouse_from(settings)
-    apply_ddl(warehouse, settings.clickhouse_database)
+    apply_ddl_from(warehouse, settings)
     since_us = int((time.time() - since_hours * 3600) * 1e6) if since_hours > 0 else 0
     try:
         cfg = TrainConfig(horizons=_horizons(horizons), objective="logloss", class_weight="none",

@@ -58,13 +58,13 @@ def make_state(context: StageContext) -> InferState:
         return InferState(model, metrics=metrics, policy=canary_policy(settings),
                           bounds=TimeBounds.from_settings(settings), stale_after_us=stale_after_us(settings))
     from streams.storage.registry import ModelRegistry
-    from streams.storage.warehouse import apply_ddl, open_warehouse_from
+    from streams.storage.warehouse import apply_ddl_from, open_warehouse_from
 
     registry_clock = context.clock
 
     def open_registry() -> ModelRegistry:
         warehouse = open_warehouse_from(settings)
-        apply_ddl(warehouse, settings.clickhouse_database)  # idempotent; the infer stage may start first
+        apply_ddl_from(warehouse, settings)  # idempotent; the infer stage may start first
         return ModelRegistry(warehouse, registry_clock)
 
     watcher = RegistryWatcher(open_registry, model_dir(settings), poll_s=settings.infer_registry_poll_s,

@@ -18,7 +18,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 import redis
@@ -35,7 +35,14 @@ from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 from streams.storage.cache import ADAPT_KEY, OUTCOMES_SNAPSHOT_KEY, RISK_KEY, RISK_RESET_KEY, open_redis
 from streams.storage.registry import AUDIT_COLUMNS, ModelRegistry, RegistryError, audit_row
-from streams.storage.warehouse import Warehouse, WarehouseError, apply_ddl, open_warehouse_from
+from streams.storage.warehouse import (
+    DEFAULT_TTL_DAYS,
+    Warehouse,
+    WarehouseError,
+    apply_ddl,
+    open_warehouse_from,
+    settings_ttl_days,
+)
 
 log = logging.getLogger("surge.outcomes")
 
@@ -76,6 +83,7 @@ class OutcomesRuntime:
     redis: redis.Redis
     warehouse: Warehouse
     database: str | None = None   # set: the schema is applied before the first audit insert
+    ttl_days: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TTL_DAYS))  # of the tables it creates
     registry: ModelRegistry | None = None
     quality_written_us: int = 0
 
@@ -131,7 +139,7 @@ def write_quality(rt: OutcomesRuntime) -> None:
 def flush(rt: OutcomesRuntime) -> list[Reject]:
     try:
         if rt.database is not None:
-            apply_ddl(rt.warehouse, rt.database)
+            apply_ddl(rt.warehouse, rt.database, rt.ttl_days)
             rt.database = None
         take_reset(rt)
         state = rt.state
@@ -239,6 +247,7 @@ def make_state(context: StageContext) -> OutcomesRuntime:
                  state.open_count(), state.risk.level.name, len(state.replay_on_start))
     warehouse = open_warehouse_from(settings)
     rt = OutcomesRuntime(state=state, redis=client, warehouse=warehouse, database=settings.clickhouse_database,
+                         ttl_days=settings_ttl_days(settings),
                          registry=ModelRegistry(warehouse, context.clock))
     context.registry.register(OutcomesMetrics(rt))
     return rt

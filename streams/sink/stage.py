@@ -42,7 +42,7 @@ from streams.storage.warehouse import (
     WarehouseError,
     WarehouseUnavailable,
     apply_ddl,
-    open_warehouse,
+    open_warehouse_from,
     settings_ttl_days,
 )
 
@@ -162,7 +162,7 @@ def checkpoint(rt: SinkRuntime) -> Callable[[], None]:
 
 def make_runtime(settings: Settings) -> SinkRuntime:
     """Open the warehouse and Redis clients (nothing is contacted yet); called in the stage process."""
-    warehouse = open_warehouse(settings.warehouse_url(), settings.clickhouse_database, token=settings.warehouse_token)
+    warehouse = open_warehouse_from(settings)
     client = open_redis(settings.redis_connection_url())
     # The schema is applied by the first flush, so a warehouse that is down at start is ridden out like any
     # other outage (consumer paused, retried without limit) instead of failing the stage.

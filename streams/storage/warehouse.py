@@ -272,6 +272,12 @@ def settings_ttl_days(settings: Settings) -> dict[str, int]:
     return {name: int(getattr(settings, name)) for name in DEFAULT_TTL_DAYS}
 
 
+def apply_ddl_from(warehouse: Warehouse, settings: Settings) -> list[str]:
+    """``apply_ddl`` with the database and TTLs of ``settings``: whichever process creates a table first, it gets
+    the configured TTLs."""
+    return apply_ddl(warehouse, settings.clickhouse_database, settings_ttl_days(settings))
+
+
 def create_database_statement(database: str) -> str:
     return f"CREATE DATABASE IF NOT EXISTS {check_identifier(database)}"
 

@@ -118,3 +118,20 @@ def test_losing_confident_signals_are_audited_published_and_stored(chdb: Warehou
     assert (row["n"], row["hit_at_k"], row["pr_auc"], row["tau_offset"]) == (50, 0.0, None, 0.02)
     assert row["ece_pp"] == pytest.approx(90.0)
     assert orjson.loads(client.get(ADAPT_KEY)) == {"tau_offset": 0.02, "kappa_offset": 0.1}  # type: ignore[arg-type]
+
+
+def test_the_outcomes_stage_creates_missing_tables_with_the_ttl_settings(tmp_path: Path, redis_url: str) -> None:
+    """Whichever process applies the schema first creates the tables: the outcomes stage must use the TTLs too."""
+    from streams.runtime.settings import Settings
+    from streams.storage.warehouse import settings_ttl_days
+
+    wh = open_warehouse(f"chdb://{tmp_path / 'fresh'}", "surge")
+    try:
+        rt = outcomes_stage.OutcomesRuntime(state=OutcomesState(), redis=redis.Redis.from_url(redis_url), warehouse=wh,
+                                            database="surge", ttl_days=settings_ttl_days(Settings(ttl_days_ticks=3)))
+        assert outcomes_stage.flush(rt) == []
+        ddl = wh.query("SELECT create_table_query AS q FROM system.tables WHERE database = 'surge' "
+                       "AND name = 'trades'")[0]["q"]
+    finally:
+        wh.close()
+    assert "toIntervalDay(3)" in ddl, ddl
