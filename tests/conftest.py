@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "binance"
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -88,3 +90,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def chdb(tmp_path: Path) -> Iterator[Warehouse]:
+    """An embedded chdb warehouse with surge's schema, closed afterwards (one folder per process at a time)."""
+    wh = open_warehouse(f"chdb://{tmp_path / 'ch'}", "surge")
+    apply_ddl(wh, "surge")
+    try:
+        yield wh
+    finally:
+        wh.close()

@@ -92,6 +92,13 @@ class StackProcesses:
         port = self.settings.stage_port(stage)
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), timeout_s, f"{stage} partition assignment")
 
+    def start_warehouse(self) -> None:
+        """The chdb warehouse service on the stack's folder and port (again, after a stop: same folder)."""
+        s = self.settings
+        self.start("warehouse", [sys.executable, "-m", "services.cli", "warehouse",
+                                 "--path", str(self.root / "data" / "clickhouse"), "--port", str(s.warehouse_port)])
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{s.warehouse_port}/health"), 60, "warehouse health")
+
     def kill9(self, name: str) -> None:
         proc = self.procs[name]
         proc.send_signal(signal.SIGKILL)
@@ -160,9 +167,7 @@ def start_infrastructure(root: Path, **extra_env: str) -> Iterator[StackProcesse
     try:
         stack.start("broker", tansu_command(s.broker_port))
         wait_for(lambda: port_open(s.broker_port), 20, "broker port")
-        stack.start("warehouse", [sys.executable, "-m", "services.cli", "warehouse",
-                                  "--path", str(root / "data" / "clickhouse"), "--port", str(s.warehouse_port)])
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{s.warehouse_port}/health"), 60, "warehouse health")
+        stack.start_warehouse()
         stack.start("redis", redis_command(s.redis_port, root / "data" / "redis"))
         wait_for(lambda: port_open(s.redis_port), 20, "redis port")
         ensure_topics(s)

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import httpx
 import pytest
 
 from tests.integration.factories import signal
-from tests.integration.stack import StackProcesses, http_ok, wait_for
+from tests.integration.stack import StackProcesses, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 TOTAL = 600
 OUTAGE_S = 30.0
-
-
-def start_warehouse(stack: StackProcesses) -> None:
-    s = stack.settings
-    stack.start("warehouse", [sys.executable, "-m", "services.cli", "warehouse",
-                              "--path", str(stack.root / "data" / "clickhouse"), "--port", str(s.warehouse_port)])
-    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.warehouse_port}/health"), 60, "warehouse health")
 
 
 def counts(stack: StackProcesses) -> tuple[int, int, int]:
@@ -54,7 +46,7 @@ def test_thirty_second_warehouse_outage_ends_with_every_row_once(infra: StackPro
     assert sink.poll() is None, "the sink exited during the outage"
     assert healthz(infra) == 503
 
-    start_warehouse(infra)
+    infra.start_warehouse()
     infra.send("signals.v1", batches[2])
     wait_for(lambda: counts(infra)[2] == TOTAL, 90, f"{TOTAL} signals stored", interval_s=0.5)
     wait_for(lambda: healthz(infra) == 200, 20, "the sink to report healthy again")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -18,7 +17,7 @@ from streams.outcomes.quality import LiveQuality, QualityPolicy, Sample, adapt, 
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord
 from streams.storage.cache import ADAPT_KEY
-from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
+from streams.storage.warehouse import Warehouse, open_warehouse
 from tests.unit.test_decision_core import pred, state_of
 from tests.unit.test_outcomes_core import MIN, T0, signal, ticks
 
@@ -83,16 +82,6 @@ def test_the_decision_adds_the_offsets_to_its_thresholds() -> None:
 
     shifted = evaluate(p, p.horizons[0], state.config, state.cost, Conditions(tau_offset=0.1))
     assert (shifted.decision, shifted.tier) == (signal_pb2.LONG, signal_pb2.TIER_B)
-
-
-@pytest.fixture
-def chdb(tmp_path: Path) -> Iterator[Warehouse]:
-    wh = open_warehouse(f"chdb://{tmp_path / 'ch'}", "surge")
-    apply_ddl(wh, "surge")
-    try:
-        yield wh
-    finally:
-        wh.close()
 
 
 def test_losing_confident_signals_are_audited_published_and_stored(chdb: Warehouse, redis_url: str) -> None:

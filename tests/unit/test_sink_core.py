@@ -6,7 +6,7 @@ import base64
 import hashlib
 import re
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from streams.sink.core import (
 )
 from streams.sink.stage import SinkRuntime
 from streams.storage.cache import open_redis
-from streams.storage.warehouse import Warehouse, WarehouseError, apply_ddl, open_warehouse
+from streams.storage.warehouse import Warehouse, WarehouseError, open_warehouse
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.unit
@@ -245,16 +245,6 @@ def dead_redis(tmp_path: Path) -> redis.Redis:
 def run_batch(rt: SinkRuntime, batch: Sequence[InRecord[Any]], clock: ManualClock) -> tuple[Outputs, list[Reject]]:
     """What the runner does with a batch: the pure core, then the flush at commit time."""
     return stage.process(batch, rt, clock), stage.flush(rt)
-
-
-@pytest.fixture
-def chdb(tmp_path: Path) -> Iterator[Warehouse]:
-    wh = open_warehouse(f"chdb://{tmp_path / 'ch'}", "surge")
-    apply_ddl(wh, "surge")
-    try:
-        yield wh
-    finally:
-        wh.close()
 
 
 def count(wh: Warehouse, table: str, final: bool = False) -> int:
