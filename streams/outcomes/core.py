@@ -25,9 +25,9 @@ resolved is skipped, and so is a tick batch whose sequence is not above the inst
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from google.protobuf.message import Message
@@ -122,6 +122,40 @@ class OutcomesState:
     # Quality adaptations not yet audited: (action, model_version, at_us, reason).
     quality_events: list[tuple[str, str, int, str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+
+    def trim(self) -> None:
+        """Bound the memory of resolved ids and recent outcomes. Done once a batch is through, never midway, so a
+        batch that fails only ever appended to them (what ``checkpoint`` relies on)."""
+        while len(self.resolved) > RESOLVED_MEMORY:
+            self.resolved.popitem(last=False)
+        del self.recent[:-RECENT_OUTCOMES]
+
+    def checkpoint(self) -> Callable[[], None]:
+        """Capture what a batch may change and return the function that puts it back. Cheap on every batch: the
+        two large memories (resolved ids, recent outcomes) are only appended to within a batch, so their lengths
+        suffice; everything else is small and copied."""
+        scalars = (self.watermark_us, self.risk, self.replay_on_start)
+        containers = (dict(self.newest_event_us), dict(self.last_sequence), dict(self.pnl_bps_by_symbol),
+                      list(self.transitions), list(self.quality_events), dict(self.counts), dict(self.held_out_ece_pp))
+        open_ = {key: [replace(p) for p in positions] for key, positions in self.open.items()}
+        tops = {key: replace(top) for key, top in self.tops.items()}
+        quality = replace(self.quality, samples=deque(self.quality.samples), flagged=set(self.quality.flagged))
+        resolved_len, recent_len = len(self.resolved), len(self.recent)
+
+        def restore() -> None:
+            self.watermark_us, self.risk, self.replay_on_start = scalars
+            (self.newest_event_us, self.last_sequence, self.pnl_bps_by_symbol, self.transitions, self.quality_events,
+             self.counts, self.held_out_ece_pp) = (dict(containers[0]), dict(containers[1]), dict(containers[2]),
+                                                   list(containers[3]), list(containers[4]), dict(containers[5]),
+                                                   dict(containers[6]))
+            self.open = {key: [replace(p) for p in positions] for key, positions in open_.items()}
+            self.tops = {key: replace(top) for key, top in tops.items()}
+            self.quality = replace(quality, samples=deque(quality.samples), flagged=set(quality.flagged))
+            while len(self.resolved) > resolved_len:
+                self.resolved.popitem(last=True)
+            del self.recent[recent_len:]
+
+        return restore
 
     def open_count(self) -> int:
         return sum(len(p) for p in self.open.values())
@@ -297,11 +331,8 @@ def resolve(state: OutcomesState, pos: OpenPosition, label: int, exit_price: flo
     )
     outcome.ts.exchange_us = exit_us
     out.emits.append(Emit(Topic.OUTCOMES, key_of(outcome), outcome, exit_us))
-    state.resolved[pos.signal_id] = None
-    while len(state.resolved) > RESOLVED_MEMORY:
-        state.resolved.popitem(last=False)
+    state.resolved[pos.signal_id] = None  # bounded at the end of ``process`` (``trim``)
     state.recent.append(outcome.SerializeToString())
-    del state.recent[:-RECENT_OUTCOMES]
     state.count(outcome_pb2.OutcomeLabel.Name(label))
 
 
@@ -330,4 +361,5 @@ def process(batch: Sequence[InRecord[Message]], state: OutcomesState, clock: Clo
     state.risk = risk.after_time(state.risk, state.watermark_us, state.config.policy)
     if state.risk.level != before:
         state.transitions.append((before.name, state.risk.level.name, state.watermark_us, state.risk.reason))
+    state.trim()
     return out

@@ -14,7 +14,6 @@ and ticks reach the same replica.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -168,12 +167,7 @@ def flush(rt: OutcomesRuntime) -> list[Reject]:
 
 
 def checkpoint(rt: OutcomesRuntime) -> Callable[[], None]:
-    saved = copy.deepcopy(rt.state)
-
-    def restore() -> None:
-        rt.state = saved
-
-    return restore
+    return rt.state.checkpoint()
 
 
 def process(batch: Sequence[InRecord[Message]], rt: OutcomesRuntime, clock: Clock) -> Outputs:

@@ -188,3 +188,31 @@ def test_trades_of_one_microsecond_are_all_seen_and_a_reread_batch_is_skipped() 
     assert outcomes(run(state, batch)) == [] and state.counts["ticks_reread"] == 1
     [o2] = outcomes(run(state, ticks((T0 + 6, 99.5), seq=8)))
     assert (o2.signal_id, o2.label) == ("BTCUSDT:2:5", outcome_pb2.HIT_STOP)
+
+
+def test_a_checkpoint_puts_back_everything_a_batch_changed() -> None:
+    """The runner's retry after a failed batch must start from the state the batch found: positions resolved,
+    tops moved, ids remembered, quality samples and counters, all undone (compared with a deep copy)."""
+    import copy
+
+    state = OutcomesState()
+    run(state, ticks((T0 - 1, 99.99, 100.01)), signal(1), signal(2, symbol="ETHUSDT"),
+        signal(3, decision=signal_pb2.SHORT))
+    before = copy.deepcopy(state)
+    restore = state.checkpoint()
+    out = run(state, ticks((T0 + 5, 100.5, 100.6), (T0 + 6, 100.7), seq=3), signal(4, at_us=T0 + 7))
+    assert len(out.emits) == 2 and state != before  # two positions resolved, one opened
+    restore()
+    assert state == before
+    again = run(state, ticks((T0 + 5, 100.5, 100.6), (T0 + 6, 100.7), seq=3), signal(4, at_us=T0 + 7))
+    assert [o.signal_id for o in outcomes(again)] == [o.signal_id for o in outcomes(out)]
+
+
+def test_memories_are_bounded_once_a_batch_is_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.outcomes import core
+
+    monkeypatch.setattr(core, "RESOLVED_MEMORY", 2)
+    state = OutcomesState()
+    run(state, *(signal(i) for i in range(4)))
+    run(state, ticks((T0 + 1, 100.7)))
+    assert list(state.resolved) == ["BTCUSDT:2:5", "BTCUSDT:3:5"]
