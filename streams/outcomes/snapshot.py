@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 from collections import OrderedDict
+from itertools import islice
 from typing import Any, Final
 
 import orjson
@@ -24,7 +25,7 @@ RECENT_IN_SNAPSHOT: Final = 500          # outcomes of the last batches, which m
 
 
 def dumps(state: OutcomesState) -> bytes:
-    resolved = list(state.resolved)[-RESOLVED_IN_SNAPSHOT:]
+    resolved = list(islice(reversed(state.resolved), RESOLVED_IN_SNAPSHOT))[::-1]  # the newest, not all
     return orjson.dumps({
         "version": SNAPSHOT_VERSION,
         "open": [dataclasses.asdict(p) for positions in state.open.values() for p in positions],
