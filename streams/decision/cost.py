@@ -62,11 +62,11 @@ import importlib.resources
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 import orjson
 import redis
@@ -322,6 +322,9 @@ def load_into_redis(client: redis.Redis, tables: CostTables, *, activate: bool =
 # --- where tables are read from ---------------------------------------------------------------------------------
 
 
+V = TypeVar("V")
+
+
 class TableSource(Protocol):
     def entry(self, venue: str, regime: str) -> CostEntry: ...
 
@@ -366,14 +369,9 @@ class CostTableCache:
         now = self.clock.now_us()
         if hit is not None and now < hit[0]:
             return hit[1]
-        self.stats.misses += 1
-        raw = self._read(now, f"{venue}:{regime}", f"{venue}:{UNKNOWN_REGIME}")
-        if raw is None:
-            value = hit[1] if hit is not None and self._stale_ok(now) else self._fallback_entry(venue, regime)
-        else:
-            value = self._parsed.get(raw) or self._parse_entry(raw)
-        self._entries[key] = (now + self.ttl_us, value)
-        return value
+        return self._refill(self._entries, key, hit, now, f"{venue}:{regime}", f"{venue}:{UNKNOWN_REGIME}",
+                            lambda raw: self._parsed.get(raw) or self._parse_entry(raw),
+                            lambda: self._fallback_entry(venue, regime))
 
     def adv(self, venue: str, symbol: str) -> float:
         key = (venue, symbol)
@@ -381,13 +379,22 @@ class CostTableCache:
         now = self.clock.now_us()
         if hit is not None and now < hit[0]:
             return hit[1]
+        return self._refill(self._adv, key, hit, now, f"adv:{venue}:{symbol}", f"adv:{venue}:{UNKNOWN_REGIME}",
+                            lambda raw: float(orjson.loads(raw)), lambda: self.fallback.adv(venue, symbol))
+
+    def _refill(self, cache: dict[tuple[str, str], tuple[int, V]], key: tuple[str, str], hit: tuple[int, V] | None,
+                now: int, wanted: str, default: str, parse: Callable[[bytes], V], fallback: Callable[[], V]) -> V:
+        """An L1 miss: read the field from Redis (or its default), else keep a stale value while Redis is briefly
+        down, else the artifact; cached for the TTL either way."""
         self.stats.misses += 1
-        raw = self._read(now, f"adv:{venue}:{symbol}", f"adv:{venue}:{UNKNOWN_REGIME}")
-        if raw is None:
-            value = hit[1] if hit is not None and self._stale_ok(now) else self.fallback.adv(venue, symbol)
+        raw = self._read(now, wanted, default)
+        if raw is not None:
+            value = parse(raw)
+        elif hit is not None and self._stale_ok(now):
+            value = hit[1]
         else:
-            value = float(orjson.loads(raw))
-        self._adv[key] = (now + self.ttl_us, value)
+            value = fallback()
+        cache[key] = (now + self.ttl_us, value)
         return value
 
     def invalidate(self) -> None:
