@@ -15,6 +15,8 @@ import orjson
 from fastapi import Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
+from streams.storage.warehouse import Warehouse
+
 INT64_MAX: Final = 2**63 - 1
 MAX_ID_CHARS: Final = 512
 NEXT_CURSOR: Final = "X-Next-Cursor"
@@ -61,6 +63,27 @@ def keyset(time_col: str, id_col: str, cursor: tuple[int, str] | None, since: in
 
 def where(clauses: list[str]) -> str:
     return (" WHERE " + " AND ".join(clauses)) if clauses else ""
+
+
+def equals(clauses: list[str], params: dict[str, Any], **values: str | None) -> None:
+    """``column = value`` for every value given (column names are trusted; values are bound, never inlined)."""
+    for column, value in values.items():
+        if value:
+            clauses.append(f"{column} = {{{column}:String}}")
+            params[column] = str(value)
+
+
+def page(warehouse: Warehouse, request: Request, response: Response, *, table: str, select: str, time_col: str,
+         id_col: str, clauses: list[str], params: dict[str, Any], cursor: tuple[int, str] | None, since: int | None,
+         until: int | None, limit: int) -> list[dict[str, Any]]:
+    """One page of ``table`` (FINAL), newest ``time_col`` first, keyset-paged by (time, id), with the next-page
+    headers set when the page is full."""
+    keyset(time_col, id_col, cursor, since, until, clauses, params)
+    rows = warehouse.query(
+        f"SELECT {select} FROM {warehouse.database}.{table} FINAL{where(clauses)} "
+        f"ORDER BY {time_col} DESC, {id_col} DESC LIMIT {{limit:UInt32}}", {**params, "limit": limit})
+    set_next(request, response, rows, limit, time_col, id_col)
+    return rows
 
 
 def set_next(request: Request, response: Response, rows: list[dict[str, Any]], limit: int, time_col: str,

@@ -32,16 +32,9 @@ def list_outcomes(
 ) -> list[OutcomeOut]:
     """Outcomes newest exit first (``since``/``until`` on exit_us), paged by ``cursor`` (``X-Next-Cursor``)."""
     clauses: list[str] = []
-    params: dict[str, Any] = {"limit": limit}
-    if norm_symbol(symbol):
-        clauses.append("symbol = {symbol:String}")
-        params["symbol"] = norm_symbol(symbol)
-    if label:
-        clauses.append("label = {label:String}")
-        params["label"] = label
-    pagination.keyset("exit_us", "outcome_id", pagination.decode_cursor(cursor), since, until, clauses, params)
-    rows = warehouse.query(
-        f"SELECT {_SELECT} FROM {warehouse.database}.outcomes FINAL{pagination.where(clauses)} "
-        "ORDER BY exit_us DESC, outcome_id DESC LIMIT {limit:UInt32}", params)
-    pagination.set_next(request, response, rows, limit, "exit_us", "outcome_id")
+    params: dict[str, Any] = {}
+    pagination.equals(clauses, params, symbol=norm_symbol(symbol), label=label)
+    rows = pagination.page(warehouse, request, response, table="outcomes", select=_SELECT, time_col="exit_us",
+                           id_col="outcome_id", clauses=clauses, params=params,
+                           cursor=pagination.decode_cursor(cursor), since=since, until=until, limit=limit)
     return [OutcomeOut.model_validate({k: _finite(v) for k, v in r.items()}) for r in rows]

@@ -76,18 +76,11 @@ def list_predictions(
 ) -> list[PredictionOut]:
     """Stored predictions, newest exchange time first, paged by ``cursor`` (``X-Next-Cursor``)."""
     clauses: list[str] = []
-    params: dict[str, Any] = {"limit": limit}
-    if norm_symbol(symbol):
-        clauses.append("symbol = {symbol:String}")
-        params["symbol"] = norm_symbol(symbol)
-    if model_version:
-        clauses.append("model_version = {model_version:String}")
-        params["model_version"] = model_version
-    pagination.keyset("exchange_us", "prediction_id", pagination.decode_cursor(cursor), since, until, clauses, params)
-    rows = warehouse.query(
-        f"SELECT {_SELECT} FROM {warehouse.database}.predictions FINAL{pagination.where(clauses)} "
-        "ORDER BY exchange_us DESC, prediction_id DESC LIMIT {limit:UInt32}", params)
-    pagination.set_next(request, response, rows, limit, "exchange_us", "prediction_id")
+    params: dict[str, Any] = {}
+    pagination.equals(clauses, params, symbol=norm_symbol(symbol), model_version=model_version)
+    rows = pagination.page(warehouse, request, response, table="predictions", select=_SELECT,
+                           time_col="exchange_us", id_col="prediction_id", clauses=clauses, params=params,
+                           cursor=pagination.decode_cursor(cursor), since=since, until=until, limit=limit)
     return [from_row(r) for r in rows]
 
 

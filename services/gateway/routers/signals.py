@@ -198,26 +198,14 @@ def latest_signals(
         return out
     warehouse = resources.warehouse()
     clauses: list[str] = []
-    params: dict[str, Any] = {"limit": limit}
-    if want_symbol:
-        clauses.append("symbol = {symbol:String}")
-        params["symbol"] = want_symbol
-    if decision:
-        clauses.append("decision = {decision:String}")
-        params["decision"] = str(decision)
-    if tier:
-        clauses.append("tier = {tier:String}")
-        params["tier"] = str(tier)
+    params: dict[str, Any] = {}
+    pagination.equals(clauses, params, symbol=want_symbol, decision=decision, tier=tier)
     if min_utility is not None:
         clauses.append("net_utility_bps >= {min_utility:Float64}")
         params["min_utility"] = min_utility
-    pagination.keyset("decision_us", "signal_id", position, since, until, clauses, params)
-    rows = warehouse.query(
-        f"SELECT {_SIGNAL_SELECT} FROM {warehouse.database}.signals FINAL{pagination.where(clauses)} "
-        "ORDER BY decision_us DESC, signal_id DESC LIMIT {limit:UInt32}",
-        params,
-    )
-    pagination.set_next(request, response, rows, limit, "decision_us", "signal_id")
+    rows = pagination.page(warehouse, request, response, table="signals", select=_SIGNAL_SELECT,
+                           time_col="decision_us", id_col="signal_id", clauses=clauses, params=params,
+                           cursor=position, since=since, until=until, limit=limit)
     return [SignalOut.model_validate(_clean(r)) for r in rows]
 
 
