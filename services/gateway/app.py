@@ -12,6 +12,7 @@ from services.gateway import errors
 from services.gateway.deps import Resources
 from services.gateway.predict import Batcher, model_loader
 from services.gateway.routers import (
+    ab_tests,
     analytics,
     dashboard,
     dead_letters,
@@ -96,6 +97,7 @@ def create_app(settings: Settings, *, predictor: Batcher | None = None) -> FastA
     app.include_router(predict.router, dependencies=read, responses=read_errors)
     app.include_router(export.router, dependencies=read, responses=read_errors)
     app.include_router(models.router)  # reads take require_read themselves; deploy/rollback need admin
+    app.include_router(ab_tests.router)  # likewise: reads take require_read, start/stop need admin
     app.include_router(metrics.router)
 
     def client_of(token: str | None, peer: str) -> str:

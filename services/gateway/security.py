@@ -4,7 +4,8 @@
   carries 256 random bits, so a fast hash is enough: nothing to brute-force). Scopes ``read`` and ``admin``
   (admin implies read). Managed by ``surge tokens create|list|revoke``; a revoked token stops working within
   ``SURGE_CACHE_L1_TTL_MS``. Admin routes always need ``admin``; reads need ``read`` when ``SURGE_GATEWAY_AUTH=read``
-  and are open otherwise. A token that is presented and wrong is a 401 either way.
+  and are open otherwise. A token that is presented and wrong is a 401 either way. The SSE route
+  (``QUERY_TOKEN_PATHS``) also takes it as ``?access_token=``, since a browser's EventSource sends no headers.
 * **Rate limits** (``RateLimiter``): a token bucket per client (the token id when one is presented, else the
   peer address): ``SURGE_GATEWAY_RATE_PER_MIN`` per minute, bucket ``SURGE_GATEWAY_BURST`` x that, and at most
   ``SURGE_GATEWAY_MAX_CONCURRENT`` requests in flight; beyond either, 429 with ``Retry-After`` (seconds).
@@ -41,6 +42,10 @@ Scope = Literal["read", "admin"]
 TOKEN_PREFIX: Final = "surge_"
 UNLIMITED_PATHS: Final = frozenset({"/health", "/metrics"})
 CACHED_PREFIXES: Final = ("/stats/", "/performance", "/reports/")
+# A browser's EventSource cannot send headers, so these routes also take the token as ``?access_token=``.
+# Only these: a token in a URL ends up in access logs, so no other route reads it from there.
+QUERY_TOKEN_PATHS: Final = frozenset({"/signals/stream"})
+QUERY_TOKEN_PARAM: Final = "access_token"
 
 
 def sha256(token: str) -> str:
@@ -333,6 +338,8 @@ def _store(request: Request) -> TokenStore:
 
 def _check(request: Request, scope: Scope, required: bool) -> TokenInfo | None:
     token = bearer(request.headers.get)
+    if token is None and request.url.path in QUERY_TOKEN_PATHS:
+        token = request.query_params.get(QUERY_TOKEN_PARAM)
     if token is None and not required:
         return None
     unauthorized = {"WWW-Authenticate": "Bearer"}

@@ -252,7 +252,8 @@ def test_openapi_lists_every_route(env: Env) -> None:
                      "/stats/performance", "/predict", "/export/signals", "/models", "/models/{version}/deploy",
                      "/models/{version}/rollback", "/metrics", "/reports/backtest", "/reports/backtest/{run_id}",
                      "/reports/realtime", "/reports/regime", "/reports/window", "/reports/calibration",
-                     "/reports/attribution", "/risk"}
+                     "/reports/attribution", "/risk", "/ab-tests", "/ab-tests/{test_id}",
+                     "/ab-tests/{test_id}/stop"}
 
 
 def test_dead_letters_listed_and_counted(env: Env) -> None:

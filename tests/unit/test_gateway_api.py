@@ -27,12 +27,13 @@ from services.gateway.app import create_app
 from services.gateway.security import RateLimiter, TokenStore
 from streams.infer.model import load_model
 from streams.infer.stage import default_model_dir
-from streams.runtime.clock import ManualClock
+from streams.runtime.clock import LiveClock, ManualClock
 from streams.runtime.core import InRecord
 from streams.runtime.settings import Settings
 from streams.sink import stage
 from streams.sink.stage import SinkRuntime
 from streams.storage.cache import open_redis
+from streams.storage.registry import ModelRegistry
 from streams.storage.warehouse import Warehouse, apply_ddl, open_warehouse
 from tests.unit.test_gateway import BASE_PARAMS, param_schema, query_routes
 
@@ -262,6 +263,69 @@ def test_tokens_scopes_and_revocation(tmp_path: Path, redis_url: str) -> None:
         store.revoke(read_info.token_id)
         assert get("/signals", read_token).status_code == 401
         assert [t.revoked_us > 0 for t in store.list()] == [True, False]
+
+
+def test_sse_takes_the_token_from_the_query_and_no_other_route_does(tmp_path: Path, redis_url: str) -> None:
+    """A browser's EventSource sends no headers, so /signals/stream alone reads ?access_token=. Tried: no token,
+    a wrong one, a read token on the stream, and the same query token on /signals (still a 401)."""
+    for env in make_env(tmp_path, redis_url, gateway_auth="read", cache_l1_ttl_ms=0):
+        read_token, _ = TokenStore(env.redis).create("dashboard", ["read"])
+        bounded = {"max_events": 1, "timeout_s": 2}
+        assert env.client.get("/signals/stream", params=bounded).status_code == 401
+        assert env.client.get("/signals/stream", params={**bounded, "access_token": "surge_x_y"}).status_code == 401
+        with env.client.stream("GET", "/signals/stream", params={**bounded, "access_token": read_token}) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            assert next(resp.iter_lines()) == "event: snapshot"
+        assert env.client.get("/signals", params={"access_token": read_token}).status_code == 401
+        assert env.client.get("/signals", headers={"Authorization": f"Bearer {read_token}"}).status_code == 200
+
+
+def test_ab_tests_start_read_stop_with_audit(tmp_path: Path, redis_url: str) -> None:
+    """Tried: a read token starting a test (403), unknown and identical models (409), traffic share 0.9 and a
+    lowercase symbol (422), an unknown id (404), stopping twice (409). The happy path is read back from
+    ClickHouse, and each admin action leaves one audit row with the token as actor."""
+    artifacts = Path(__file__).resolve().parents[2] / "streams" / "infer" / "artifacts"
+    for env in make_env(tmp_path, redis_url, cache_l1_ttl_ms=0):
+        registry = ModelRegistry(env.warehouse, LiveClock())
+        a = registry.register(artifacts / "default", "test").model_version
+        b = registry.register(artifacts / "btcusdt-klines", "test").model_version
+        store = TokenStore(env.redis)
+        admin_token, admin = store.create("ops", ["admin"])
+        read_token, _ = store.create("viewer", ["read"])
+        as_admin = {"Authorization": f"Bearer {admin_token}"}
+        body = {"name": "klines vs sim", "model_a": a, "model_b": b, "traffic_b": 0.1, "symbols": ["BTCUSDT"]}
+
+        assert env.client.post("/ab-tests", json=body).status_code == 401
+        assert env.client.post("/ab-tests", json=body,
+                               headers={"Authorization": f"Bearer {read_token}"}).status_code == 403
+        assert env.client.post("/ab-tests", json={**body, "model_b": "nope"}, headers=as_admin).status_code == 409
+        assert env.client.post("/ab-tests", json={**body, "model_b": a}, headers=as_admin).status_code == 409
+        assert env.client.post("/ab-tests", json={**body, "traffic_b": 0.9}, headers=as_admin).status_code == 422
+        assert env.client.post("/ab-tests", json={**body, "symbols": ["btc'--"]},
+                               headers=as_admin).status_code == 422
+        assert env.client.get("/ab-tests/doesnotexist").status_code == 404
+
+        created = env.client.post("/ab-tests", json=body, headers=as_admin)
+        assert created.status_code == 201
+        test = created.json()
+        assert (test["status"], test["model_a"], test["model_b"], test["created_by"]) == (
+            "running", a, b, admin.actor)
+        assert env.client.get(f"/ab-tests/{test['test_id']}").json() == test
+        assert [t["test_id"] for t in env.client.get("/ab-tests", params={"status": "running"}).json()] == [
+            test["test_id"]]
+
+        stopped = env.client.post(f"/ab-tests/{test['test_id']}/stop", params={"result": "B lost on ECE"},
+                                  headers=as_admin)
+        assert stopped.status_code == 200
+        assert (stopped.json()["status"], stopped.json()["result"]) == ("stopped", "B lost on ECE")
+        assert env.client.post(f"/ab-tests/{test['test_id']}/stop", headers=as_admin).status_code == 409
+        assert env.client.get("/ab-tests", params={"status": "running"}).json() == []
+        assert [t["status"] for t in env.client.get("/ab-tests").json()] == ["stopped"]
+        actions = env.warehouse.query(
+            "SELECT action, actor FROM surge.audit_logs WHERE action LIKE 'ab_test_%' ORDER BY at_us")
+        assert [(r["action"], r["actor"]) for r in actions] == [
+            ("ab_test_start", admin.actor), ("ab_test_stop", admin.actor)]
 
 
 def test_rate_limit_is_a_token_bucket_with_retry_after(tmp_path: Path, redis_url: str) -> None:

@@ -286,6 +286,9 @@ async def stream(
     symbol: StreamSymbolQ = None,
     max_events: Annotated[int | None, Query(ge=1, le=1_000_000, description="close after this many events")] = None,
     timeout_s: Annotated[float | None, Query(gt=0, le=86_400, description="close after this long")] = None,
+    access_token: Annotated[str | None, Query(max_length=200, description=(
+        "the bearer token, for clients that cannot send an Authorization header (a browser's EventSource); "
+        "read by the auth dependency, and only on this route"))] = None,
 ) -> StreamingResponse:
     """Live signals as Server-Sent Events: one ``snapshot`` event (the latest signal per instrument), then one
     ``signal`` event per new signal (diffs only: a signal already sent, e.g. a redelivery, is not sent again),
