@@ -61,11 +61,15 @@ class AbTestOut(BaseModel):
 
 
 def _newest(warehouse: Any, where: str = "", parameters: dict[str, Any] | None = None,
-            limit: int = 1_000) -> list[AbTestOut]:
-    # LIMIT 1 BY reads the newest row per test whether or not the ReplacingMergeTree has merged yet.
+            status: Status | None = None, limit: int = 1_000) -> list[AbTestOut]:
+    # LIMIT 1 BY reads the newest row per test whether or not the ReplacingMergeTree has merged yet; the status
+    # filter applies to that row only, so a stopped test's older "running" row never matches.
+    columns = ", ".join(COLUMNS)
     rows = warehouse.query(
-        f"SELECT {', '.join(COLUMNS)} FROM {warehouse.database}.ab_tests {where} "
-        "ORDER BY updated_us DESC LIMIT 1 BY test_id LIMIT {limit:UInt32}", {**(parameters or {}), "limit": limit})
+        f"SELECT {columns} FROM (SELECT {columns} FROM {warehouse.database}.ab_tests {where} "
+        "ORDER BY updated_us DESC LIMIT 1 BY test_id) "
+        "WHERE {status:String} = '' OR status = {status:String} ORDER BY updated_us DESC LIMIT {limit:UInt32}",
+        {**(parameters or {}), "status": status or "", "limit": limit})
     return [AbTestOut.model_validate(r) for r in rows]
 
 
@@ -84,8 +88,7 @@ def _write(warehouse: Any, test: AbTestOut) -> None:
 def list_tests(warehouse: WarehouseDep, status: Annotated[Status | None, Query()] = None,
                limit: Annotated[int, Query(ge=1, le=1_000)] = 100) -> list[AbTestOut]:
     """A/B tests, newest first, each in its current state."""
-    tests = _newest(warehouse, limit=1_000_000)
-    return [t for t in tests if status is None or t.status == status][:limit]
+    return _newest(warehouse, status=status, limit=limit)
 
 
 @router.get("/{test_id}", response_model=AbTestOut, dependencies=[ReadDep],
