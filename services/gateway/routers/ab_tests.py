@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from services.gateway.deps import WarehouseDep
 from services.gateway.errors import WAREHOUSE_ERRORS, ErrorOut
+from services.gateway.routers.models import ADMIN_ERRORS
 from services.gateway.security import AdminToken, ReadDep, audit
 from streams.runtime.clock import LiveClock
 from streams.storage.registry import ModelRegistry
@@ -29,11 +30,9 @@ SYMBOL_PATTERN = r"^[A-Z0-9]{2,20}$"
 Status = Literal["running", "stopped"]
 
 AB_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "no or invalid token"},
-    403: {"model": ErrorOut, "description": "the token lacks scope admin"},
+    **ADMIN_ERRORS,
     404: {"model": ErrorOut, "description": "no such test"},
-    409: {"model": ErrorOut, "description": "refused: unknown model, same model twice, or already stopped"},
-    **WAREHOUSE_ERRORS}
+    409: {"model": ErrorOut, "description": "refused: unknown model, same model twice, or already stopped"}}
 
 
 class AbTestIn(BaseModel):
