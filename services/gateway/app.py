@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -45,9 +46,11 @@ most `SURGE_GATEWAY_MAX_CONCURRENT` requests in flight; beyond, 429 with `Retry-
 """
 
 
-def create_app(settings: Settings, *, predictor: Batcher | None = None) -> FastAPI:
+def create_app(settings: Settings, *, predictor: Batcher | None = None,
+               monotonic: Callable[[], float] = time.monotonic) -> FastAPI:
     """A gateway bound to ``settings``; the warehouse and Redis are opened on first use, closed at shutdown.
-    ``predictor`` replaces the /predict batcher (the benchmark's naive baseline)."""
+    ``predictor`` replaces the /predict batcher (the benchmark's naive baseline); ``monotonic`` is the clock of
+    the rate limiter and the response cache (a test freezes it, so refills do not depend on its speed)."""
     resources = Resources(settings)
 
     def active_artifact() -> str | None:
@@ -76,8 +79,8 @@ def create_app(settings: Settings, *, predictor: Batcher | None = None) -> FastA
     app.state.decision_config = DecisionConfig.from_settings(settings)
     app.state.cost_model = CostModel.from_settings(settings)
     app.state.limiter = RateLimiter(settings.gateway_rate_per_min, settings.gateway_burst,
-                                    settings.gateway_max_concurrent)
-    app.state.response_cache = ResponseCache(settings.gateway_cache_ttl_s)
+                                    settings.gateway_max_concurrent, clock=monotonic)
+    app.state.response_cache = ResponseCache(settings.gateway_cache_ttl_s, clock=monotonic)
     read = [Depends(require_read)]
     read_errors: dict[int | str, dict[str, Any]] = {
         401: {"model": errors.ErrorOut, "description": "no or invalid token (reads need one when "

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import parse_qs
 
 import orjson
 import redis
@@ -261,6 +262,8 @@ class GatewayMiddleware:
         path: str = scope.get("path", "")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         token = bearer(headers.get)
+        if token is None and path in QUERY_TOKEN_PATHS:  # the SSE client is limited by its token, like the rest
+            token = _query_param(scope.get("query_string", b""), QUERY_TOKEN_PARAM)
         if path in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
@@ -313,6 +316,11 @@ class GatewayMiddleware:
             await _send(send, 304, [(b"etag", etag.encode())], b"")
             return
         await _send(send, 200, [*kept, (b"x-cache", b"hit" if self.cache.hits and hit else b"miss")], body)
+
+
+def _query_param(query_string: bytes, name: str) -> str | None:
+    values = parse_qs(query_string.decode("latin-1")).get(name)
+    return values[0] if values else None
 
 
 async def _send(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], status: int,

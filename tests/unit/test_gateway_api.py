@@ -8,7 +8,7 @@ import asyncio
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,8 @@ class Env:
         rt.redis.close()
 
 
-def make_env(tmp_path: Path, redis_url: str, **overrides: Any) -> Iterator[Env]:
+def make_env(tmp_path: Path, redis_url: str, monotonic: Callable[[], float] = time.monotonic,
+             **overrides: Any) -> Iterator[Env]:
     folder = tmp_path / "ch"
     wh = open_warehouse(f"chdb://{folder}", "surge")
     apply_ddl(wh, "surge")
@@ -70,7 +71,7 @@ def make_env(tmp_path: Path, redis_url: str, **overrides: Any) -> Iterator[Env]:
     r.flushall()
     settings = Settings(clickhouse_url=f"chdb://{folder}", redis_url=redis_url, **overrides)
     try:
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings, monotonic=monotonic)) as client:
             yield Env(client=client, warehouse=wh, redis=r, redis_url=redis_url, folder=folder)
     finally:
         r.close()
@@ -281,6 +282,21 @@ def test_sse_takes_the_token_from_the_query_and_no_other_route_does(tmp_path: Pa
         assert env.client.get("/signals", headers={"Authorization": f"Bearer {read_token}"}).status_code == 200
 
 
+def test_sse_query_token_shares_its_tokens_rate_limit_bucket(tmp_path: Path, redis_url: str) -> None:
+    """The stream's ?access_token= client is limited as that token (not as the peer address): two header reads
+    spend the token's bucket of 2, so the stream with the same token is a 429, while the peer's own bucket
+    (no token: a 401 from the route, not a 429) is untouched."""
+    frozen = [0.0]
+    for env in make_env(tmp_path, redis_url, lambda: frozen[0], gateway_auth="read", cache_l1_ttl_ms=0,
+                        gateway_rate_per_min=2.0, gateway_burst=1.0):
+        token, _ = TokenStore(env.redis).create("dashboard", ["read"])
+        auth = {"Authorization": f"Bearer {token}"}
+        assert [env.client.get("/signals", headers=auth).status_code for _ in range(2)] == [200, 200]
+        params = {"max_events": 1, "timeout_s": 1, "access_token": token}
+        assert env.client.get("/signals/stream", params=params).status_code == 429
+        assert env.client.get("/signals").status_code == 401
+
+
 def test_ab_tests_start_read_stop_with_audit(tmp_path: Path, redis_url: str) -> None:
     """Tried: a read token starting a test (403), unknown and identical models (409), traffic share 0.9 and a
     lowercase symbol (422), an unknown id (404), stopping twice (409). The happy path is read back from
@@ -329,7 +345,8 @@ def test_ab_tests_start_read_stop_with_audit(tmp_path: Path, redis_url: str) -> 
 
 
 def test_rate_limit_is_a_token_bucket_with_retry_after(tmp_path: Path, redis_url: str) -> None:
-    for env in make_env(tmp_path, redis_url, gateway_rate_per_min=60.0, gateway_burst=1.5):
+    frozen = [100.0]  # no refill while the requests run, however slow the machine
+    for env in make_env(tmp_path, redis_url, lambda: frozen[0], gateway_rate_per_min=60.0, gateway_burst=1.5):
         codes = [env.client.get("/symbols").status_code for _ in range(91)]
         assert codes[:90] == [200] * 90 and codes[90] == 429  # bucket 60 x 1.5
         resp = env.client.get("/symbols")
@@ -337,6 +354,8 @@ def test_rate_limit_is_a_token_bucket_with_retry_after(tmp_path: Path, redis_url
         assert "rate limit" in resp.json()["detail"]
         assert env.client.get("/health").status_code == 200  # not limited
         assert "surge_gateway_rate_limited_total" in env.client.get("/metrics").text
+        frozen[0] += 1.0
+        assert env.client.get("/symbols").status_code == 200  # one token back after a second
 
 
 def test_rate_limiter_refills_and_caps_concurrency() -> None:
