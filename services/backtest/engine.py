@@ -749,6 +749,15 @@ def _execute(sim: Simulation, book: mt.Book, order: Order, at: int) -> None:
         sim.send(order, at)  # what the levels did not hold goes again
 
 
+def default_model(data: Sequence[Path], settings: Settings) -> Path:
+    """The model a run uses when none is named: the shipped klines model for klines, else the live default."""
+    from streams.features.batch import is_kline_path
+    from streams.infer.artifacts import shipped
+    from streams.infer.stage import model_dir
+
+    return shipped("btcusdt-klines") if all(is_kline_path(Path(p)) for p in data) else model_dir(settings)
+
+
 def run(cfg: BacktestConfig, settings: Settings, progress: Progress | None = None) -> BacktestResult:
     """Klines or captures (not both in one run), by the batch driver's own rule."""
     from streams.features.batch import is_kline_path

@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 
-from streams.storage.warehouse import Warehouse
+from streams.runtime.settings import Settings
+from streams.storage.warehouse import Warehouse, apply_ddl_from, open_warehouse_from
 
 TABLE = "backtest_runs"
 SUMMARY_COLUMNS = (
@@ -53,3 +54,15 @@ def get_run(warehouse: Warehouse, run_id: str) -> dict[str, Any] | None:
     row["metrics"] = orjson.loads(row["metrics"])
     row["config"] = orjson.loads(row["config"])
     return row
+
+
+def store_report(settings: Settings, report: dict[str, Any], created_us: int) -> str:
+    """Apply the schema and save the run in ``backtest_runs``; returns the table's qualified name. Raises the
+    warehouse's error when it is down (the caller decides whether the files alone are enough)."""
+    wh = open_warehouse_from(settings)
+    try:
+        apply_ddl_from(wh, settings)
+        save_run(wh, report, created_us)
+    finally:
+        wh.close()
+    return f"{settings.clickhouse_database}.backtest_runs"

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from streams.runtime.settings import Settings
+
 console = Console(stderr=True)
 
 
@@ -55,12 +57,10 @@ def backtest(
     store: Annotated[bool, typer.Option(help="Store the run in ClickHouse backtest_runs")] = True,
 ) -> None:
     """Backtest recorded data with the live features, model, decision core and risk state machine."""
-    from services.backtest.engine import BacktestConfig, run
+    from services.backtest.engine import BacktestConfig, default_model, run
     from services.backtest.matching import MODE_NAMES
     from services.backtest.report import build_report, write_outputs
     from services.backtest.wheel import parse_latency
-    from streams.features.batch import is_kline_path
-    from streams.runtime.settings import Settings
 
     missing = [str(p) for p in data if not p.exists()]
     if missing:
@@ -78,10 +78,7 @@ def backtest(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     if model is None:
-        from streams.infer.artifacts import shipped
-        from streams.infer.stage import model_dir
-
-        model = shipped("btcusdt-klines") if all(is_kline_path(p) for p in data) else model_dir(settings)
+        model = default_model(data, settings)
     cfg = BacktestConfig(data=tuple(data), model_dir=model, mode=mode, latency=latency_ms, start_us=start_us,
                          end_us=end_us, seed=seed, capital=capital, kline_spread_bps=kline_spread_bps, venue=venue)
     started = time.perf_counter()
@@ -105,20 +102,13 @@ def backtest(
     console.print(f"wrote {paths['json']}, {paths['trades']}, {paths['html']}")
 
 
-def _store(settings: object, report: dict[str, object]) -> None:
-    from services.backtest.store import save_run
-    from streams.runtime.settings import Settings
-    from streams.storage.warehouse import WarehouseError, apply_ddl_from, open_warehouse_from
+def _store(settings: Settings, report: dict[str, object]) -> None:
+    from services.backtest.store import store_report
+    from streams.storage.warehouse import WarehouseError
 
-    assert isinstance(settings, Settings)
     try:
-        wh = open_warehouse_from(settings)
-        try:
-            apply_ddl_from(wh, settings)
-            save_run(wh, report, time.time_ns() // 1000)
-        finally:
-            wh.close()
-        console.print(f"stored run {report['run_id']} in {settings.clickhouse_database}.backtest_runs")
+        table = store_report(settings, report, time.time_ns() // 1000)
+        console.print(f"stored run {report['run_id']} in {table}")
     except (WarehouseError, OSError, RuntimeError) as exc:
         console.print(f"[yellow]run not stored in ClickHouse ({type(exc).__name__}: {exc}); the files have it[/yellow]")
 

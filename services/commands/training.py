@@ -179,7 +179,7 @@ def retrain(
     from services.training.dataset import DataError
     from services.training.retrain import RetrainError
     from services.training.retrain import retrain as run_retrain
-    from services.training.train import TrainConfig
+    from services.training.train import KLINES_RECIPE, TrainConfig
     from streams.runtime.clock import LiveClock
     from streams.runtime.settings import Settings
     from streams.storage.registry import RegistryError
@@ -190,9 +190,8 @@ def retrain(
     apply_ddl_from(warehouse, settings)
     since_us = int((time.time() - since_hours * 3600) * 1e6) if since_hours > 0 else 0
     try:
-        cfg = TrainConfig(horizons=_horizons(horizons), objective="logloss", class_weight="none",
-                          monotone_increasing=("parkinson_5m", "parkinson_1h", "rv_1h"), calibration="temperature",
-                          calibration_recent_days=calibration_days, lambda_l2=270.0)
+        cfg = TrainConfig(horizons=_horizons(horizons), **{**KLINES_RECIPE,
+                                                           "calibration_recent_days": calibration_days})
         result = run_retrain(warehouse, LiveClock(), _files(data), out, cfg, canary_share=settings.canary_share,
                              eval_data=_files(eval_data or []), since_us=since_us, min_outcomes=min_outcomes,
                              max_ece=max_ece, actor=f"retrain:{os_actor()}",

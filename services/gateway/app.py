@@ -19,6 +19,7 @@ from services.gateway.routers import (
     dead_letters,
     export,
     health,
+    jobs,
     metrics,
     models,
     outcomes,
@@ -101,6 +102,7 @@ def create_app(settings: Settings, *, predictor: Batcher | None = None,
     app.include_router(export.router, dependencies=read, responses=read_errors)
     app.include_router(models.router)  # reads take require_read themselves; deploy/rollback need admin
     app.include_router(ab_tests.router)  # likewise: reads take require_read, start/stop need admin
+    app.include_router(jobs.router)  # likewise: reads take require_read, submissions need admin
     app.include_router(metrics.router)
 
     def client_of(token: str | None, peer: str) -> str:

@@ -33,14 +33,14 @@ import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from services.training import export
 from services.training.card import card_markdown, plot_reliability
@@ -67,6 +67,12 @@ IntArray = npt.NDArray[np.int64]
 ObjectiveName = Literal["focal", "logloss"]
 CalibrationName = Literal["isotonic", "platt", "beta", "temperature"]
 OBJECTIVES: tuple[ObjectiveName, ...] = ("focal", "logloss")
+
+
+# The shipped klines model's recipe (its card says why): `surge retrain` and walk-forward jobs train with it.
+KLINES_RECIPE: Final[dict[str, Any]] = {
+    "objective": "logloss", "class_weight": "none", "monotone_increasing": ("parkinson_5m", "parkinson_1h", "rv_1h"),
+    "calibration": "temperature", "calibration_recent_days": 15.0, "lambda_l2": 270.0}
 
 
 @dataclass(frozen=True)
@@ -161,15 +167,39 @@ def sample_weights(lab: Labelled, h: int, rows: IntArray, cfg: TrainConfig) -> F
 
 
 class Steps:
-    """A rich progress bar on stderr (or nothing, for tests)."""
+    """A rich progress bar on stderr (or nothing, for tests); ``listener`` also hears every step as
+    (done, total, description) and every log line as (-1, -1, line): a job worker's progress reports."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, listener: Callable[[int, int, str], None] | None = None) -> None:
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=Console(stderr=True), disable=quiet, transient=False)
         self.console = Console(stderr=True, quiet=quiet)
+        self.listener = listener
+        self._done, self._total, self._description = 0, 0, ""
 
     def log(self, msg: str) -> None:
         self.console.print(msg)
+        if self.listener is not None:
+            self.listener(-1, -1, msg)
+
+    def begin(self, total: int, description: str) -> TaskID:
+        self._done, self._total, self._description = 0, total, description
+        self._tell()
+        return self.progress.add_task(description, total=total)
+
+    def describe(self, task: TaskID, description: str) -> None:
+        self._description = description
+        self.progress.update(task, description=description)
+        self._tell()
+
+    def advance(self, task: TaskID) -> None:
+        self._done += 1
+        self.progress.advance(task)
+        self._tell()
+
+    def _tell(self) -> None:
+        if self.listener is not None:
+            self.listener(self._done, self._total, self._description)
 
 
 @dataclass
@@ -345,11 +375,13 @@ def train(
     command: str = "",
     variants_horizon: int | None = None,
     pool_data: Sequence[Path] = (),
+    listener: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
     """``surge train``: the pipeline on kline files; writes the artifact folder and returns the card. With
     ``variants_horizon`` every variant of ``services.training.variants`` is also evaluated on that horizon and
-    reported in the card; ``pool_data`` (other symbols' kline files) joins only the pooled variant."""
-    steps = Steps(quiet)
+    reported in the card; ``pool_data`` (other symbols' kline files) joins only the pooled variant. ``listener``
+    hears the progress (``Steps``)."""
+    steps = Steps(quiet, listener)
     ds = klines_set(data, cfg, eval_data=eval_data, frame_fn=frame_fn, command=command, steps=steps)
     pool: PoolSet | None = None
     if pool_data and variants_horizon is not None:
@@ -397,11 +429,10 @@ def train_on(ds: TrainingSet, out_dir: Path, cfg: TrainConfig, steps: Steps | No
     total = sum(len(OBJECTIVES) * (cfg.folds + 1) for _ in cfg.horizons)
     results: dict[int, HorizonResult] = {}
     with steps.progress:
-        task = steps.progress.add_task("purged CV + final fits", total=total)
+        task = steps.begin(total, "purged CV + final fits")
         for h in cfg.horizons:
-            steps.progress.update(task, description=f"h={h} min: purged CV + final fits")
-            results[h] = train_horizon(lab, h, rows_of[h][0], x, names, cfg,
-                                       lambda: steps.progress.advance(task))
+            steps.describe(task, f"h={h} min: purged CV + final fits")
+            results[h] = train_horizon(lab, h, rows_of[h][0], x, names, cfg, lambda: steps.advance(task))
         steps.progress.update(task, completed=total)
 
     shipped = [results[h].boosters[cfg.objective] for h in cfg.horizons]

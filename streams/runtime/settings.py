@@ -84,6 +84,28 @@ class Settings(BaseSettings):
                              "prediction and book top per instrument")
     cache_l1_ttl_ms: float = Field(250.0, ge=0, le=5000, description="Gateway: in-process cache TTL of hot "
                                    "Redis keys (0 disables)")
+    # Jobs (services/jobs/): training, evaluation and backtests started through the gateway, run by a worker.
+    jobs_worker_name: str = Field("worker-0", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Jobs: this "
+                                  "worker's name (its running list in Redis; give each replica its own)")
+    jobs_data_root: Path = Field(Path("../shared/data"), description="Jobs: data and model paths a job names "
+                                 "must lie under this folder, the shipped models or data_dir")
+    jobs_ttl_days: float = Field(7.0, gt=0, description="Jobs: how long a finished job stays readable")
+    jobs_max_attempts: int = Field(2, ge=1, le=10, description="Jobs: a job whose worker died this many times "
+                                   "while running it fails instead of being retried")
+    # Notifications (services/notify/, `surge notify`).
+    notify_webhook_url: SecretStr | None = Field(None, description="surge notify: Slack- or Discord-compatible "
+                                                 "incoming webhook URL (a secret: it carries the hook's token)")
+    notify_format: Literal["slack", "discord"] = Field("slack", description="surge notify: payload shape "
+                                                       "({\"text\"} or {\"content\"})")
+    notify_min_tier: Literal["A", "B"] = Field("A", description="surge notify: lowest signal tier posted")
+    notify_rate_per_min: float = Field(20.0, gt=0, description="surge notify: posts per minute at most (token "
+                                       "bucket); beyond, signals are summed up in one digest post")
+    notify_burst: float = Field(1.0, ge=1, description="surge notify: bucket size as a multiple of the rate")
+    notify_dedup_ttl_s: float = Field(86_400.0, gt=0, description="surge notify: a notification key (signal id, "
+                                      "risk transition, job state) is posted once within this (Redis SET NX)")
+    notify_timeout_s: float = Field(5.0, gt=0, description="surge notify: webhook request timeout")
+    notify_max_attempts: int = Field(5, ge=1, description="surge notify: attempts per post before it goes to "
+                                     "dlq.v1 with the reason")
     # Gateway (services/gateway/).
     gateway_auth: Literal["open", "read"] = Field("open", description="Gateway: read routes open, or requiring "
                                                   "a bearer token with scope read (admin routes always need admin)")

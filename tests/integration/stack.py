@@ -29,13 +29,17 @@ from streams.runtime.settings import Settings
 from tests.conftest import REPO_ROOT, ephemeral_port_range, free_port
 
 
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1,
+             context: Callable[[], str] | None = None) -> None:
+    """Poll ``check`` until it holds; on timeout the error carries ``context()`` (e.g. log tails), so a failure
+    on CI says what the processes were doing."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    detail = f"\n{context()}" if context is not None else ""
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{detail}")
 
 
 def http_ok(url: str) -> bool:

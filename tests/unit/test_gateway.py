@@ -253,7 +253,8 @@ def test_openapi_lists_every_route(env: Env) -> None:
                      "/models/{version}/rollback", "/metrics", "/reports/backtest", "/reports/backtest/{run_id}",
                      "/reports/realtime", "/reports/regime", "/reports/window", "/reports/calibration",
                      "/reports/attribution", "/risk", "/ab-tests", "/ab-tests/{test_id}",
-                     "/ab-tests/{test_id}/stop"}
+                     "/ab-tests/{test_id}/stop", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events",
+                     "/jobs/train", "/jobs/evaluate", "/jobs/backtest"}
 
 
 def test_dead_letters_listed_and_counted(env: Env) -> None:
@@ -532,7 +533,7 @@ def test_503_bodies_name_the_dependency_and_leak_nothing(
                 assert body == {"status": "degraded", "dependencies": {
                     "warehouse": {"ok": False, "detail": "unavailable: WarehouseUnavailable"},
                     "redis": {"ok": False, "detail": "unavailable: ConnectionError"}}, "symbols": []}
-            elif path in ("/signals", "/signals/latest", "/symbols", "/predictions/latest", "/risk"):
+            elif path in ("/signals", "/signals/latest", "/symbols", "/predictions/latest", "/risk", "/jobs"):
                 assert body == {"detail": "redis unavailable"}, path
             else:
                 assert body == {"detail": "warehouse unavailable"}, path

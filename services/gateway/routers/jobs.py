@@ -1,0 +1,160 @@
+"""Jobs (services/jobs/): start training, walk-forward evaluation and backtests (admin, audited), read their state
+and follow their progress (read scope). A worker process (``surge jobs worker``) runs them; their state lives in
+Redis, so it survives a gateway restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from services.gateway.deps import RedisDep, SettingsDep, WarehouseDep
+from services.gateway.errors import REDIS_ERRORS, ErrorOut
+from services.gateway.routers.models import ADMIN_ERRORS
+from services.gateway.security import AdminToken, ReadDep, audit
+from services.jobs import kinds
+from services.jobs.store import JobError, JobState, JobStore
+from streams.runtime.clock import LiveClock
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+JobIdP = Annotated[str, Path(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$", description="job id")]
+EVENT_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "no such job (or it expired)"}}
+SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **{k: v for k, v in ADMIN_ERRORS.items() if k != 409}, **REDIS_ERRORS,
+    422: {"model": ErrorOut, "description": "invalid parameters, or a path outside the allowed folders"}}
+
+
+class JobOut(BaseModel):
+    job_id: str
+    kind: str
+    params: dict[str, Any]
+    state: JobState
+    progress: float
+    message: str
+    actor: str
+    created_us: int
+    started_us: int
+    finished_us: int
+    result: dict[str, Any]
+    error: str
+    attempts: int
+
+
+class JobEventOut(BaseModel):
+    event_id: str
+    job_id: str
+    state: JobState
+    progress: float
+    message: str
+    ts_us: int
+
+
+def _store(client: Any, settings: Any) -> JobStore:
+    return JobStore(client, LiveClock(), settings.jobs_ttl_days)
+
+
+def _out(job: Any) -> JobOut:
+    return JobOut.model_validate(dataclasses.asdict(job))
+
+
+def _submit(kind: str, body: BaseModel, client: Any, settings: Any, warehouse: Any, token: Any) -> JobOut:
+    try:
+        params = kinds.validate(kind, body.model_dump(mode="json"), kinds.JobPaths(settings, "-"))
+    except (kinds.JobInputError, ValidationError) as exc:
+        raise HTTPException(422, str(exc)) from None
+    job = _store(client, settings).submit(kind, params.model_dump(mode="json"), token.actor)
+    audit(warehouse, f"job_submit_{kind}", token.actor, job.job_id, orjson.dumps(job.params).decode()[:2_000])
+    return _out(job)
+
+
+@router.post("/train", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def submit_train(body: kinds.TrainParams, client: RedisDep, settings: SettingsDep, warehouse: WarehouseDep,
+                 token: AdminToken) -> JobOut:
+    """Queue ``surge train`` (audited); follow it at ``/jobs/{id}`` and ``/jobs/{id}/events``."""
+    return _submit("train", body, client, settings, warehouse, token)
+
+
+@router.post("/evaluate", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def submit_evaluate(body: kinds.EvaluateParams, client: RedisDep, settings: SettingsDep, warehouse: WarehouseDep,
+                    token: AdminToken) -> JobOut:
+    """Queue ``surge evaluate --walk-forward`` (audited)."""
+    return _submit("evaluate", body, client, settings, warehouse, token)
+
+
+@router.post("/backtest", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def submit_backtest(body: kinds.BacktestParams, client: RedisDep, settings: SettingsDep, warehouse: WarehouseDep,
+                    token: AdminToken) -> JobOut:
+    """Queue ``surge backtest`` (audited); the run is stored in ``backtest_runs`` (``/reports/backtest``)."""
+    return _submit("backtest", body, client, settings, warehouse, token)
+
+
+@router.get("", response_model=list[JobOut], responses=REDIS_ERRORS, dependencies=[ReadDep])
+def list_jobs(client: RedisDep, settings: SettingsDep,
+              state: Annotated[JobState | None, Query()] = None,
+              kind: Annotated[Literal["train", "evaluate", "backtest"] | None, Query()] = None,
+              limit: Annotated[int, Query(ge=1, le=1_000)] = 100) -> list[JobOut]:
+    """Jobs, newest first."""
+    return [_out(j) for j in _store(client, settings).recent(limit, state, kind)]
+
+
+@router.get("/{job_id}", response_model=JobOut, responses={**REDIS_ERRORS, **NOT_FOUND}, dependencies=[ReadDep])
+def get_job(client: RedisDep, settings: SettingsDep, job_id: JobIdP) -> JobOut:
+    try:
+        return _out(_store(client, settings).get(job_id))
+    except JobError as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+def _sse(event: Any) -> bytes:
+    doc = JobEventOut.model_validate(dataclasses.asdict(event)).model_dump(mode="json")
+    return f"id: {event.event_id}\nevent: progress\ndata: ".encode() + orjson.dumps(doc) + b"\n\n"
+
+
+@router.get("/{job_id}/events", dependencies=[ReadDep],
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "Server-Sent Events: one `progress` event per report, with its id"},
+                       **REDIS_ERRORS, **NOT_FOUND})
+async def job_events(
+    request: Request, client: RedisDep, settings: SettingsDep, job_id: JobIdP,
+    after: Annotated[str | None, Query(max_length=41, pattern=EVENT_ID, description="resume after this event id")]
+    = None,
+    last_event_id: Annotated[str | None, Header(pattern=EVENT_ID, description="as `after`; sent by "
+                                                                              "EventSource on reconnect")] = None,
+    timeout_s: Annotated[float | None, Query(gt=0, le=86_400, description="close after this long")] = None,
+) -> StreamingResponse:
+    """The job's progress events from the first (or after ``after`` / ``Last-Event-ID``), live until the job
+    ends: the stream closes after the succeeded or failed event."""
+    store = _store(client, settings)
+    try:
+        await asyncio.to_thread(store.get, job_id)
+    except JobError as exc:
+        raise HTTPException(404, str(exc)) from None
+    deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+
+    async def events() -> AsyncIterator[bytes]:
+        cursor = after or last_event_id or "0"
+        last_beat = time.monotonic()
+        while deadline is None or time.monotonic() < deadline:
+            if await request.is_disconnected():
+                return
+            batch = await asyncio.to_thread(store.events, job_id, cursor, 500)
+            for event in batch:
+                cursor = event.event_id
+                yield _sse(event)
+                if event.state.terminal:
+                    return
+            if not batch and time.monotonic() - last_beat > 15:
+                last_beat = time.monotonic()
+                yield b": keep-alive\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
