@@ -1,7 +1,8 @@
 """Container HEALTHCHECK for every surge process in the image: probes the process that PID 1 runs.
 
 ``surge stage NAME`` -> GET /healthz on the stage's metrics port (SURGE_METRICS_BASE_PORT + stage index);
-``surge gateway`` -> GET /health on SURGE_GATEWAY_PORT; anything else (``surge topics``, one-shot commands)
+``surge gateway`` -> GET /health on SURGE_GATEWAY_PORT; ``surge jobs worker`` and ``surge notify`` -> GET /healthz
+on their ports (``Settings.service_port``); anything else (``surge topics``, one-shot commands)
 is healthy while it runs. Exit 0 healthy, 1 unhealthy (Docker's contract). Standard library plus surge's
 settings only, so it costs one short-lived Python process per probe.
 """
@@ -24,6 +25,10 @@ def target(argv: list[str]) -> str | None:
             return f"http://127.0.0.1:{settings.stage_port(name)}/healthz"
     if "gateway" in args:
         return f"http://127.0.0.1:{settings.gateway_port}/health"
+    if "jobs" in args and "worker" in args:
+        return f"http://127.0.0.1:{settings.service_port('jobs')}/healthz"
+    if "notify" in args:
+        return f"http://127.0.0.1:{settings.service_port('notify')}/healthz"
     return None
 
 

@@ -46,7 +46,7 @@ def worker(port: Annotated[int | None, typer.Option(help="Serve /metrics, /healt
     job_worker = Worker(store, settings)
     # A job can run for minutes without a loop turn: readiness is Redis answering, not a recent beat.
     health = HealthState(stall_after_s=float("inf"))
-    stop_http = serve_health(port if port is not None else settings.metrics_base_port + 10, job_worker.registry,
+    stop_http = serve_health(port if port is not None else settings.service_port("jobs"), job_worker.registry,
                              health, settings.metrics_host)
     try:
         store.redis.ping()

@@ -162,6 +162,9 @@ def plan_children(settings: Settings, source: str) -> list[ChildSpec]:
                   ready=http_ok(f"http://127.0.0.1:{settings.stage_port(stage)}/healthz"))
         for stage in reversed(STAGES)  # consumers before the producer, so no early tick waits for a join
     )
+    # Jobs queued through the gateway (POST /jobs/...) are run by this worker; its state is in Redis.
+    children.append(ChildSpec("jobs", surge_cli("jobs", "worker"), env,
+                              ready=http_ok(f"http://127.0.0.1:{settings.service_port('jobs')}/healthz")))
     children.append(ChildSpec("gateway", surge_cli("gateway"), env,
                               ready=http_ok(f"http://{settings.gateway_host}:{settings.gateway_port}/health")))
     return children

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +13,7 @@ ENV_PREFIX = "SURGE_"
 
 StageName = Literal["ingest", "features", "infer", "decision", "sink", "outcomes"]
 STAGES: tuple[StageName, ...] = ("ingest", "features", "infer", "decision", "sink", "outcomes")
+SERVICE_PORT_OFFSETS: Final = {"jobs": 10, "notify": 20}
 
 
 class Settings(BaseSettings):
@@ -330,6 +331,10 @@ class Settings(BaseSettings):
 
     def stage_port(self, stage: str) -> int:
         return self.metrics_base_port + STAGES.index(stage)
+
+    def service_port(self, service: str) -> int:
+        """/metrics, /healthz, /readyz of a process that is not a stage: base + 10 (jobs worker), + 20 (notify)."""
+        return self.metrics_base_port + SERVICE_PORT_OFFSETS[service]
 
     def warehouse_url(self) -> str:
         return self.clickhouse_url or f"surge+http://127.0.0.1:{self.warehouse_port}"

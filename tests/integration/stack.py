@@ -146,14 +146,22 @@ class StackProcesses:
 def stack_env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURGE_")}
     base = free_port()
-    # Stage ports are base..base+5; pick a base whose whole range is free.
-    while base + 7 >= ephemeral_port_range()[0] or any(port_open(base + i) for i in range(7)):
+    # Stage ports are base..base+5, the jobs worker's base+10, the notifier's base+20: the whole range is free.
+    span = 21
+    while base + span >= ephemeral_port_range()[0] or any(port_open(base + i) for i in range(span)):
         base = free_port()
+
+    def outside_the_range() -> int:
+        port = free_port()
+        while base <= port < base + span:
+            port = free_port()
+        return port
+
     env.update({
-        "SURGE_BROKER_PORT": str(free_port()),
-        "SURGE_WAREHOUSE_PORT": str(free_port()),
-        "SURGE_REDIS_PORT": str(free_port()),
-        "SURGE_GATEWAY_PORT": str(free_port()),
+        "SURGE_BROKER_PORT": str(outside_the_range()),
+        "SURGE_WAREHOUSE_PORT": str(outside_the_range()),
+        "SURGE_REDIS_PORT": str(outside_the_range()),
+        "SURGE_GATEWAY_PORT": str(outside_the_range()),
         "SURGE_METRICS_BASE_PORT": str(base),
         "SURGE_DATA_DIR": str(root / "data"),
         "SURGE_PARTITIONS": "3",

@@ -70,7 +70,9 @@ def test_prometheus_scrapes_every_stage_service_on_its_port() -> None:
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "surge-stages")
     targets = {sd["names"][0]: sd["port"] for sd in job["dns_sd_configs"]}
     settings = Settings()
-    assert targets == {stage: settings.stage_port(stage) for stage in STAGES}
+    wanted: dict[str, int] = {stage: settings.stage_port(stage) for stage in STAGES}
+    wanted.update({name: settings.service_port(name) for name in ("jobs", "notify")})
+    assert targets == wanted
     mounts = services()["prometheus"]["volumes"]
     assert "./deploy/prometheus/rules.yml:/etc/prometheus/rules.yml:ro" in mounts
 
@@ -126,3 +128,7 @@ def test_the_container_healthcheck_probes_the_process_it_runs() -> None:
             f"http://127.0.0.1:{settings.stage_port(stage)}/healthz")
     assert target(["surge", "gateway"]) == f"http://127.0.0.1:{settings.gateway_port}/health"
     assert target(["surge", "topics"]) is None
+    assert target(["surge", "jobs", "worker", "--port", "9999"]) == (
+        f"http://127.0.0.1:{settings.service_port('jobs')}/healthz")
+    assert target(["surge", "notify", "--format", "discord"]) == (
+        f"http://127.0.0.1:{settings.service_port('notify')}/healthz")

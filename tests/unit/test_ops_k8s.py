@@ -118,7 +118,7 @@ def test_gateway_service_ingress_and_service_monitor(overlay: str) -> None:
     wanted = monitor["spec"]["selector"]["matchLabels"]
     monitored = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"
                  and wanted.items() <= d["metadata"].get("labels", {}).items()}
-    assert monitored == {f"surge-{s}" for s in STAGES}
+    assert monitored == {f"surge-{s}" for s in (*STAGES, "jobs", "notify")}
     assert {"targetLabel": "job", "replacement": "surge-stages"} in monitor["spec"]["endpoints"][0]["relabelings"]
 
 

@@ -1,0 +1,1 @@
+"""`surge notify`: actionable signals, risk-state changes and finished jobs posted to a chat webhook."""
