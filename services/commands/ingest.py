@@ -50,6 +50,8 @@ def fake_exchange(
     malformed_every: Annotated[int, typer.Option(help="A malformed frame before every Nth message")] = 0,
     malformed_symbols: Annotated[str | None, typer.Option(help="Only these symbols get malformed frames")] = None,
     delay_ms: Annotated[float, typer.Option(help="Delay every WebSocket frame by D ms")] = 0.0,
+    liquidations_every: Annotated[int, typer.Option(
+        help="USD-M: synthesize a forceOrder liquidation from every Nth replayed trade of a symbol")] = 0,
     start_delay: Annotated[float, typer.Option(help="Seconds from the first connection to the market start")] = 1.0,
     start_now: Annotated[bool, typer.Option(help="Start the market at once, not on the first connection")] = False,
     rebase_time: Annotated[bool, typer.Option(help="Map recorded exchange times onto the wall clock")] = True,
@@ -68,7 +70,8 @@ def fake_exchange(
     options = FakeOptions(venue=venue, speed=speed, inject_gap_every=inject_gap_every,
                           inject_duplicates=inject_duplicates, disconnect_after_s=disconnect_after,
                           malformed_every=malformed_every, malformed_symbols=wanted, delay_ms=delay_ms,
-                          start_delay_s=start_delay, start_on_connect=not start_now, rebase_time=rebase_time)
+                          start_delay_s=start_delay, start_on_connect=not start_now, rebase_time=rebase_time,
+                          liquidations_every=liquidations_every)
     try:
         main(capture, options, host, port)
     except (FileNotFoundError, ValueError) as exc:

@@ -1,6 +1,10 @@
-"""Build the shipped default model, reproducibly, from the built-in market simulator.
+"""Build the shipped simulator model, reproducibly, from the built-in market simulator.
 
-    python -m services.training.default_model --out streams/infer/artifacts/default
+    python -m services.training.default_model --out streams/infer/artifacts/simulator
+
+It is not the pipeline's default any more (that is ``btcusdt-klines``, trained on real klines): it stays for the
+tests and benchmarks that need a model of the simulator's tick-level features (book, sub-minute flow), which
+the kline model does not use. The module keeps its name because scripts and the card refer to it.
 
 This module is the simulator's dataset; everything after it is the training pipeline of ``train.py``
 (``train_on``), the one ``surge train`` runs on klines: triple-barrier labels of ``labels.py``, purged k-fold CV,
@@ -59,7 +63,7 @@ IntArray = npt.NDArray[np.int64]
 US = 1_000_000
 BAR_MS = 1_000  # one simulated second
 START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z: a fixed epoch, so runs are byte-identical
-DEFAULT_OUT = Path("streams/infer/artifacts/default")
+DEFAULT_OUT = Path("streams/infer/artifacts/simulator")
 # Not model inputs on the simulator: time of day (one simulated hour: it only says where in the run a sample is),
 # windows >= 15 min (NaN for the first half of every run, so they too encode the position in the run) and the
 # derivatives features (the simulator has no mark prices).

@@ -26,6 +26,7 @@ Protocol, fixed before looking at any evaluation data (nothing below is tuned on
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -441,6 +442,11 @@ def train_on(ds: TrainingSet, out_dir: Path, cfg: TrainConfig, steps: Steps | No
     onnx_bytes = proto.SerializeToString()
     onnx_sha = hashlib.sha256(onnx_bytes).hexdigest()
     (out_dir / "model.onnx").write_bytes(onnx_bytes)
+    # The same boosters as gzipped LightGBM text (mtime 0: reproducible bytes): the infer stage's SHAP worker
+    # runs pred_contrib on them (streams/infer/shap.py).
+    booster_files = {str(h): f"booster_{h}.txt.gz" for h in cfg.horizons}
+    for h, booster in zip(cfg.horizons, shipped, strict=True):
+        (out_dir / booster_files[str(h)]).write_bytes(gzip.compress(booster.model_to_string().encode(), 9, mtime=0))
 
     train_rows_any = np.unique(np.concatenate([rows_of[h][0] for h in cfg.horizons]))
     importance = np.zeros(len(names))
@@ -489,6 +495,8 @@ def train_on(ds: TrainingSet, out_dir: Path, cfg: TrainConfig, steps: Steps | No
             "mean": [float(v) for v in mean],
             "std": [float(v) if v > 0 else 1.0 for v in std],
             "importance": [float(v) for v in importance],
+            "shap": {"method": "TreeSHAP (LightGBM pred_contrib) on each horizon's booster, raw-score units",
+                     "boosters": booster_files},
         },
         "training": training,
     }

@@ -1,7 +1,8 @@
 """Features core: one FeatureVector per TickBatch from fixed-memory, O(1)-per-event streaming state per symbol.
 
 Per symbol, a ``KernelState`` (numpy arrays) is folded by the numba kernel ``definitions.fold``: every trade and
-mark price updates EWMA/Hawkes state, every batch is one sample in a ring buffer with running window sums,
+mark price updates EWMA/Hawkes state, every liquidation and open-interest sample goes into a ring of its own,
+every batch is one sample in a ring buffer with running window sums,
 a 1 s return grid and a 1 min bucket grid. The stage calls the kernel once per symbol per consumed batch; the
 batch drivers call it once per symbol over a whole file; both give identical vectors because all state lives in
 the arrays. Formulas, tiers and the windowing policy are in ``definitions.py``; inputs become rows in ``rows.py``.
@@ -343,6 +344,23 @@ def check_values(p: ParsedBatch) -> v.Problem | None:
             f"mark[{i}] index price", index)
         if problem is not None:
             return problem
+    return _check_derivatives(p)
+
+
+def _check_derivatives(p: ParsedBatch) -> v.Problem | None:
+    """``check_values`` of the liquidations and open-interest samples."""
+    for i, (_, price, qty, avg, filled, _sold) in enumerate(p.liquidations):
+        problem = (v.finite_positive_price(f"liquidation[{i}] price", price)
+                   or v.finite_positive_qty(f"liquidation[{i}] qty", qty))
+        if problem is None and avg > v.MAX_PRICE:
+            problem = v.finite_positive_price(f"liquidation[{i}] avg price", avg)
+        if problem is None and filled > v.MAX_QTY:
+            problem = v.finite_positive_qty(f"liquidation[{i}] filled qty", filled)
+        if problem is not None:
+            return problem
+    for i, (_, value) in enumerate(p.open_interest):
+        if value > v.MAX_QTY:
+            return v.finite_positive_qty(f"open_interest[{i}]", value)
     return None
 
 
@@ -355,6 +373,8 @@ def check_times(tb: market_pb2.TickBatch, p: ParsedBatch, now_us: int, bounds: v
     limit = now_us + bounds.max_future_us
     events: list[tuple[str, int]] = [(f"trade[{i}].exchange_us", t[0]) for i, t in enumerate(p.trades)]
     events += [(f"mark[{i}].exchange_us", m[0]) for i, m in enumerate(p.marks)]
+    events += [(f"liquidation[{i}].trade_time_us", liq[0]) for i, liq in enumerate(p.liquidations)]
+    events += [(f"open_interest[{i}].exchange_us", oi[0]) for i, oi in enumerate(p.open_interest)]
     if p.book is not None:
         events.append(("book.exchange_us", p.book.exchange_us))
     for what, at in events:

@@ -12,8 +12,9 @@ the code of this file and of ``rows.py`` (how inputs become kernel rows), so any
 version; comments, blank lines and docstrings do not count. The infer stage refuses vectors whose version
 differs from its model's.
 
-Inputs. The kernel consumes rows (see ``rows.py``): one per trade, per mark-price update, per TickBatch end
-(the book after the batch) and per 1-minute kline. One output vector is written per TickBatch or kline.
+Inputs. The kernel consumes rows (see ``rows.py``): one per trade, per mark-price update, per liquidation, per
+open-interest sample, per TickBatch end (the book after the batch) and per 1-minute kline. One output vector is
+written per TickBatch or kline.
 
 Windowing policy:
 
@@ -40,7 +41,17 @@ Windowing policy:
   the last N completed minutes (at a kline's close that includes the kline) and need >= 50% valid buckets.
 * Features that cannot exist for an input are NaN without the flag: book features and windows shorter than the
   bar on klines, trade-level features on klines, flow features on OHLCV-only klines, derivatives features
-  before the first mark price (spot).
+  before the first mark price (spot), liquidation features before the first liquidation and open-interest
+  features before the first open-interest sample (spot, klines, captures without them).
+* Liquidations (USD-M ``forceOrder``): each one's notional (average fill price x filled quantity, price x quantity
+  while unfilled) is kept at its trade time in a ring of ``LIQ_CAPACITY``; the 1 and 5 min sums are over
+  ``(t - W, t]``. They need the derivatives stream (the first mark price, liquidation or open-interest sample)
+  to have been seen since ``t - W``, no ring overflow inside the window, and, for 1 min, the fine 60 s window
+  valid, for 5 min >= 50% valid buckets among the last 5 completed minutes. Without any liquidation in 5 min
+  the imbalance cannot exist (NaN, not insufficient).
+* Open interest: the samples polled by ingest (one kept per ``OI_MIN_SPACING_US``, the newest always) in a ring
+  of ``OI_CAPACITY``. A change over W compares the newest sample at or before t, at most ``OI_STALE_US`` old,
+  with the newest at or before ``t - W``, at most ``OI_STALE_US`` older than that.
 * Tiers: fast features are evaluated on every batch; medium ones on the first batch of every exchange-time
   second and slow ones on the first batch of every 5 s block, and held in between (``feature_age_*_s`` says
   how old). Under backpressure the stage drops the medium and slow tiers: they are NaN and the vector carries
@@ -114,6 +125,16 @@ TRADE_SIZE_WARMUP = 50
 INTERARRIVAL_ALPHA = 0.05
 INTERARRIVAL_WARMUP = 20
 MARK_STALE_US = 5_000_000
+LIQ_CAPACITY = 1024  # power of two; Binance sends at most one liquidation per symbol and second
+LIQ_MASK = LIQ_CAPACITY - 1
+OI_CAPACITY = 1024  # power of two; > 1 h of samples at OI_MIN_SPACING_US
+OI_MASK = OI_CAPACITY - 1
+OI_MIN_SPACING_US = 5_000_000
+OI_STALE_US = 180_000_000
+LIQ_SHORT_US = 60_000_000
+LIQ_LONG_US = 300_000_000
+OI_SHORT_US = 300_000_000
+OI_LONG_US = 3_600_000_000
 VR_LAG = 5
 PER_MILLION = 1e6  # price impact and illiquidity are per million units of quote currency
 LN2X4 = 4.0 * math.log(2.0)
@@ -468,6 +489,33 @@ def quality_score(n_valid: float, n_applicable: float) -> float:
     return n_valid / n_applicable if n_applicable > 0.0 else NAN
 
 
+@_inline
+def liquidation_notional(price: float, qty: float, avg_price: float, filled_qty: float) -> float:
+    """Quote notional of one liquidation: avg_price * filled_qty (Binance ap * z), price * qty while unfilled."""
+    if avg_price > 0.0 and filled_qty > 0.0:
+        return avg_price * filled_qty
+    return price * qty
+
+
+@_inline
+def window_count(n: float) -> float:
+    """Number of events in the window."""
+    return n
+
+
+@_inline
+def liquidation_imbalance(sell_notional: float, buy_notional: float) -> float:
+    """(sell - buy) / (sell + buy) of liquidated notional: > 0 when longs are being force-sold; NaN without any."""
+    total = sell_notional + buy_notional
+    return (sell_notional - buy_notional) / total if total > 0.0 else NAN
+
+
+@_inline
+def relative_change(now: float, then: float) -> float:
+    """now / then - 1."""
+    return now / then - 1.0 if then > 0.0 else NAN
+
+
 def regime_label(index: int) -> str:
     return REGIME_LABELS[index] if 0 <= index < len(REGIME_LABELS) else ""
 
@@ -624,6 +672,16 @@ FEATURES: tuple[FeatureDef, ...] = (
     _f("coverage_1h", "meta", SLOW, 3600.0, "fraction", fraction, "share of valid minute buckets in the last 60"),
     _f("quality_score", "meta", FAST, None, "fraction", quality_score,
        "share of the features applicable to this input that have a value"),
+    # Derivatives, appended (USD-M forceOrder liquidations and REST open interest; NaN on spot and klines).
+    _f("liq_notional_1m", "derivatives", MEDIUM, 60.0, "quote", liquidation_notional,
+       "sum of liquidated notional (ap*z, else p*q) over 60 s"),
+    _f("liq_count_5m", "derivatives", MEDIUM, 300.0, "count", window_count, "number of liquidations over 300 s"),
+    _f("liq_imbalance_5m", "derivatives", MEDIUM, 300.0, "ratio [-1,1]", liquidation_imbalance,
+       "(sell-buy)/(sell+buy) liquidated notional over 300 s; NaN without liquidations"),
+    _f("oi_change_5m", "derivatives", MEDIUM, 300.0, "fraction", relative_change,
+       "open interest now / 5 min ago - 1"),
+    _f("oi_change_1h", "derivatives", MEDIUM, 3600.0, "fraction", relative_change,
+       "open interest now / 1 h ago - 1"),
 )
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
@@ -706,14 +764,22 @@ I_COV_5S = _ix("coverage_5s")
 I_COV_1M = _ix("coverage_1m")
 I_COV_1H = _ix("coverage_1h")
 I_QUALITY = _ix("quality_score")
+I_LIQ_NOTIONAL_1M = _ix("liq_notional_1m")
+I_LIQ_COUNT_5M = _ix("liq_count_5m")
+I_LIQ_IMB_5M = _ix("liq_imbalance_5m")
+I_OI_CHG_5M = _ix("oi_change_5m")
+I_OI_CHG_1H = _ix("oi_change_1h")
 
 # --- Kernel input rows (built by rows.py). ----------------------------------------------------------------------
 
-KIND_TRADE, KIND_MARK, KIND_BATCH, KIND_BAR = 1, 2, 3, 4
+KIND_TRADE, KIND_MARK, KIND_BATCH, KIND_BAR, KIND_LIQ, KIND_OI = 1, 2, 3, 4, 5, 6
 # Trade rows.
 X_PRICE, X_QTY, X_SELL = 0, 1, 2
 # Mark-price rows (aux[0]: next funding time, µs).
 X_MARK, X_INDEX, X_FUNDING = 0, 1, 2
+# Liquidation rows (time: trade time) and open-interest rows (time: the sample's).
+X_LIQ_PRICE, X_LIQ_QTY, X_LIQ_AVG, X_LIQ_FILLED, X_LIQ_SELL = 0, 1, 2, 3, 4
+X_OI = 0
 # Batch rows (aux[0]: sequence, aux[1]: book exchange time µs): the book after the batch, best first.
 X_HAS_BOOK, X_NBID, X_NASK = 0, 1, 2
 X_BID_PX = 3
@@ -799,7 +865,12 @@ S_HAWKES_T = 31
 S_BOOK_T = 32
 S_MED_SEQ = 33  # first sequence behind the held medium / slow values
 S_SLOW_SEQ = 34
-N_SI = 35
+S_DERIV_T0 = 35  # event time of the first mark price, liquidation or open-interest sample; -1: none
+S_HAVE_LIQ = 36
+S_LIQ_END = 37  # liquidations kept so far (absolute ring index of the next)
+S_HAVE_OI = 38
+S_OI_END = 39
+N_SI = 40
 
 # Float scalars.
 F_PREV_BID, F_PREV_BQ, F_PREV_ASK, F_PREV_AQ = 0, 1, 2, 3
@@ -854,13 +925,17 @@ class KernelState(NamedTuple):
     row: FloatArray  # scratch [N_COLS]
     vals: FloatArray  # scratch [N_FEATURES]
     app: BoolArray  # scratch [N_FEATURES]
+    liq_t: IntArray  # [LIQ_CAPACITY] trade time of each liquidation
+    liq_x: FloatArray  # [LIQ_CAPACITY, 2] notional, 1 if a sell
+    oi_t: IntArray  # [OI_CAPACITY] time of each kept open-interest sample
+    oi_v: FloatArray  # [OI_CAPACITY] its value
 
 
 def new_kernel_state(thresholds: tuple[float, float, float, float] | None = None) -> KernelState:
     """Fresh state; ``thresholds`` (vol q1, q2, depth q1, q2) presets the regime cut points."""
     si = np.zeros(N_SI, np.int64)
     for k in (S_LAST_VALID_T, S_BREAK_T, S_CUR_SEC, S_PREV_SEC, S_CUR_MIN, S_CUR_MIN_SEQ, S_MED_BLOCK, S_SLOW_BLOCK,
-              S_TRADE_T, S_MED_SEQ, S_SLOW_SEQ):
+              S_TRADE_T, S_MED_SEQ, S_SLOW_SEQ, S_DERIV_T0):
         si[k] = -1
     sf = np.zeros(N_SF, np.float64)
     sf[F_CUR_SEC_PX] = sf[F_CUR_SEC_DEPTH] = sf[F_PREV_SEC_PX] = NAN
@@ -881,6 +956,8 @@ def new_kernel_state(thresholds: tuple[float, float, float, float] | None = None
         tier=np.array(FEATURE_TIERS, np.int64), covered=np.zeros(N_WINDOWS, np.float64),
         ok=np.zeros(N_WINDOWS, np.bool_), sub=np.zeros(N_WINDOWS, np.bool_),
         row=np.zeros(N_COLS, np.float64), vals=np.full(N_FEATURES, NAN), app=np.ones(N_FEATURES, np.bool_),
+        liq_t=np.zeros(LIQ_CAPACITY, np.int64), liq_x=np.zeros((LIQ_CAPACITY, 2), np.float64),
+        oi_t=np.zeros(OI_CAPACITY, np.int64), oi_v=np.zeros(OI_CAPACITY, np.float64),
     )
     _reset_minute(st.cur_min)
     return st
@@ -1187,12 +1264,117 @@ def _on_trade(st: KernelState, t: int, price: float, qty: float, sell: bool) -> 
 
 @_inline
 def _on_mark(st: KernelState, t: int, next_funding: int, mark: float, index: float, funding: float) -> None:
+    if st.si[S_DERIV_T0] < 0:
+        st.si[S_DERIV_T0] = t
     st.sf[F_MARK] = mark
     st.sf[F_INDEX] = index
     st.sf[F_FUNDING] = funding
     st.si[S_MARK_T] = t
     st.si[S_NEXT_FUNDING] = next_funding
     st.si[S_HAVE_MARK] = 1
+
+
+@_inline
+def _on_liquidation(st: KernelState, t_raw: int, x: FloatArray) -> None:
+    """Keep one liquidation's notional and side at its trade time (never before the previous one's)."""
+    si = st.si
+    end = si[S_LIQ_END]
+    t = t_raw
+    if end > 0:
+        t = max(t, st.liq_t[(end - 1) & LIQ_MASK])
+    if si[S_DERIV_T0] < 0:
+        si[S_DERIV_T0] = t
+    slot = end & LIQ_MASK
+    st.liq_t[slot] = t
+    st.liq_x[slot, 0] = liquidation_notional(x[X_LIQ_PRICE], x[X_LIQ_QTY], x[X_LIQ_AVG], x[X_LIQ_FILLED])
+    st.liq_x[slot, 1] = x[X_LIQ_SELL]
+    si[S_LIQ_END] = end + 1
+    si[S_HAVE_LIQ] = 1
+
+
+@_inline
+def _on_open_interest(st: KernelState, t: int, value: float) -> None:
+    """Keep an open-interest sample: a new slot once the newest kept one is OI_MIN_SPACING_US after its
+    predecessor, else it replaces the newest. A sample no newer than the newest is ignored."""
+    si = st.si
+    if si[S_DERIV_T0] < 0:
+        si[S_DERIV_T0] = t
+    end = si[S_OI_END]
+    if end > 0:
+        newest = (end - 1) & OI_MASK
+        if t <= st.oi_t[newest]:
+            return
+        if end > 1 and st.oi_t[newest] - st.oi_t[(end - 2) & OI_MASK] < OI_MIN_SPACING_US:
+            st.oi_t[newest] = t
+            st.oi_v[newest] = value
+            return
+    slot = end & OI_MASK
+    st.oi_t[slot] = t
+    st.oi_v[slot] = value
+    si[S_OI_END] = end + 1
+    si[S_HAVE_OI] = 1
+
+
+@_inline
+def _oi_at(st: KernelState, at: int) -> int:
+    """Ring slot of the newest kept open-interest sample at or before ``at`` if at most OI_STALE_US older; -1."""
+    end = st.si[S_OI_END]
+    for i in range(end - 1, max(end - OI_CAPACITY, 0) - 1, -1):
+        slot = i & OI_MASK
+        if st.oi_t[slot] <= at:
+            return slot if st.oi_t[slot] >= at - OI_STALE_US else -1
+    return -1
+
+
+@_jit
+def _derivatives(st: KernelState, t: int, ticks: bool, ok: BoolArray) -> None:
+    """The liquidation and open-interest features (medium tier)."""
+    si = st.si
+    vals, app = st.vals, st.app
+    t0 = si[S_DERIV_T0]
+    have_liq = ticks and si[S_HAVE_LIQ] == 1
+    n1 = 0.0
+    notional1 = 0.0
+    n5 = 0.0
+    sell5 = 0.0
+    buy5 = 0.0
+    end = si[S_LIQ_END]
+    first = max(end - LIQ_CAPACITY, 0)
+    reached1 = first == 0  # every liquidation since the start is still kept
+    reached5 = first == 0
+    for i in range(end - 1, first - 1, -1):
+        slot = i & LIQ_MASK
+        lt = st.liq_t[slot]
+        if lt <= t - LIQ_LONG_US:
+            reached1 = reached5 = True
+            break
+        if lt <= t - LIQ_SHORT_US:
+            reached1 = True
+        if lt > t:
+            continue  # after this batch: counted once the batches get there
+        notional = st.liq_x[slot, 0]
+        n5 += 1.0
+        if st.liq_x[slot, 1] > 0.5:
+            sell5 += notional
+        else:
+            buy5 += notional
+        if lt > t - LIQ_SHORT_US:
+            n1 += 1.0
+            notional1 += notional
+    last = si[S_CUR_MIN] - 1
+    valid1 = have_liq and 0 <= t0 <= t - LIQ_SHORT_US and reached1 and ok[W60]
+    valid5 = (have_liq and 0 <= t0 <= t - LIQ_LONG_US and reached5
+              and _n_valid_minutes(st.min_id, st.min_x, last, 5.0) >= MIN_WINDOW_COVERAGE * 5)
+    _put(vals, app, I_LIQ_NOTIONAL_1M, notional1 if valid1 else NAN, have_liq)
+    _put(vals, app, I_LIQ_COUNT_5M, window_count(n5) if valid5 else NAN, have_liq)
+    _put(vals, app, I_LIQ_IMB_5M, liquidation_imbalance(sell5, buy5) if valid5 else NAN,
+         have_liq and not (valid5 and n5 == 0.0))
+    have_oi = ticks and si[S_HAVE_OI] == 1
+    now = _oi_at(st, t) if have_oi else -1
+    ref5 = _oi_at(st, t - OI_SHORT_US) if now >= 0 else -1
+    ref1h = _oi_at(st, t - OI_LONG_US) if now >= 0 else -1
+    _put(vals, app, I_OI_CHG_5M, relative_change(st.oi_v[now], st.oi_v[ref5]) if ref5 >= 0 else NAN, have_oi)
+    _put(vals, app, I_OI_CHG_1H, relative_change(st.oi_v[now], st.oi_v[ref1h]) if ref1h >= 0 else NAN, have_oi)
 
 
 @_inline
@@ -1543,6 +1725,7 @@ def _medium(st: KernelState, t: int, px: float, bars: bool, covered: FloatArray,
     _put(vals, app, I_BASIS, relative_bps(sf[F_MARK], sf[F_INDEX]) if fresh else NAN, have_mark)
     _put(vals, app, I_MARK_GAP, relative_bps(px, sf[F_MARK]) if fresh and not math.isnan(px) else NAN, have_mark)
     _put(vals, app, I_TO_FUNDING, hours_until(si[S_NEXT_FUNDING], t) if fresh else NAN, have_mark)
+    _derivatives(st, t, ticks, ok)
     return _first_seq_minutes(mid, st.min_seq, last, 10.0)
 
 
@@ -1740,6 +1923,12 @@ def fold(st: KernelState, kinds: IntArray, times: IntArray, aux: IntArray, x: Fl
         if kind == KIND_MARK:
             _on_mark(st, times[r], aux[r, 0], xr[X_MARK], xr[X_INDEX], xr[X_FUNDING])
             continue
+        if kind == KIND_LIQ:
+            _on_liquidation(st, times[r], xr)
+            continue
+        if kind == KIND_OI:
+            _on_open_interest(st, times[r], xr[X_OI])
+            continue
         if kind == KIND_BATCH:
             _on_batch(st, times[r], aux[r, 0], aux[r, 1], xr)
         elif kind == KIND_BAR:
@@ -1799,7 +1988,8 @@ def feature_version(defs: Sequence[FeatureDef] = FEATURES) -> str:
         MIN_WINDOW_COVERAGE, MAX_SAMPLE_GAP_US, RV_WINDOW_SECONDS, RV5_WINDOW_SECONDS, REGIME_WARMUP_SECONDS,
         QI_LEVELS, DEPTH_LEVELS, VOID_LEVELS, BOOK_LEVELS, MEDIUM_EVERY_US, SLOW_EVERY_US, MINUTE_US, BAR_US,
         HAWKES_DECAY_S, LARGE_TRADE_MULTIPLE, TRADE_SIZE_ALPHA, TRADE_SIZE_WARMUP, INTERARRIVAL_ALPHA,
-        INTERARRIVAL_WARMUP, MARK_STALE_US, VR_LAG, REGIME_LABELS, WINDOWS_US,
+        INTERARRIVAL_WARMUP, MARK_STALE_US, VR_LAG, REGIME_LABELS, WINDOWS_US, LIQ_CAPACITY, OI_CAPACITY,
+        OI_MIN_SPACING_US, OI_STALE_US, LIQ_SHORT_US, LIQ_LONG_US, OI_SHORT_US, OI_LONG_US,
     )
     h.update(repr(policy).encode())
     for name in ("definitions.py", "rows.py"):

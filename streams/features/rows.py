@@ -1,8 +1,8 @@
 """Inputs -> kernel rows: TickBatches (validated here) and 1-minute klines. Part of the feature_version hash.
 
-A TickBatch becomes one row per trade and per mark-price update, in event order, then one batch row with the
-book after the batch (the last BookSnapshot of the batch). A kline becomes one bar row at its close. The
-kernel (``definitions.fold``) is the only consumer.
+A TickBatch becomes one row per mark-price update, open-interest sample, liquidation and trade, in event order,
+then one batch row with the book after the batch (the last BookSnapshot of the batch). A kline becomes one bar
+row at its close. The kernel (``definitions.fold``) is the only consumer.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ class ParsedBatch:
     book: Book | None  # None: no snapshot, or a one-sided book
     trades: tuple[tuple[int, float, float, bool], ...]  # (time µs, price, qty, aggressor sold)
     marks: tuple[tuple[int, float, float, float, int], ...]  # (time µs, mark, index, funding, next funding µs)
+    # (trade time µs, price, qty, avg price, filled qty, sold); (time µs, open interest)
+    liquidations: tuple[tuple[int, float, float, float, float, bool], ...] = ()
+    open_interest: tuple[tuple[int, float], ...] = ()
 
 
 def _levels(side: str, levels: Iterable[market_pb2.PriceLevel], descending: bool) -> list[Level]:
@@ -109,6 +112,24 @@ def parse_batch(tb: market_pb2.TickBatch) -> ParsedBatch:
             newest_us = max(newest_us, ev.depth.exchange_us)
         elif kind == "book_ticker":
             newest_us = max(newest_us, ev.book_ticker.exchange_us)
+    liquidations: list[tuple[int, float, float, float, float, bool]] = []
+    for i, liq in enumerate(tb.liquidations):
+        if not (0.0 < liq.price < math.inf and 0.0 <= liq.avg_price < math.inf):
+            raise InvalidBatch("invalid_price", f"liquidation[{i}] price {liq.price!r} / avg {liq.avg_price!r}")
+        if not (0.0 < liq.qty < math.inf and 0.0 <= liq.filled_qty < math.inf):
+            raise InvalidBatch("invalid_qty", f"liquidation[{i}] qty {liq.qty!r} / filled {liq.filled_qty!r}")
+        if liq.side not in (market_pb2.LIQUIDATION_SIDE_BUY, market_pb2.LIQUIDATION_SIDE_SELL):
+            raise InvalidBatch("invalid_field", f"liquidation[{i}] side {liq.side!r}")
+        at = liq.trade_time_us or liq.exchange_us
+        liquidations.append((at, liq.price, liq.qty, liq.avg_price, liq.filled_qty,
+                             liq.side == market_pb2.LIQUIDATION_SIDE_SELL))
+        newest_us = max(newest_us, at, liq.exchange_us)
+    open_interest: list[tuple[int, float]] = []
+    for i, oi in enumerate(tb.open_interest):
+        if not 0.0 <= oi.open_interest < math.inf:
+            raise InvalidBatch("invalid_qty", f"open_interest[{i}] {oi.open_interest!r}")
+        open_interest.append((oi.exchange_us, oi.open_interest))
+        newest_us = max(newest_us, oi.exchange_us)
     t_us = tb.ts.exchange_us or newest_us
     if t_us <= 0:
         raise InvalidBatch("missing_event_time", "TickBatch has no exchange time")
@@ -116,7 +137,11 @@ def parse_batch(tb: market_pb2.TickBatch) -> ParsedBatch:
     # An event without its own time happened within this batch.
     trades = [(at if at > 0 else t_us, p, q, s) for at, p, q, s in trades]
     marks = [(at if at > 0 else t_us, m, i, f, n) for at, m, i, f, n in marks]
-    return ParsedBatch(t_us, tb.sequence, book, tuple(trades), tuple(marks))
+    liquidations = [(at if at > 0 else t_us, price, qty, avg, filled, sold)
+                    for at, price, qty, avg, filled, sold in liquidations]
+    open_interest = [(at if at > 0 else t_us, value) for at, value in open_interest]
+    return ParsedBatch(t_us, tb.sequence, book, tuple(trades), tuple(marks), tuple(liquidations),
+                       tuple(open_interest))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +159,9 @@ class Rows:
 
 
 def encode_batches(batches: Sequence[ParsedBatch]) -> Rows:
-    """Trades and mark prices in event order, then the batch row with the book, per batch."""
-    n = sum(len(p.trades) + len(p.marks) + 1 for p in batches)
+    """Mark prices, open interest, liquidations and trades in event order, then the batch row with the book, per
+    batch."""
+    n = sum(len(p.trades) + len(p.marks) + len(p.liquidations) + len(p.open_interest) + 1 for p in batches)
     kinds = np.zeros(n, np.int64)
     times = np.zeros(n, np.int64)
     aux = np.zeros((n, 2), np.int64)
@@ -146,6 +172,14 @@ def encode_batches(batches: Sequence[ParsedBatch]) -> Rows:
         for at, mark, index, funding, next_funding in p.marks:
             kinds[r], times[r], aux[r, 0] = d.KIND_MARK, at, next_funding
             x[r, d.X_MARK], x[r, d.X_INDEX], x[r, d.X_FUNDING] = mark, index, funding
+            r += 1
+        for at, value in p.open_interest:
+            kinds[r], times[r], x[r, d.X_OI] = d.KIND_OI, at, value
+            r += 1
+        for at, price, qty, avg, filled, sold in p.liquidations:
+            kinds[r], times[r] = d.KIND_LIQ, at
+            x[r, d.X_LIQ_PRICE], x[r, d.X_LIQ_QTY], x[r, d.X_LIQ_AVG] = price, qty, avg
+            x[r, d.X_LIQ_FILLED], x[r, d.X_LIQ_SELL] = filled, 1.0 if sold else 0.0
             r += 1
         for at, price, qty, sold in p.trades:
             kinds[r], times[r] = d.KIND_TRADE, at

@@ -32,6 +32,7 @@ from schemas import SCHEMA_VERSION, common_pb2, features_pb2, prediction_pb2
 from streams.infer.canary import CanaryGuard, CanaryPolicy, Verdict, is_canary_symbol
 from streams.infer.metrics import InferMetrics
 from streams.infer.model import FloatArray, IntArray, Model, Prediction, feature_index
+from streams.infer.shap import ShapQueue
 from streams.runtime import validate as v
 from streams.runtime.clock import Clock
 from streams.runtime.core import Emit, InRecord, Outputs, Reject
@@ -91,6 +92,8 @@ class InferState:
         self.withdrawn: set[str] = set()  # canary ids withdrawn by this process; never served again
         self.layouts: dict[tuple[str, tuple[str, ...]], tuple[IntArray, IntArray]] = {}
         self.closers: list[Callable[[], None]] = []
+        # Emitted predictions with their input rows, for the SHAP worker (the stage sets it; None: no SHAP).
+        self.attribution: ShapQueue | None = None
         self._publish(self.serving, None)
 
     @property
@@ -251,6 +254,14 @@ def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: boo
     return p
 
 
+def _emit(out: Outputs, state: InferState, vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: bool,
+          now_us: int) -> None:
+    prediction = _prediction(vec, s, i, canary, now_us, state.stale_after_us)
+    out.emits.append(Emit(Topic.PREDICTIONS, key_of(vec), prediction, vec.ts.exchange_us))
+    if state.attribution is not None:  # SHAP later, off this path (shap.py)
+        state.attribution.offer(s.model, prediction, s.x[i])
+
+
 def _drift(canary: _Scored, ci: int, active: _Scored, ai: int) -> float:
     """Mean |p_canary - p_active| over the horizons both models predict."""
     a_cols = {h: j for j, h in enumerate(active.model.horizons)}
@@ -314,9 +325,7 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
                     drift_sum += d
                     drift_n += 1
             if can.valid[ci]:
-                out.emits.append(Emit(Topic.PREDICTIONS, key_of(vec), _prediction(vec, can, ci, True, now_us,
-                                                                             state.stale_after_us),
-                                      vec.ts.exchange_us))
+                _emit(out, state, vec, can, ci, True, now_us)
                 served[CANARY] += 1
                 continue
             canary_invalid += 1
@@ -332,9 +341,7 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
             out.rejects.append(Reject(rec, "invalid_model_output", f"model {active.model_version} "
                                       f"returned {act.pred.raw[ai].tolist()} for {vec.vector_id}"))
             continue
-        out.emits.append(Emit(Topic.PREDICTIONS, key_of(vec), _prediction(vec, act, ai, False, now_us,
-                                                                          state.stale_after_us),
-                              vec.ts.exchange_us))
+        _emit(out, state, vec, act, ai, False, now_us)
         served[ACTIVE] += 1
     if served[ACTIVE]:
         metrics.predictions.labels(active.model_version, ACTIVE).inc(served[ACTIVE])

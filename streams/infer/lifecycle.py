@@ -2,7 +2,7 @@
 
 * Start: the registry (ClickHouse ``model_versions``) is asked for the active model; on a fresh install
   ``ensure_default`` first registers and activates the bootstrap artifact (``SURGE_MODEL_DIR`` or the shipped
-  ``streams/infer/artifacts/default``, package data), so predictions are real from the first vector. If the
+  ``streams/infer/artifacts/btcusdt-klines``, package data), so predictions are real from the first vector. If the
   registry cannot be reached, or the active artifact cannot be loaded, the bootstrap artifact is served and the
   watcher keeps trying.
 * Every ``poll_s`` a daemon thread re-reads the registry. A new active or canary version is loaded in that

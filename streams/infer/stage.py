@@ -23,11 +23,12 @@ log = logging.getLogger("surge.infer")
 
 
 def default_model_dir() -> Path:
-    """The model shipped as package data (``streams/infer/artifacts/default``), built by
-    ``python -m services.training.default_model``."""
+    """The default model, shipped as package data: ``streams/infer/artifacts/btcusdt-klines``, trained on real
+    Binance klines with features this pipeline's features stage computes from ticks as well (its README says
+    what it was trained on and its limits live)."""
     from streams.infer.artifacts import shipped
 
-    return shipped("default")
+    return shipped("btcusdt-klines")
 
 
 def model_dir(settings: Settings) -> Path:
@@ -55,8 +56,10 @@ def make_state(context: StageContext) -> InferState:
     if not settings.infer_registry:
         model = load_model(model_dir(settings))
         warn_feature_version(model, log)
-        return InferState(model, metrics=metrics, policy=canary_policy(settings),
-                          bounds=TimeBounds.from_settings(settings), stale_after_us=stale_after_us(settings))
+        state = InferState(model, metrics=metrics, policy=canary_policy(settings),
+                           bounds=TimeBounds.from_settings(settings), stale_after_us=stale_after_us(settings))
+        attach_attribution(state, context)
+        return state
     from streams.storage.registry import ModelRegistry
     from streams.storage.warehouse import apply_ddl_from, open_warehouse_from
 
@@ -75,7 +78,51 @@ def make_state(context: StageContext) -> InferState:
     state.stale_after_us = stale_after_us(settings)
     context.on_start(watcher.start)
     state.closers.append(watcher.stop)
+    attach_attribution(state, context)
     return state
+
+
+def attach_attribution(state: InferState, context: StageContext) -> None:
+    """The SHAP worker (shap.py) on its own thread and warehouse connection; SURGE_ATTRIBUTION_INTERVAL_S=0: none."""
+    settings = context.settings
+    if settings.attribution_interval_s <= 0:
+        return
+    from prometheus_client import Counter, Summary
+
+    from streams.infer.shap import COLUMNS, TABLE, ShapQueue, ShapWorker
+    from streams.storage.warehouse import Warehouse, apply_ddl_from, open_warehouse_from
+
+    rows_total = Counter("surge_infer_attribution_rows_total", "SHAP attribution rows stored (prediction x horizon)",
+                         registry=context.registry)
+    skipped_total = Counter("surge_infer_attribution_skipped_total", "Predictions left without SHAP attribution "
+                            "(over the batch cap, or a model without boosters)", registry=context.registry)
+    seconds = Summary("surge_infer_attribution_seconds", "Wall time of one SHAP batch", registry=context.registry)
+    opened: list[Warehouse] = []
+
+    def insert(rows: list[list[object]]) -> None:
+        if not opened:
+            warehouse = open_warehouse_from(settings)
+            apply_ddl_from(warehouse, settings)
+            opened.append(warehouse)
+        opened[0].insert(TABLE, rows, list(COLUMNS))
+
+    def observed(rows: int, skipped: int, took_s: float) -> None:
+        rows_total.inc(rows)
+        skipped_total.inc(skipped)
+        seconds.observe(took_s)
+
+    queue = ShapQueue()
+    state.attribution = queue
+    worker = ShapWorker(queue, insert, context.clock.now_us, interval_s=settings.attribution_interval_s,
+                        batch_max=settings.attribution_batch_max, on_batch=observed)
+    context.on_start(worker.start)
+
+    def close() -> None:
+        worker.close()
+        for warehouse in opened:
+            warehouse.close()
+
+    state.closers.append(close)
 
 
 def close_state(state: InferState) -> None:

@@ -12,7 +12,8 @@ Data quality is enforced and measured here, per symbol:
 * books follow the venue's sync procedure (``book.py``); a gap, a crossed book, an unusable diff, a reconnect or
   a best bid/ask that disagrees with the book at the same update id loses sync: the book is re-snapshotted once
   per episode (``resyncs`` by reason), never continued silently;
-* duplicates (trade id, ticker update id, mark price time, depth diffs at or below the book) are dropped, so
+* duplicates (trade id, ticker update id, mark price, liquidation and open-interest time, depth diffs at or below
+  the book) are dropped, so
   overlapping connections and replays never duplicate an event on ``ticks.v1``;
 * a trade-id gap holds the symbol's later trades until the caller backfills the missing ids from REST (or the
   timeout passes), then emits them in id order; ids never recovered count as lost;
@@ -22,6 +23,12 @@ Data quality is enforced and measured here, per symbol:
   update id (the snapshot is rolled forward over the recent diffs, or waits for the book to get there), which
   catches what no sequence check can (a diff with a wrong quantity and a correct sequence), and every minute the
   update-id chain of the diffs seen is audited: more breaks per diff than ``audit_gap_ratio`` rebuilds the book.
+
+Derivatives data (USD-M) rides on the same TickBatches outside ``events``: forced liquidations of the window in
+``liquidations`` (from the ``forceOrder`` stream) and the open-interest samples the caller polled from REST since
+the last batch in ``open_interest`` (``apply_open_interest``). Both open a window like any event, so a symbol
+whose only news is a liquidation still gets its batch within ``microbatch_ms``; a batch without them is exactly
+what it was before they existed.
 """
 
 from __future__ import annotations
@@ -38,8 +45,10 @@ from streams.ingest.book import BookState, DepthUpdate, Level, OrderBook, SyncSt
 from streams.ingest.events import (
     Codec,
     DepthEvent,
+    LiquidationEvent,
     MarkPriceEvent,
     NormalizedEvent,
+    OpenInterestEvent,
     Raw,
     Rejected,
     SnapshotEvent,
@@ -125,6 +134,8 @@ class SymbolState:
     book: OrderBook
     sequence: int = 0                      # batches emitted this session
     pending: list[market_pb2.MarketEvent] = field(default_factory=list)
+    pending_liquidations: list[market_pb2.Liquidation] = field(default_factory=list)
+    pending_open_interest: list[market_pb2.OpenInterest] = field(default_factory=list)
     window_open_us: int = -1               # clock time the first pending event was buffered; -1 = empty
     newest_exchange_us: int = 0            # newest venue-stamped time among pending events
     newest_estimated_us: int = 0           # same, counting events whose time had to be estimated
@@ -137,6 +148,8 @@ class SymbolState:
     last_trade_id: int | None = None
     last_ticker_id: int = 0
     last_mark_us: int = 0
+    last_liquidation_us: int = 0
+    last_open_interest_us: int = 0
     # Trade-id gap being backfilled: (first missing id, last missing id or None = open-ended).
     trade_gap: tuple[int, int | None] | None = None
     held_trades: dict[int, market_pb2.MarketEvent] = field(default_factory=dict)
@@ -153,6 +166,8 @@ class SymbolState:
     trades_lost: int = 0                   # trade ids never received nor backfilled
     trades_backfilled: int = 0
     duplicates: int = 0
+    liquidations: int = 0                  # forced liquidations emitted
+    open_interest_samples: int = 0         # open-interest samples emitted
     ticker_checks: int = 0                 # bookTickers compared with the book at the same update id
     divergences: int = 0
     resyncs: dict[str, int] = field(default_factory=dict)
@@ -350,6 +365,39 @@ def apply_snapshot(state: IngestState, symbol: str, snapshot: Raw | SnapshotEven
     return out
 
 
+def apply_open_interest(state: IngestState, symbol: str, sample: Raw | OpenInterestEvent, clock: Clock,
+                        local_us: int | None = None) -> IngestOutputs:
+    """Put a polled open-interest sample (the REST answer, decoded by the state's codec, or normalised) on the
+    symbol's next TickBatch. A bad answer is dead-lettered; one no newer than the last sample is a duplicate; one
+    for a symbol no longer followed (``fixed_universe``) is ignored."""
+    out = IngestOutputs()
+    now_us = clock.now_us()
+    if not isinstance(sample, OpenInterestEvent):
+        decoded = codec_of(state).decode_open_interest(symbol, sample, now_us if local_us is None else local_us)
+        if isinstance(decoded, Rejected):
+            _dead_letter(state, decoded.symbol, decoded.raw, decoded.error_type, decoded.reason, out, now_us=now_us)
+            return out
+        sample = decoded
+    st = state.symbols.get(sample.symbol)
+    if st is None:
+        if state.fixed_universe:
+            state.ignored_events += 1
+            return out
+        st = state.symbol_state(sample.symbol)
+    oi = sample.sample
+    if oi.exchange_us <= st.last_open_interest_us:
+        st.duplicates += 1
+        return out
+    st.last_open_interest_us = oi.exchange_us
+    st.open_interest_samples += 1
+    st.pending_open_interest.append(oi)
+    st.newest_exchange_us = max(st.newest_exchange_us, oi.exchange_us)
+    st.newest_local_us = max(st.newest_local_us, sample.local_us)
+    if st.window_open_us < 0:
+        st.window_open_us = now_us
+    return out
+
+
 def lose_sync(state: IngestState, symbols: Iterable[str], clock: Clock, reason: str = RESYNC_RECONNECT) -> None:
     """The diff stream of ``symbols`` was interrupted (reconnect, overload): their books wait for a snapshot.
 
@@ -385,7 +433,7 @@ def drop_symbols(state: IngestState, symbols: Iterable[str], clock: Clock) -> In
         if st is None:
             continue
         _release_trades(state, st, out, now_us)
-        if st.pending:
+        if st.pending or st.pending_liquidations or st.pending_open_interest:
             _emit_batch(state, st, out)
         del state.symbols[symbol]
     return out
@@ -446,6 +494,9 @@ def _ingest(state: IngestState, out: IngestOutputs, ev: NormalizedEvent, now_us:
         if bad is not None and ev.depth and bad.book.synced:
             _lose_sync(state, bad, RESYNC_BAD_DEPTH, out, now_us)  # the lost diff leaves the book unknown
         return
+    if type(ev) is LiquidationEvent:
+        _add_liquidation(state, out, ev, now_us)
+        return
     symbol = ev.symbol
     event = ev.event
     local_us = ev.local_us
@@ -498,6 +549,36 @@ def _ingest(state: IngestState, out: IngestOutputs, ev: NormalizedEvent, now_us:
     if exchange_us > st.newest_exchange_us:  # noqa: PLR1730 - a compare is cheaper than max() per frame
         st.newest_exchange_us = exchange_us
     _add_event(state, out, st, event, local_us=local_us, now_us=now_us)
+
+
+def _add_liquidation(state: IngestState, out: IngestOutputs, ev: LiquidationEvent, now_us: int) -> None:
+    """A forced liquidation for the window's TickBatch; one no newer than the last (by event time) is a duplicate."""
+    st = state.symbols.get(ev.symbol)
+    if st is None:
+        if state.fixed_universe:
+            state.ignored_events += 1
+            return
+        st = state.symbol_state(ev.symbol)
+    liquidation = ev.liquidation
+    exchange_us = liquidation.exchange_us
+    if exchange_us <= st.last_liquidation_us:
+        st.duplicates += 1
+        return
+    st.last_liquidation_us = exchange_us
+    if ev.sent_us:
+        sample = ev.sent_us - ev.local_us
+        st.drift_ewma_us = sample if st.drift_ewma_us is None else st.drift_ewma_us + DRIFT_ALPHA * (
+            sample - st.drift_ewma_us)
+    st.liquidations += 1
+    st.pending_liquidations.append(liquidation)
+    if st.book.state not in _SYNCED:
+        st.window_flags.add(common_pb2.BOOK_RESYNCING)
+    st.newest_exchange_us = max(st.newest_exchange_us, exchange_us)
+    st.newest_local_us = max(st.newest_local_us, ev.local_us)
+    if st.window_open_us < 0:
+        st.window_open_us = now_us
+    if len(st.pending) + len(st.pending_liquidations) >= state.max_batch_events:
+        _emit_batch(state, st, out)
 
 
 def _apply_diff(state: IngestState, st: SymbolState, update: DepthUpdate, raw: Raw, out: IngestOutputs, *,
@@ -813,7 +894,8 @@ def _flush(state: IngestState, now_us: int, out: IngestOutputs, *, force: bool) 
                 st.failures.clear()
         if state.audits and st.chain_window_start_us >= 0 and now_us - st.chain_window_start_us >= AUDIT_WINDOW_US:
             _audit_chain(state, st, out, now_us)
-        if st.pending and (force or now_us - st.window_open_us >= window_us):
+        if (st.pending or st.pending_liquidations or st.pending_open_interest) and (
+                force or now_us - st.window_open_us >= window_us):
             _emit_batch(state, st, out)
 
 
@@ -828,6 +910,12 @@ def _emit_batch(state: IngestState, st: SymbolState, out: IngestOutputs) -> None
         sequence=sequence,
     )
     batch.events.extend(st.pending)
+    if st.pending_liquidations:
+        batch.liquidations.extend(st.pending_liquidations)
+        st.pending_liquidations = []
+    if st.pending_open_interest:
+        batch.open_interest.extend(st.pending_open_interest)
+        st.pending_open_interest = []
     book = st.book
     if book.synced:
         # The book after this batch's diffs: downstream stages read the order book from here.

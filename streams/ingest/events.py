@@ -75,6 +75,27 @@ class MarkPriceEvent:
 
 
 @final
+@dataclass(slots=True)  # not frozen: see HOT_PATH_NOTE
+class LiquidationEvent:
+    """One forced liquidation (``liquidation``, for ``TickBatch.liquidations``); its ``exchange_us`` orders them."""
+
+    symbol: str
+    liquidation: market_pb2.Liquidation
+    local_us: int
+    sent_us: int = 0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class OpenInterestEvent:
+    """One open-interest sample (``sample``, for ``TickBatch.open_interest``), from a REST poll."""
+
+    symbol: str
+    sample: market_pb2.OpenInterest
+    local_us: int
+
+
+@final
 @dataclass(frozen=True, slots=True)
 class SnapshotEvent:
     """A full book (REST snapshot) as of update ``last_update_id``; it seeds or re-seeds the symbol's book."""
@@ -104,7 +125,8 @@ class Rejected:
     depth: bool = False
 
 
-NormalizedEvent = TradeEvent | DepthEvent | TickerEvent | MarkPriceEvent | SnapshotEvent | Rejected
+NormalizedEvent = (TradeEvent | DepthEvent | TickerEvent | MarkPriceEvent | LiquidationEvent | SnapshotEvent
+                   | Rejected)
 
 
 class Codec(Protocol):
@@ -120,4 +142,8 @@ class Codec(Protocol):
 
     def decode_trades(self, symbol: str, raw: bytes | Sequence[Any], ingest_us: int) -> list[TradeEvent | Rejected]:
         """A REST list of ``symbol``'s past trades (a backfill), oldest first."""
+        ...
+
+    def decode_open_interest(self, symbol: str, raw: Raw, local_us: int) -> OpenInterestEvent | Rejected:
+        """A REST open-interest sample of ``symbol`` (derivatives venues)."""
         ...

@@ -15,6 +15,7 @@ Series (all labelled by ``symbol``, on the ingest stage's registry):
   bad_depth, overload), ``surge_ingest_snapshots_total``, ``surge_ingest_snapshot_retries_total``;
 * ``surge_ingest_book_ticker_checks_total``, ``surge_ingest_book_ticker_divergence_total``;
 * ``surge_ingest_duplicates_total``, ``surge_ingest_bad_inputs_total``;
+* USD-M derivatives data: ``surge_ingest_liquidations_total``, ``surge_ingest_open_interest_samples_total``;
 * book audits (live): ``surge_ingest_book_audits_total``, ``surge_ingest_book_audit_mismatches_total``,
   ``surge_ingest_book_audits_inconclusive_total``, ``surge_ingest_book_rebuilds_total`` and the gauge
   ``surge_ingest_update_id_gap_ratio`` (breaks of the diffs' update-id chain per diff, last minute);
@@ -55,6 +56,9 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
      "audits_inconclusive"),
     ("surge_ingest_book_rebuilds", "Books rebuilt because the minute's update-id gap ratio was too high",
      "rebuilds"),
+    ("surge_ingest_liquidations", "USD-M forced liquidations (forceOrder) passed on to ticks.v1", "liquidations"),
+    ("surge_ingest_open_interest_samples", "USD-M open-interest samples (REST openInterest) passed on to ticks.v1",
+     "open_interest_samples"),
 )
 
 

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
                              "prediction and book top per instrument")
     cache_l1_ttl_ms: float = Field(250.0, ge=0, le=5000, description="Gateway: in-process cache TTL of hot "
                                    "Redis keys (0 disables)")
+    attribution_interval_s: float = Field(2.0, ge=0, le=60, description="Infer: SHAP attribution (LightGBM "
+                                          "pred_contrib, off the hot path) every this many seconds into "
+                                          "ClickHouse attributions; 0 disables")
+    attribution_batch_max: int = Field(2_000, ge=1, description="Infer: predictions explained per SHAP batch at "
+                                       "most (beyond: the newest per instrument first; the rest counted skipped)")
     # Jobs (services/jobs/): training, evaluation and backtests started through the gateway, run by a worker.
     jobs_worker_name: str = Field("worker-0", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Jobs: this "
                                   "worker's name (its running list in Redis; give each replica its own)")
@@ -158,6 +163,10 @@ class Settings(BaseSettings):
     book_audit_gap_ratio: float = Field(0.002, ge=0, le=1, description="Live: a symbol whose diff stream broke its "
                                         "update-id chain more often than this per diff in the last minute is "
                                         "rebuilt from a new snapshot (0: never)")
+    # Derivatives (USD-M)
+    open_interest_interval_s: float = Field(30.0, ge=0, le=120, description="Live USD-M: poll REST openInterest "
+                                            "of each symbol this often (staggered across symbols, stretched to "
+                                            "stay within a tenth of ingest's REST weight; 0: never)")
     trade_backfill_timeout_s: float = Field(5.0, gt=0, description="Hold trades after a trade-id gap at most this "
                                             "long for the REST backfill")
     quarantine_failures: int = Field(5, ge=1, description="Failures (bad frames, gaps, crossed or divergent books) "

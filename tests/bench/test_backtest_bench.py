@@ -36,7 +36,7 @@ RESULTS = REPO_ROOT / "bench" / "results"
 MAY = "klines_1m/BTCUSDT-1m-2026-05.zip"
 CAPTURES = ("ws_messages/hftbacktest/usdm/btcusdt_20240718.gz", "ws_messages/hftbacktest/usdm/btcusdt_20240719.gz",
             "ws_messages/hftbacktest/spot/btcusdt_20240808.gz")
-DEFAULT_MODEL = REPO_ROOT / "streams" / "infer" / "artifacts" / "default"
+DEFAULT_MODEL = REPO_ROOT / "streams" / "infer" / "artifacts" / "simulator"
 
 
 def _cpu() -> float:

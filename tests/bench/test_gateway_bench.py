@@ -33,7 +33,7 @@ from fastapi.testclient import TestClient
 
 from schemas import common_pb2, market_pb2
 from services.gateway.app import create_app
-from streams.infer.stage import default_model_dir
+from streams.infer.artifacts import shipped
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord
 from streams.runtime.settings import Settings
@@ -115,7 +115,8 @@ def serve(mode: str, redis_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes]
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SURGE_")},
            "SURGE_REDIS_URL": redis_url, "SURGE_CLICKHOUSE_URL": f"chdb://{tmp / ('ch-' + mode)}",
-           "SURGE_GATEWAY_MODEL_DIR": str(default_model_dir()), "SURGE_GATEWAY_RATE_PER_MIN": "1e12",
+           "SURGE_GATEWAY_MODEL_DIR": str(shipped("simulator")),  # it knows the body's tick features
+           "SURGE_GATEWAY_RATE_PER_MIN": "1e12",
            "SURGE_GATEWAY_MAX_CONCURRENT": "100000", "SURGE_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), mode], cwd=REPO_ROOT, env=env)
     deadline = time.monotonic() + 60

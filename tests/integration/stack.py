@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from services.stack.binaries import redis_command, tansu_command
 from services.stack.supervisor import port_open
+from streams.infer.artifacts import shipped
 from streams.runtime.instrument import key_of
 from streams.runtime.kafka import ensure_topics, produce_all, producer_config
 from streams.runtime.settings import Settings
@@ -166,6 +167,9 @@ def stack_env(root: Path, **extra: str) -> dict[str, str]:
         "SURGE_DATA_DIR": str(root / "data"),
         "SURGE_PARTITIONS": "3",
         "SURGE_WAREHOUSE_TOKEN": secrets.token_urlsafe(32),  # the warehouse service refuses clients without it
+        # The simulator's model: these tests exercise the pipeline on simulated or captured ticks with tick-level
+        # features, and count signals; the real-data default (btcusdt-klines) rarely acts, by design.
+        "SURGE_MODEL_DIR": str(shipped("simulator")),
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)

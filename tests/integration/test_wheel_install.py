@@ -111,8 +111,8 @@ def test_installed_wheel_runs_and_loads_the_shipped_models(tmp_path: Path) -> No
     out = json.loads(probed.stdout.splitlines()[-1])
     assert all(Path(f).is_relative_to(site) for f in out["files"]), out["files"]
     assert not any(Path(p) == REPO_ROOT for p in out["path"]), out["path"]
-    assert out["default_dir"] == str(site / "streams" / "infer" / "artifacts" / "default")
-    assert out["default_version"] == shipped_version("default")
+    assert out["default_dir"] == str(site / "streams" / "infer" / "artifacts" / "btcusdt-klines")
+    assert out["default_version"] == shipped_version("btcusdt-klines")
     assert out["shipped"] == {d.name: shipped_version(d.name) for d in ARTIFACTS.iterdir() if d.is_dir()}
     assert all(0.0 <= p <= 1.0 for p in out["p_up"]) and len(out["p_up"]) == 6
     assert {"signals", "model_versions", "audit_logs"} <= set(out["tables"])

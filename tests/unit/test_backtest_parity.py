@@ -25,7 +25,7 @@ from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-MODEL = REPO_ROOT / "streams" / "infer" / "artifacts" / "default"
+MODEL = REPO_ROOT / "streams" / "infer" / "artifacts" / "simulator"
 CAPTURE = Path("ws_messages/hftbacktest/usdm/btcusdt_20240718.gz")
 Key = tuple[str, int, int, int]
 

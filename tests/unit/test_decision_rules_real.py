@@ -37,7 +37,7 @@ def predictions(shared_data: Path) -> Iterator[list[prediction_pb2.Prediction]]:
         clock.set_us(max(clock.now_us(), *(tb.ts.exchange_us for tb in chunk)))
         emits = features([InRecord(tb, "") for tb in chunk], state, clock).emits
         vectors += [e.value for e in emits if isinstance(e.value, features_pb2.FeatureVector)]
-    model = infer_core.InferState(load_model(shipped("default")))
+    model = infer_core.InferState(load_model(shipped("simulator")))
     preds: list[prediction_pb2.Prediction] = []
     for k in range(0, len(vectors), 32):  # the infer stage's batches of 32, stamped on their newest event time
         rows = vectors[k:k + 32]

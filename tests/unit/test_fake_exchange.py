@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from services.testing.fake_exchange.server import (
+    OPEN_INTEREST_BASE,
+    OPEN_INTEREST_PER_TRADE,
     Capture,
     CaptureEvent,
+    Client,
     FakeBook,
     FakeExchange,
     FakeOptions,
@@ -133,3 +138,45 @@ def test_weight_beyond_the_limit_is_refused_with_retry_after() -> None:
     status, body, headers = get(usdm, "/fapi/v1/depth?symbol=BTCUSDT&limit=1000")
     assert (status, body["code"], headers["Retry-After"]) == (429, -1003, "1")
     assert usdm.status()["rate_limited"] == 1
+
+
+def test_usdm_serves_open_interest_that_grows_with_the_market() -> None:
+    usdm = FakeExchange(small_capture(), FakeOptions(venue="usdm", rebase_time=False), ManualClock(T0))
+    status, body, headers = get(usdm, "/fapi/v1/openInterest?symbol=BTCUSDT")
+    assert (status, body) == (200, {"openInterest": f"{OPEN_INTEREST_BASE:.3f}", "symbol": "BTCUSDT", "time": 0})
+    assert headers["X-MBX-USED-WEIGHT-1M"] == "1"  # weight 1, as Binance documents
+    for event in usdm.capture.events:
+        usdm._publish(event)  # no subscriber: published, sent to nobody
+    _, body, _ = get(usdm, "/fapi/v1/openInterest?symbol=BTCUSDT")
+    assert body == {"openInterest": f"{OPEN_INTEREST_BASE + 3 * OPEN_INTEREST_PER_TRADE:.3f}", "symbol": "BTCUSDT",
+                    "time": 1700000000002}  # the newest published event's exchange time
+    assert usdm.stats["open_interest_served"][-1] == body
+    assert get(usdm, "/fapi/v1/openInterest?symbol=NOPE")[0] == 400
+    spot = FakeExchange(small_capture(), FakeOptions(venue="spot"), ManualClock(T0))
+    assert get(spot, "/api/v3/openInterest?symbol=BTCUSDT")[0] == 404
+
+
+def test_liquidations_are_synthesized_from_every_nth_trade_in_binance_shape() -> None:
+    # Trades 1 s apart; every 2nd one becomes a forceOrder, sent on /market right after it.
+    events = [CaptureEvent(T0 + i * 1_000_000, "BTCUSDT", "trade", {
+        "e": "trade", "E": 1700000000000 + i * 1000, "T": 1700000000000 + i * 1000 - 1, "s": "BTCUSDT",
+        "t": 500 + i, "p": f"{100 + i}.00", "q": "0.5", "m": i % 4 == 1}) for i in range(6)]
+    capture = Capture(events, {"BTCUSDT": dict(SNAPSHOT)}, 0, {"BTCUSDT": 1.0})
+    usdm = FakeExchange(capture, FakeOptions(venue="usdm", liquidations_every=2, rebase_time=False), ManualClock(T0))
+
+    async def play() -> list[bytes]:
+        client = Client(cast(ServerConnection, None), combined=True, route="/market")
+        usdm._subscribe(client, ["btcusdt@forceOrder"])
+        for event in capture.events:
+            usdm._publish(event)
+        return [client.queue.get_nowait()[1] for _ in range(client.queue.qsize())]
+
+    frames = [orjson.loads(f) for f in asyncio.run(play())]
+    assert [f["stream"] for f in frames] == ["btcusdt@forceOrder"] * 3
+    assert frames[0]["data"] == {"e": "forceOrder", "E": 1700000001000, "o": {
+        "s": "BTCUSDT", "S": "SELL", "o": "LIMIT", "f": "IOC", "q": "0.5", "p": "101.00", "ap": "101.00",
+        "X": "FILLED", "l": "0.5", "z": "0.5", "T": 1700000000999}}
+    assert [(f["data"]["o"]["S"], f["data"]["o"]["p"]) for f in frames] == [
+        ("SELL", "101.00"), ("BUY", "103.00"), ("SELL", "105.00")]
+    assert [x["E"] for x in usdm.stats["liquidations"]] == [1700000001000, 1700000003000, 1700000005000]
+    assert usdm.stats["published"]["forceOrder"] == 3

@@ -255,7 +255,8 @@ def test_compute_frame_equals_the_streaming_core() -> None:
     needs_more = {"hawkes_branching_5m", "kyle_lambda_1h", "amihud_1h", "volume_zscore_1h", "ret_5m", "ret_15m",
                   "ret_1h", "ret_accel_5m", "vwap_gap_bps_5m", "price_zscore_1h", "rv_5m", "rv_1h", "parkinson_5m",
                   "parkinson_1h", "rv_ratio_5m_1h", "variance_ratio_1h", "funding_rate_bps", "basis_bps",
-                  "mark_mid_gap_bps", "time_to_funding_h"}
+                  "mark_mid_gap_bps", "time_to_funding_h", "liq_notional_1m", "liq_count_5m", "liq_imbalance_5m",
+                  "oi_change_5m", "oi_change_1h"}
     assert [n for n in d.FEATURE_NAMES if math.isnan(last[n])] == [n for n in d.FEATURE_NAMES if n in needs_more]
 
 

@@ -176,7 +176,7 @@ def test_sse_sends_the_snapshot_then_only_new_signals(env: Env) -> None:
 
 def predict_body(**features: float | None) -> dict[str, Any]:
     return {"symbol": "BTCUSDT", "regime": "vol_low_depth_thick", "mid_price": 60_000.0, "spread_bps": 0.5,
-            "features": features or {"spread_bps": 0.5, "ofi_1s": 2.0}}
+            "features": features or {"ret_60s": 0.001, "rv_1h": 2.0}}
 
 
 def test_predict_scores_and_prices_through_the_stream_cores(env: Env) -> None:
@@ -194,7 +194,7 @@ def test_predict_scores_and_prices_through_the_stream_cores(env: Env) -> None:
 
     model = load_model(default_model_dir())
     x = np.full((1, model.n_features), np.nan)
-    x[0, FEATURES.index("spread_bps")], x[0, FEATURES.index("ofi_1s")] = 0.5, 2.0
+    x[0, FEATURES.index("ret_60s")], x[0, FEATURES.index("rv_1h")] = 0.001, 2.0
     assert [h["p_up"] for h in body["horizons"]] == pytest.approx(list(model.predict(x).p_up[0]))
 
     bad_bodies: list[Any] = [
@@ -211,8 +211,8 @@ def test_predict_scores_and_prices_through_the_stream_cores(env: Env) -> None:
         resp = env.client.post("/predict", json=bad)
         assert resp.status_code == 422, (bad, resp.text)
         assert isinstance(resp.json()["detail"], list)
-    for raw in (b'{"symbol":"BTCUSDT","mid_price":1,"spread_bps":0,"features":{"ofi_1s":NaN}}',
-                b'{"symbol":"BTCUSDT","mid_price":1,"spread_bps":0,"features":{"ofi_1s":1e999}}', b"{"):
+    for raw in (b'{"symbol":"BTCUSDT","mid_price":1,"spread_bps":0,"features":{"ret_60s":NaN}}',
+                b'{"symbol":"BTCUSDT","mid_price":1,"spread_bps":0,"features":{"ret_60s":1e999}}', b"{"):
         resp = env.client.post("/predict", content=raw, headers={"Content-Type": "application/json"})
         assert resp.status_code == 422, (raw, resp.text)
     resp = env.client.post("/predict", content=b"\xff", headers={"Content-Type": "application/json"})
@@ -226,7 +226,7 @@ def test_concurrent_predictions_share_onnx_calls(env: Env) -> None:
     async def burst() -> list[int]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            rs = await asyncio.gather(*(client.post("/predict", json=predict_body(ofi_1s=float(i)))
+            rs = await asyncio.gather(*(client.post("/predict", json=predict_body(ret_60s=float(i)))
                                         for i in range(64)))
         return [r.status_code for r in rs]
 
@@ -304,7 +304,7 @@ def test_ab_tests_start_read_stop_with_audit(tmp_path: Path, redis_url: str) -> 
     artifacts = Path(__file__).resolve().parents[2] / "streams" / "infer" / "artifacts"
     for env in make_env(tmp_path, redis_url, cache_l1_ttl_ms=0):
         registry = ModelRegistry(env.warehouse, LiveClock())
-        a = registry.register(artifacts / "default", "test").model_version
+        a = registry.register(artifacts / "simulator", "test").model_version
         b = registry.register(artifacts / "btcusdt-klines", "test").model_version
         store = TokenStore(env.redis)
         admin_token, admin = store.create("ops", ["admin"])

@@ -44,7 +44,8 @@ def test_venue_specs_say_what_differs_between_spot_and_usdm() -> None:
     # USD-M routes high-frequency data to /public and the rest to /market; unrouted connections get only /public.
     assert [(k.name, k.suffix, k.route) for k in usdm.streams] == [
         ("depth", "@depth@100ms", "/public"), ("bookTicker", "@bookTicker", "/public"),
-        ("trade", "@trade", "/market"), ("markPrice", "@markPrice@1s", "/market")]
+        ("trade", "@trade", "/market"), ("markPrice", "@markPrice@1s", "/market"),
+        ("forceOrder", "@forceOrder", "/market")]
     assert (spot.ping_path, usdm.ping_path) == ("/api/v3/ping", "/fapi/v1/ping")
     assert [spot.depth_path, spot.exchange_info_path, spot.ticker_24hr_path, spot.trades_path,
             spot.historical_trades_path] == ["/api/v3/depth", "/api/v3/exchangeInfo", "/api/v3/ticker/24hr",
@@ -87,7 +88,8 @@ def test_symbols_are_spread_over_combined_stream_connections() -> None:
         ("/public", "wss://fstream.binance.com/public/stream?streams="
                     "btcusdt@depth@100ms/btcusdt@bookTicker/ethusdt@depth@100ms/ethusdt@bookTicker"),
         ("/market", "wss://fstream.binance.com/market/stream?streams="
-                    "btcusdt@trade/btcusdt@markPrice@1s/ethusdt@trade/ethusdt@markPrice@1s"),
+                    "btcusdt@trade/btcusdt@markPrice@1s/btcusdt@forceOrder/ethusdt@trade/ethusdt@markPrice@1s/"
+                    "ethusdt@forceOrder"),
     ]
     assert [(p.carries_depth, p.carries_trades) for p in usdm] == [(True, False), (False, True)]
     with pytest.raises(ValueError, match="allows 200"):

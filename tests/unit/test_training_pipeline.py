@@ -94,8 +94,8 @@ def trained(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_artifact_is_what_the_infer_stage_and_registry_load(trained: tuple[Path, dict[str, object]]) -> None:
     out, card = trained
-    assert sorted(p.name for p in out.iterdir()) == ["card.json", "card.md", "model.json", "model.onnx",
-                                                     "reliability.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["booster_10.txt.gz", "booster_5.txt.gz", "card.json", "card.md",
+                                                     "model.json", "model.onnx", "reliability.png"]
     model = load_model(out)
     assert model.feature_names == ("signal", "noise")  # the all-NaN column was dropped
     assert model.horizons == (5, 10) and model.feature_version == "fv-test"

@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.gateway.deps import WarehouseDep
 from services.gateway.errors import WAREHOUSE_ERRORS
@@ -178,20 +178,54 @@ def calibration(warehouse: WarehouseDep, symbol: SymbolQ = None, minutes: Minute
 
 class AttributionRow(BaseModel):
     name: str
-    signals: int
+    signals: int = Field(description="rows the feature was among the top features of (predictions x horizons "
+                                     "for shap, signals for proxy)")
     mean_abs_contribution: float
     mean_contribution: float
+    method: Literal["shap", "proxy"] = Field(description="shap: TreeSHAP of the infer stage's attribution worker "
+                                                          "(raw-score units); proxy: the signals' top_features")
+
+
+AttributionMethod = Literal["auto", "shap", "proxy"]
 
 
 @router.get("/attribution", response_model=list[AttributionRow], responses=WAREHOUSE_ERRORS)
 def attribution(warehouse: WarehouseDep, symbol: SymbolQ = None, minutes: MinutesQ = 1440,
-                top: Annotated[int, Query(ge=1, le=100)] = 10) -> list[AttributionRow]:
-    """The features that moved the latest LONG/SHORT signals most (mean |contribution| over at most 10,000)."""
+                top: Annotated[int, Query(ge=1, le=100)] = 10,
+                horizon: Annotated[int | None, Query(ge=1, le=1_440, description="shap: one horizon only")] = None,
+                method: Annotated[AttributionMethod, Query(description="auto: shap when the window has SHAP rows, "
+                                                                       "else proxy")] = "auto",
+                ) -> list[AttributionRow]:
+    """The features that moved predictions most: mean |SHAP| over the top features of every explained
+    prediction in the window (``attributions``), or, where there is none (or ``method=proxy``), mean |proxy
+    contribution| of the latest LONG/SHORT signals' ``top_features`` (at most 10,000)."""
     params: dict[str, Any] = {"since_us": _since_s(minutes) * 1_000_000}
     extra = ""
     if norm_symbol(symbol):
         extra = " AND symbol = {symbol:String}"
         params["symbol"] = norm_symbol(symbol)
+    if method != "proxy":
+        shap = _shap_attribution(warehouse, extra, params, top, horizon)
+        if shap or method == "shap":
+            return shap
+    return _proxy_attribution(warehouse, extra, params, top)
+
+
+def _shap_attribution(warehouse: Any, extra: str, params: dict[str, Any], top: int,
+                      horizon: int | None) -> list[AttributionRow]:
+    where_h = " AND horizon_min = {horizon:UInt32}" if horizon is not None else ""
+    rows = warehouse.query(
+        f"SELECT name, count() AS n, avg(abs(c)) AS mean_abs, avg(c) AS mean FROM "
+        f"(SELECT features, contributions FROM {warehouse.database}.attributions FINAL "
+        f"WHERE exchange_us >= {{since_us:Int64}}{extra}{where_h}) "
+        "ARRAY JOIN features AS name, contributions AS c "
+        "GROUP BY name ORDER BY mean_abs DESC, name LIMIT {top:UInt32}",
+        {**params, "top": top, **({"horizon": horizon} if horizon is not None else {})})
+    return [AttributionRow(name=r["name"], signals=int(r["n"]), mean_abs_contribution=float(r["mean_abs"]),
+                           mean_contribution=float(r["mean"]), method="shap") for r in rows]
+
+
+def _proxy_attribution(warehouse: Any, extra: str, params: dict[str, Any], top: int) -> list[AttributionRow]:
     rows = warehouse.query(
         f"SELECT top_features FROM {warehouse.database}.signals FINAL WHERE decision != 'WAIT' "
         f"AND decision_us >= {{since_us:Int64}}{extra} ORDER BY decision_us DESC LIMIT 10000", params)
@@ -207,4 +241,4 @@ def attribution(warehouse: WarehouseDep, symbol: SymbolQ = None, minutes: Minute
                 acc[f["name"]].append(c)
     ranked = sorted(acc.items(), key=lambda kv: -sum(abs(c) for c in kv[1]) / len(kv[1]))[:top]
     return [AttributionRow(name=n, signals=len(cs), mean_abs_contribution=sum(abs(c) for c in cs) / len(cs),
-                           mean_contribution=sum(cs) / len(cs)) for n, cs in ranked]
+                           mean_contribution=sum(cs) / len(cs), method="proxy") for n, cs in ranked]

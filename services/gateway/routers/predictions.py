@@ -7,7 +7,7 @@ from typing import Annotated, Any, Final
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.gateway import pagination
 from services.gateway.deps import HotDep, WarehouseDep
@@ -24,6 +24,15 @@ class HorizonOut(BaseModel):
     p_up: float | None
     ci_low: float | None
     ci_high: float | None
+
+
+class ShapOut(BaseModel):
+    """One horizon's SHAP attribution (the infer stage's worker, a few seconds after the prediction)."""
+
+    horizon_min: int
+    base_value: float
+    raw_score: float
+    top_features: list[FeatureContributionOut]
 
 
 class PredictionOut(BaseModel):
@@ -44,6 +53,8 @@ class PredictionOut(BaseModel):
     infer_us: int
     stored_us: int
     instrument_id: int | None = None
+    shap: list[ShapOut] | None = Field(None, description="by id only: TreeSHAP per horizon once computed "
+                                                         "(top_features above is the fast proxy)")
 
 
 def _f(value: Any) -> Any:
@@ -106,4 +117,11 @@ def prediction_by_id(warehouse: WarehouseDep,
         {"id": prediction_id})
     if not rows:
         raise HTTPException(404, "no such prediction")
-    return from_row(rows[0])
+    shap = warehouse.query(
+        "SELECT horizon_min, base_value, raw_score, features, feature_values, contributions "
+        f"FROM {warehouse.database}.attributions FINAL WHERE prediction_id = {{id:String}} ORDER BY horizon_min",
+        {"id": prediction_id})
+    return from_row(rows[0]).model_copy(update={"shap": [ShapOut(
+        horizon_min=int(r["horizon_min"]), base_value=float(r["base_value"]), raw_score=float(r["raw_score"]),
+        top_features=[FeatureContributionOut(name=n, value=v, contribution=c) for n, v, c in
+                      zip(r["features"], r["feature_values"], r["contributions"], strict=True)]) for r in shap]})

@@ -8,8 +8,14 @@ It speaks Binance's URLs and payloads for one venue:
   ``/public`` streams. A subscription matches a capture stream by symbol and kind, so ``btcusdt@depth@100ms``
   is served from a capture of ``btcusdt@depth@0ms``, under the name the client asked for.
 * REST (``/api/v3`` spot, ``/fapi/v1`` USD-M): ``ping``, ``time``, ``depth``, ``exchangeInfo``, ``ticker/24hr``,
-  ``trades`` and ``historicalTrades`` (USD-M wants an API key there, as Binance does), with request weights in
-  ``X-MBX-USED-WEIGHT-1M`` and 429 beyond the venue's limit. ``/fake/status`` reports what was sent and injected.
+  ``trades`` and ``historicalTrades`` (USD-M wants an API key there, as Binance does), USD-M ``openInterest``,
+  with request weights in ``X-MBX-USED-WEIGHT-1M`` and 429 beyond the venue's limit. ``/fake/status`` reports
+  what was sent and injected.
+* Derivatives (USD-M; no capture records them): ``liquidations_every`` N synthesizes a ``forceOrder`` event in
+  Binance's documented shape from every Nth replayed trade of a symbol (side, price, quantity and times of that
+  trade; at most one per symbol per second of exchange time, as Binance sends them), on ``/market``.
+  ``openInterest`` answers ``OPEN_INTEREST_BASE`` plus ``OPEN_INTEREST_PER_TRADE`` per trade published so far,
+  stamped with the exchange time of the newest published event, so it changes as the market plays.
 
 The market is one shared clock: it starts ``start_delay_s`` after the first WebSocket connects (or at once) and
 walks the capture at ``speed`` times the recorded pace, from each symbol's REST snapshot line on. Its own book
@@ -56,6 +62,9 @@ MAX_CLIENT_QUEUE = 200_000                          # a client this far behind i
 MALFORMED_VARIANTS = ("truncated", "bad_value", "unknown_event", "not_object")
 CORRUPT_MIN_RANK = 3                                # a corrupted level is never among the best 3 of its side
 CORRUPT_MAX_RANK = 20                               # ... and always among the best 20 (what audits compare)
+OPEN_INTEREST_BASE = 10659.509                      # Binance's documented sample value
+OPEN_INTEREST_PER_TRADE = 0.5                       # the served open interest grows by this per published trade
+LIQUIDATION_MIN_GAP_MS = 1000                       # Binance sends at most one liquidation per symbol and second
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class FakeOptions:
     malformed_symbols: frozenset[str] = frozenset()  # empty: every symbol
     delay_ms: float = 0.0
     corrupt_qty_every: int = 0         # every Nth depth diff goes out with one level's quantity changed
+    liquidations_every: int = 0        # USD-M: a forceOrder synthesized from every Nth trade of a symbol
     start_delay_s: float = 1.0         # after the first connection, so a client's other connections are up
     start_on_connect: bool = True
     rebase_time: bool = True
@@ -227,13 +237,17 @@ class FakeExchange:
         self.stats: dict[str, Any] = {
             "published": {}, "gaps": [], "duplicates": 0, "malformed": [], "disconnects": 0,
             "connections_total": 0, "snapshots_served": {}, "rest_requests": 0, "rate_limited": 0,
-            "corrupted": [],
+            "corrupted": [], "liquidations": [], "open_interest_served": [],
         }
         self._depth_seen = 0
         self._sent = 0
         self._sent_by_symbol: dict[str, int] = {}
         self._malformed_turn = 0
         self._corrupt_due = False
+        self._trades_seen: dict[str, int] = {}
+        self._liquidation_due: set[str] = set()
+        self._last_liquidation_ms: dict[str, int] = {}
+        self._last_exchange_ms = 0
 
     # --- time -----------------------------------------------------------------------------------------------
 
@@ -255,6 +269,9 @@ class FakeExchange:
             value = out.get(key)
             if isinstance(value, int):
                 out[key] = self.exchange_ms(value)
+        order = out.get("o")
+        if isinstance(order, dict) and isinstance(order.get("T"), int):  # forceOrder: the trade time is inside
+            out["o"] = {**order, "T": self.exchange_ms(order["T"])}
         return out
 
     # --- market ---------------------------------------------------------------------------------------------
@@ -314,12 +331,18 @@ class FakeExchange:
                 out = corrupted
         if kind == "trade":
             self.trades[symbol].append(out)
+            if self.options.liquidations_every and self.spec.futures:
+                self._maybe_liquidation(event, out)
+        if isinstance(out.get("E"), int):
+            self._last_exchange_ms = max(self._last_exchange_ms, out["E"])
         published[kind] = published.get(kind, 0) + 1
         payload = orjson.dumps(out)
         key = (symbol, kind)
         subscribers = self.subscribers.get(key)
         if not subscribers:
             return
+        if kind == "forceOrder":
+            self.stats["liquidations"].append({"symbol": symbol, **out})
         self._sent += 1
         n = self._sent_by_symbol[symbol] = self._sent_by_symbol.get(symbol, 0) + 1
         every = self.options.malformed_every
@@ -341,6 +364,26 @@ class FakeExchange:
             frame = client.frame(key, payload)
             for _ in range(copies):
                 self._enqueue(client, due, frame)
+
+    def _maybe_liquidation(self, trade: CaptureEvent, sent: dict[str, Any]) -> None:
+        """Every ``liquidations_every``-th trade of a symbol (or the first one a second after the symbol's last
+        liquidation) becomes a forceOrder in Binance's documented shape, published right after the trade."""
+        symbol, data = trade.symbol, trade.data
+        n = self._trades_seen[symbol] = self._trades_seen.get(symbol, 0) + 1
+        if n % self.options.liquidations_every == 0:
+            self._liquidation_due.add(symbol)
+        at_ms = sent.get("E")
+        if symbol not in self._liquidation_due or not isinstance(at_ms, int):
+            return
+        if at_ms - self._last_liquidation_ms.get(symbol, -LIQUIDATION_MIN_GAP_MS) < LIQUIDATION_MIN_GAP_MS:
+            return
+        self._liquidation_due.discard(symbol)
+        self._last_liquidation_ms[symbol] = at_ms
+        qty = data["q"]
+        liquidation = {"e": "forceOrder", "E": data["E"], "o": {
+            "s": symbol, "S": "SELL" if data["m"] else "BUY", "o": "LIMIT", "f": "IOC", "q": qty, "p": data["p"],
+            "ap": data["p"], "X": "FILLED", "l": qty, "z": qty, "T": data.get("T", data["E"])}}
+        self._publish(CaptureEvent(trade.local_us, symbol, "forceOrder", liquidation))
 
     def _corrupt(self, symbol: str, diff: dict[str, Any]) -> dict[str, Any]:
         """``diff`` with one level's quantity changed (see the module doc); unchanged if no level qualifies."""
@@ -383,6 +426,8 @@ class FakeExchange:
             bad["b"] = "0"
         elif key[1] == "markPrice":
             bad["p"] = "NaN"
+        elif key[1] == "forceOrder":
+            bad["o"] = {**bad["o"], "p": "abc"}
         else:
             bad["e"] = "mysteryEvent"
         return client.frame(key, orjson.dumps(bad))
@@ -530,6 +575,8 @@ class FakeExchange:
             return 2 if "symbol" in params else self.spec.ticker_24hr_weight
         if endpoint in ("trades", "historicalTrades"):
             return self.spec.trades_weight
+        if endpoint == "openInterest":
+            return self.spec.open_interest_weight or 1
         return 1
 
     def _symbol(self, params: dict[str, str]) -> str:
@@ -550,6 +597,8 @@ class FakeExchange:
             "trades": lambda: self._rest_trades(params, request, historical=False),
             "historicalTrades": lambda: self._rest_trades(params, request, historical=True),
         }
+        if self.spec.open_interest_weight:
+            handlers["openInterest"] = lambda: self._rest_open_interest(params)
         handler = handlers.get(endpoint)
         if handler is None:
             raise _RestFailure(404, -1, f"unknown endpoint {endpoint}")
@@ -585,6 +634,14 @@ class FakeExchange:
         else:
             chosen = trades[-limit:]
         return [self._rest_trade(t) for t in chosen]
+
+    def _rest_open_interest(self, params: dict[str, str]) -> dict[str, Any]:
+        """Binance's documented shape; the value grows with the trades published, the time is the market's."""
+        symbol = self._symbol(params)
+        value = OPEN_INTEREST_BASE + OPEN_INTEREST_PER_TRADE * len(self.trades[symbol])
+        sample = {"openInterest": f"{value:.3f}", "symbol": symbol, "time": self._last_exchange_ms}
+        self.stats["open_interest_served"].append(sample)
+        return sample
 
     def _symbol_info(self, symbol: str) -> dict[str, Any]:
         base = symbol[:-4] if symbol.endswith("USDT") else symbol[:-3]

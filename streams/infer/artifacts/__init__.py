@@ -1,8 +1,10 @@
 """Model artifacts shipped inside the ``streams`` package, so an installed wheel has them too.
 
-* ``default/``: the bootstrap model a fresh install registers and activates, trained on the simulator by
-  ``python -m services.training.default_model`` (its default ``--out`` is this folder).
-* ``btcusdt-klines/``: the research model trained on real Binance BTCUSDT klines (see its ``README.md``).
+* ``btcusdt-klines/``: the default model, the one a fresh install registers and activates (``make run`` serves
+  it): trained on real Binance BTCUSDT klines with features the live stage computes too (see its ``README.md``).
+* ``simulator/``: a model trained on the built-in market simulator by ``python -m services.training.default_model``
+  (its default ``--out`` is this folder), kept for tests and benchmarks that need a model of the simulator's
+  tick-level features; no live default.
 
 They are package data (``[tool.setuptools.package-data]`` in pyproject.toml), located with
 ``importlib.resources``, never relative to a source checkout.
@@ -17,7 +19,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-SHIPPED = ("default", "btcusdt-klines")
+SHIPPED = ("btcusdt-klines", "simulator")
 
 
 def shipped(name: str) -> Path:

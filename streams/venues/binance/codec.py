@@ -4,10 +4,12 @@ Pure and stateless: JSON decoding, the combined-stream envelope (``{"stream": ..
 (the payload's ``s``, else the stream name or the caller's hint), field checks (ids and times are integers,
 prices positive and finite, sizes non-negative and finite) and the Binance event time ``E`` as the frame's send
 time. Spot and USD-M share the format; USD-M adds ``pu`` to diffs and ``e``/``E``/``T`` to bookTickers, and
-streams mark prices. The simulator (``streams.ingest.simulator``) speaks spot's format, so it shares the codec.
+streams mark prices and forced liquidations (``forceOrder``); its REST ``openInterest`` is polled. The simulator
+(``streams.ingest.simulator``) speaks spot's format, so it shares the codec.
 
 Every sample payload below is a real frame from the captures in ``../shared/data/binance/ws_messages``
-(hftbacktest, see ``../shared/data/binance/PROVENANCE.md`` section 2a), shortened where marked.
+(hftbacktest, see ``../shared/data/binance/PROVENANCE.md`` section 2a), shortened where marked, except for
+``forceOrder`` and ``openInterest``: no capture holds them, so their samples are Binance's documented ones, verbatim.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from schemas import market_pb2
 from streams.ingest.book import DepthUpdate, Level
 from streams.ingest.events import (
     DepthEvent,
+    LiquidationEvent,
     MarkPriceEvent,
     NormalizedEvent,
+    OpenInterestEvent,
     Raw,
     Rejected,
     SnapshotEvent,
@@ -235,6 +239,55 @@ def parse_mark_price(data: Mapping[str, Any], local_us: int) -> market_pb2.Marke
     return event
 
 
+_LIQUIDATION_SIDES: Final = {"BUY": market_pb2.LIQUIDATION_SIDE_BUY, "SELL": market_pb2.LIQUIDATION_SIDE_SELL}
+
+
+def parse_force_order(data: Mapping[str, Any], local_us: int) -> market_pb2.Liquidation:
+    """USD-M ``<symbol>@forceOrder`` (liquidation order snapshot stream, at most one per symbol per second).
+
+    No capture holds one; Binance's documented sample (USD-M "Liquidation Order Streams")::
+
+        {"e":"forceOrder","E":1568014460893,"o":{"s":"BTCUSDT","S":"SELL","o":"LIMIT","f":"IOC","q":"0.014",
+         "p":"9910","ap":"9910","X":"FILLED","l":"0.014","z":"0.014","T":1568014460893}}
+    """
+    order = _field(data, "o")
+    if not isinstance(order, Mapping):
+        raise BadFrame("missing_field", f"field 'o' is not an object: {order!r}")
+    named_side = _field(order, "S")
+    side = _LIQUIDATION_SIDES.get(named_side) if type(named_side) is str else None
+    if side is None:
+        raise BadFrame("invalid_field", f"liquidation side is not BUY or SELL: {order.get('S')!r}")
+    qty = _size(_field(order, "q"), "liquidation qty")
+    if qty == 0.0:
+        raise BadFrame("invalid_size", "liquidation qty is zero")
+    avg = _field(order, "ap")
+    try:
+        avg_price = float(avg)
+    except (TypeError, ValueError):
+        raise BadFrame("invalid_price", f"liquidation average price is not numeric: {avg!r}") from None
+    if not 0.0 <= avg_price < math.inf:
+        raise BadFrame("invalid_price", f"liquidation average price is negative or not finite: {avg!r}")
+    return market_pb2.Liquidation(
+        side=side, price=_price(_field(order, "p"), "liquidation price"), qty=qty, avg_price=avg_price,
+        filled_qty=_size(_field(order, "z"), "liquidation filled qty"), trade_time_us=_int(order, "T") * 1000,
+        exchange_us=_int(data, "E") * 1000, ingest_us=local_us)
+
+
+def parse_open_interest(data: Mapping[str, Any], local_us: int) -> tuple[str, market_pb2.OpenInterest]:
+    """USD-M REST ``GET /fapi/v1/openInterest?symbol=`` (request weight 1) -> (symbol, sample).
+
+    No capture holds one; Binance's documented sample (USD-M "Open Interest")::
+
+        {"openInterest":"10659.509","symbol":"BTCUSDT","time":1589437530011}
+    """
+    symbol = _field(data, "symbol")
+    if type(symbol) is not str or not symbol:
+        raise BadFrame("missing_field", f"field 'symbol' is not a symbol: {symbol!r}")
+    value = _size(_field(data, "openInterest"), "open interest")
+    return symbol.upper(), market_pb2.OpenInterest(open_interest=value, exchange_us=_int(data, "time") * 1000,
+                                                   ingest_us=local_us)
+
+
 def parse_snapshot(data: Mapping[str, Any]) -> tuple[int, list[Level], list[Level], int]:
     """REST ``GET /api/v3/depth`` (USD-M ``/fapi/v1/depth`` adds E and T) -> (lastUpdateId, bids, asks, µs).
 
@@ -337,7 +390,7 @@ def _snapshot(symbol: str, raw: Raw, data: Mapping[str, Any], local_us: int) -> 
 class BinanceCodec:
     """The ``streams.ingest.events.Codec`` of Binance spot and USD-M (and of the simulator)."""
 
-    def decode(self, hint: str, raw: Raw, local_us: int) -> NormalizedEvent:
+    def decode(self, hint: str, raw: Raw, local_us: int) -> NormalizedEvent:  # noqa: PLR0911 - one return per kind
         """A WebSocket frame (bare or in a combined-stream envelope), or a bare REST snapshot line of a capture."""
         symbol = ""
         stream = hint
@@ -352,6 +405,10 @@ class BinanceCodec:
                 if type(data) is not dict and not isinstance(data, Mapping):
                     raise BadFrame("malformed_json", "combined-stream 'data' is not an object")
             named = data.get("s")
+            if named is None:
+                order = data.get("o")  # forceOrder: the symbol is inside the order
+                if type(order) is dict:
+                    named = order.get("s")
             symbol = named.upper() if type(named) is str and named else symbol_of(stream)
             if "lastUpdateId" in data:
                 return _snapshot(symbol, raw, data, local_us)
@@ -370,6 +427,8 @@ class BinanceCodec:
                 return DepthEvent(symbol, event, update, local_us, sent_us, raw)
             if kind == "markPriceUpdate":
                 return MarkPriceEvent(symbol, parse_mark_price(data, local_us), local_us, sent_us)
+            if kind == "forceOrder":
+                return LiquidationEvent(symbol, parse_force_order(data, local_us), local_us, sent_us)
             raise BadFrame("unknown_event_type", f"unknown event type {kind!r}")
         except BadFrame as exc:
             if not symbol:
@@ -385,6 +444,16 @@ class BinanceCodec:
         except BadFrame as exc:
             return Rejected(symbol, raw, exc.error_type, exc.reason)
         return _snapshot(symbol, raw, data, local_us)
+
+    def decode_open_interest(self, symbol: str, raw: Raw, local_us: int) -> OpenInterestEvent | Rejected:
+        """The answer of REST ``openInterest`` for ``symbol`` (raw bytes or decoded); another symbol's is rejected."""
+        try:
+            named, sample = parse_open_interest(_decode_json(raw), local_us)
+        except BadFrame as exc:
+            return Rejected(symbol, raw, exc.error_type, f"open interest: {exc.reason}")
+        if named != symbol:
+            return Rejected(symbol, raw, "symbol_mismatch", f"open interest of {named} in the answer for {symbol}")
+        return OpenInterestEvent(symbol, sample, local_us)
 
     def decode_trades(self, symbol: str, raw: bytes | Sequence[Any], ingest_us: int) -> list[TradeEvent | Rejected]:
         """The answer of REST ``historicalTrades`` / ``trades`` (raw JSON list or decoded); bad records are

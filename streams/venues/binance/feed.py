@@ -16,6 +16,11 @@ snapshot at the same update id (``core.audit_snapshot``), one symbol after anoth
 They spend at most ``AUDIT_BUDGET_SHARE`` of ingest's REST weight budget, so snapshots and trade backfills always
 have the rest; with many symbols the interval is stretched to fit (logged once), and an audit that would break the
 share is put off (``surge_ingest_book_audits_deferred_total``).
+
+Open interest (USD-M, ``SURGE_OPEN_INTEREST_INTERVAL_S``): every symbol's REST ``openInterest`` is polled on the
+staggered schedule of ``open_interest.OpenInterestSchedule`` (within ingest's REST weight budget; polls without
+headroom are put off, ``surge_ingest_open_interest_deferred_total``), and each sample goes on the symbol's next
+TickBatch (``core.apply_open_interest``). Liquidations arrive on the ``forceOrder`` stream like any other frame.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from streams.runtime.observability import HealthState, StageMetrics
 from streams.runtime.settings import Settings
 from streams.runtime.source import SourceRunner
 from streams.venues.binance.codec import CODEC
+from streams.venues.binance.open_interest import OpenInterestSchedule
 from streams.venues.binance.rest import BinanceRest, RestError
 from streams.venues.binance.spec import VenueSpec, base_urls, venue_spec
 from streams.venues.binance.ws import Backoff, ConnectionPlan, StreamConnection, plan_connections, route_plan
@@ -56,6 +62,7 @@ SNAPSHOT_RETRY_S = 0.5         # a snapshot older than the buffered stream is fe
 AUDIT_LIMIT = 100              # levels per side of an audit snapshot (valid on both venues; weight 5 on both)
 AUDIT_BUDGET_SHARE = 0.5       # audits run only while ingest's REST spending stays below this share of its budget
 AUDIT_TICK_S = 0.25            # how often the audit schedule is looked at
+OPEN_INTEREST_TICK_S = 0.25    # how often the open-interest schedule is looked at
 UNIVERSE_KEY = "surge:universe:"  # + venue name: the followed symbols as JSON (run_live's publisher)
 
 Ranker = Callable[[], Awaitable[list[str]]]
@@ -74,6 +81,7 @@ class LiveOptions:
     backoff_max_s: float
     book_audit_interval_s: float = 0.0
     top_refresh_s: float = 0.0
+    open_interest_interval_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LiveOptions:
@@ -81,7 +89,8 @@ class LiveOptions:
             ingest=IngestConfig.from_settings(settings), snapshot_limit=settings.snapshot_limit,
             symbols_per_connection=settings.symbols_per_connection, ping_interval_s=settings.ws_ping_interval_s,
             rollover_s=settings.ws_rollover_s, backoff_max_s=settings.ws_backoff_max_s,
-            book_audit_interval_s=settings.book_audit_interval_s, top_refresh_s=settings.top_refresh_s)
+            book_audit_interval_s=settings.book_audit_interval_s, top_refresh_s=settings.top_refresh_s,
+            open_interest_interval_s=settings.open_interest_interval_s)
 
 
 class LiveFeed:
@@ -114,6 +123,11 @@ class LiveFeed:
         self._snapshot_tasks: dict[str, asyncio.Task[None]] = {}
         self._backfill_tasks: set[asyncio.Task[None]] = set()
         self._audit_tasks: dict[str, asyncio.Task[None]] = {}
+        self._open_interest_tasks: dict[str, asyncio.Task[None]] = {}
+        self.open_interest: OpenInterestSchedule | None = None
+        if spec.open_interest_weight and options.open_interest_interval_s > 0:
+            self.open_interest = OpenInterestSchedule(self.symbols, options.open_interest_interval_s,
+                                                      spec.open_interest_weight, rest.budget, clock)
         self.plans = plan_connections(spec, ws_base, self.symbols, options.symbols_per_connection)
         self.connections = [self._connection(plan) for plan in self.plans]
         self._conn_stops: dict[StreamConnection, asyncio.Event] = {}
@@ -133,6 +147,9 @@ class LiveFeed:
         self.metrics_audits_deferred = Counter("surge_ingest_book_audits_deferred",
                                                "Book audits put off to stay within their share of the REST budget",
                                                ["stage"], registry=registry)
+        self.metrics_open_interest_deferred = Counter(
+            "surge_ingest_open_interest_deferred", "Open-interest polls put off to stay within the REST budget",
+            ["stage"], registry=registry)
         self.metrics_universe = Gauge("surge_ingest_universe_symbols", "Symbols followed", registry=registry)
         self.metrics_universe.set(len(self.symbols))
         self.metrics_universe_changes = Counter("surge_ingest_universe_changes",
@@ -211,6 +228,8 @@ class LiveFeed:
             loops.append(asyncio.create_task(self._audit_loop(stop)))
         if self.ranker is not None and self.options.top_refresh_s > 0:
             loops.append(asyncio.create_task(self._universe_loop(stop)))
+        if self.open_interest is not None:
+            loops.append(asyncio.create_task(self._open_interest_loop(stop)))
         try:
             await self._process_loop(stop)
         finally:
@@ -218,7 +237,8 @@ class LiveFeed:
             for event in self._conn_stops.values():
                 event.set()
             await asyncio.gather(*self._conn_tasks.values(), *loops, return_exceptions=True)
-            tasks = [*self._snapshot_tasks.values(), *self._backfill_tasks, *self._audit_tasks.values()]
+            tasks = [*self._snapshot_tasks.values(), *self._backfill_tasks, *self._audit_tasks.values(),
+                     *self._open_interest_tasks.values()]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -339,7 +359,7 @@ class LiveFeed:
         if removed or added:
             self._process_pending()  # frames of the leaving symbols go out first
             for symbol in removed:
-                for tasks in (self._snapshot_tasks, self._audit_tasks):
+                for tasks in (self._snapshot_tasks, self._audit_tasks, self._open_interest_tasks):
                     task = tasks.pop(symbol, None)
                     if task is not None:
                         task.cancel()
@@ -348,6 +368,8 @@ class LiveFeed:
                 self.quality.forget(removed)
             core.add_symbols(self.state, added)
             self.symbols = [s for s in self.symbols if s not in removed] + added
+            if self.open_interest is not None:
+                self.open_interest.set_symbols(self.symbols)
             await self._replan(removed, added)
             self.metrics_universe.set(len(self.symbols))
             self.metrics_universe_changes.labels(STAGE, "added").inc(len(added))
@@ -442,6 +464,33 @@ class LiveFeed:
             log.warning("book audit of %s: the local book differs from the REST snapshot at update %d; resyncing",
                         symbol, st.book.last_update_id, extra={"symbol": symbol})
         self._handle(out, raw_events=0)
+
+    # --- open interest (USD-M) -------------------------------------------------------------------------------
+
+    async def _open_interest_loop(self, stop: asyncio.Event) -> None:
+        schedule = self.open_interest
+        assert schedule is not None
+        log.info("open interest of %d symbols every %.0fs", len(schedule.due), schedule.interval_us() / 1e6)
+        deferred = 0
+        while not stop.is_set():
+            await asyncio.sleep(OPEN_INTEREST_TICK_S)
+            for symbol in schedule.take_due():
+                running = self._open_interest_tasks.get(symbol)
+                if running is not None and not running.done():
+                    continue  # the last poll is still out: skip a turn rather than pile up
+                self._open_interest_tasks[symbol] = asyncio.create_task(self._poll_open_interest(symbol))
+            if schedule.deferred > deferred:
+                self.metrics_open_interest_deferred.labels(STAGE).inc(schedule.deferred - deferred)
+                deferred = schedule.deferred
+
+    async def _poll_open_interest(self, symbol: str) -> None:
+        try:
+            body = await self.rest.open_interest(symbol)
+        except (RestError, httpx.HTTPError) as exc:
+            log.info("open interest of %s failed: %s", symbol, exc, extra={"symbol": symbol})
+            return
+        self._process_pending()  # frames received meanwhile first: the sample goes on the next batch
+        self._handle(core.apply_open_interest(self.state, symbol, body, self.clock), raw_events=0)
 
     async def _backfill(self, gap: TradeGap) -> None:
         try:

@@ -1,9 +1,10 @@
 """Binance REST client: the calls ingest needs, under one rolling-minute request-weight budget.
 
-Depth snapshots, exchangeInfo, ticker/24hr (``--top N`` by quote volume), ping and trade backfill
-(``historicalTrades`` from an id where public, else the last 1000 ``trades``). The budget keeps the client under a
-share of Binance's per-minute weight limit (``VenueSpec.weight_limit_per_min``); 429/418 answers pause it for
-``Retry-After``. Answers are returned raw or as decoded JSON; turning them into events is the codec's job.
+Depth snapshots, exchangeInfo, ticker/24hr (``--top N`` by quote volume), ping, trade backfill
+(``historicalTrades`` from an id where public, else the last 1000 ``trades``) and USD-M ``openInterest``. The
+budget keeps the client under a share of Binance's per-minute weight limit (``VenueSpec.weight_limit_per_min``);
+429/418 answers pause it for ``Retry-After``. Answers are returned raw or as decoded JSON; turning them into
+events is the codec's job.
 """
 
 from __future__ import annotations
@@ -168,6 +169,12 @@ class BinanceRest:
         """The raw REST snapshot; the codec decodes it (no re-serialisation)."""
         return await self.get(self.spec.depth_path, {"symbol": symbol, "limit": limit},
                               self.spec.depth_weight(limit))
+
+    async def open_interest(self, symbol: str) -> bytes:
+        """The raw REST open-interest sample of ``symbol`` (USD-M; the codec decodes it)."""
+        if not self.spec.open_interest_weight:
+            raise ValueError(f"Binance {self.spec.name} has no open interest")
+        return await self.get(self.spec.open_interest_path, {"symbol": symbol}, self.spec.open_interest_weight)
 
     async def exchange_info(self) -> dict[str, Any]:
         info = orjson.loads(await self.get(self.spec.exchange_info_path, None, self.spec.exchange_info_weight))

@@ -1,8 +1,8 @@
 """Binance venue specs: everything venue-specific about spot and USD-M futures, as data.
 
 Stream names and on which routed WebSocket path each lives (USD-M serves depth and bookTicker on ``/public`` and
-trade and markPrice on ``/market``; unrouted connections only get ``/public`` streams), the REST prefix and the
-paths under it (ping included: ``surge run`` and ``--source auto`` probe it), request weights and the per-minute
+trade, markPrice and forceOrder on ``/market``; unrouted connections only get ``/public`` streams), the REST prefix
+and the paths under it (ping included: ``surge run`` and ``--source auto`` probe it), request weights and the per-minute
 weight limit, the depth continuity rule (``futures``: spot ``U == previous u + 1``, USD-M ``pu == previous u``),
 the allowed snapshot limits and the per-connection stream limit.
 """
@@ -23,7 +23,7 @@ VenueName = Literal["spot", "usdm"]
 class StreamKind:
     """One per-symbol stream: ``<symbol><suffix>``, served on WebSocket path ``route``."""
 
-    name: str       # "trade" | "depth" | "bookTicker" | "markPrice"
+    name: str       # "trade" | "depth" | "bookTicker" | "markPrice" | "forceOrder"
     suffix: str     # "@trade", "@depth@100ms", ...
     route: str      # "" (spot) or "/public" | "/market" (USD-M routed paths)
 
@@ -42,6 +42,7 @@ class VenueSpec:
     ticker_24hr_weight: int                # all symbols at once
     trades_weight: int                     # one page of historicalTrades / trades
     historical_trades_public: bool         # historicalTrades?fromId= without an API key
+    open_interest_weight: int = 0          # REST openInterest of one symbol; 0: the venue has none (spot)
 
     # REST paths, all under the venue's prefix.
     @property
@@ -68,6 +69,10 @@ class VenueSpec:
     def historical_trades_path(self) -> str:
         return f"{self.api}/historicalTrades"
 
+    @property
+    def open_interest_path(self) -> str:
+        return f"{self.api}/openInterest"
+
     def depth_weight(self, limit: int) -> int:
         if self.futures:
             return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
@@ -91,10 +96,11 @@ SPOT: Final = VenueSpec(
 USDM: Final = VenueSpec(
     name="usdm", venue=common_pb2.BINANCE_USDM, futures=True,
     streams=(StreamKind("depth", "@depth@100ms", "/public"), StreamKind("bookTicker", "@bookTicker", "/public"),
-             StreamKind("trade", "@trade", "/market"), StreamKind("markPrice", "@markPrice@1s", "/market")),
+             StreamKind("trade", "@trade", "/market"), StreamKind("markPrice", "@markPrice@1s", "/market"),
+             StreamKind("forceOrder", "@forceOrder", "/market")),
     api="/fapi/v1", depth_limits=(5, 10, 20, 50, 100, 500, 1000), weight_limit_per_min=2400,
     max_streams_per_connection=200, exchange_info_weight=1, ticker_24hr_weight=40, trades_weight=5,
-    historical_trades_public=False)
+    historical_trades_public=False, open_interest_weight=1)
 
 VENUES: Final[Mapping[str, VenueSpec]] = {"spot": SPOT, "usdm": USDM}
 
