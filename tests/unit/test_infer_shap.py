@@ -23,7 +23,7 @@ from streams.infer.shap import COLUMNS, TOP_K, ShapExplainer, ShapQueue, ShapWor
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord
 from streams.sink import stage as sink_stage
-from tests.unit.test_gateway_api import make_env
+from tests.unit.test_gateway_api import make_env, signal
 
 pytestmark = pytest.mark.unit
 ROWS = 3 * 1440
@@ -156,3 +156,14 @@ def test_worker_rows_reach_reports_and_predictions(tmp_path: Path, redis_url: st
         assert env.client.get(f"/predictions/{preds[0].prediction_id}").json()["shap"] == []  # over the cap
         proxy = env.client.get("/reports/attribution", params={"method": "proxy"}).json()
         assert proxy == []  # no LONG/SHORT signals stored: the proxy has nothing to rank
+        # A signal made from an explained prediction is served with its SHAP top features at its horizon; one
+        # whose prediction was not explained keeps the proxy it was published with.
+        explained_sig, plain_sig = signal(1), signal(2)
+        for sig, pred in ((explained_sig, preds[-1]), (plain_sig, preds[0])):
+            sig.data_window_id, sig.model_version, sig.horizon_min = pred.data_window_id, pred.model_version, 30
+        env.write([explained_sig, plain_sig])
+        shap_30 = next(s for s in detail["shap"] if s["horizon_min"] == 30)["top_features"]
+        got = env.client.get(f"/signals/{explained_sig.signal_id}").json()
+        assert got["attribution"] == "shap" and got["signal"]["top_features"] == shap_30
+        kept = env.client.get(f"/signals/{plain_sig.signal_id}").json()
+        assert kept["attribution"] == "proxy" and [f["name"] for f in kept["signal"]["top_features"]] == ["ofi_1s"]

@@ -11,7 +11,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 import redis.asyncio as aioredis
@@ -97,6 +97,10 @@ class OutcomeOut(BaseModel):
 class SignalDetail(BaseModel):
     signal: SignalOut
     outcome: OutcomeOut | None = Field(description="null while the signal is open (or for WAIT)")
+    attribution: Literal["shap", "proxy"] = Field(
+        "proxy", description="shap: signal.top_features are the TreeSHAP top features of its prediction at its "
+                             "horizon (the infer stage's attribution worker); proxy: the fast ones it was "
+                             "published with (no SHAP row yet, or a model without boosters)")
 
 
 class StatsBucket(BaseModel):
@@ -357,4 +361,13 @@ def signal_by_id(warehouse: WarehouseDep, signal_id: SignalIdP) -> SignalDetail:
         {"id": signal_id},
     )
     outcome = OutcomeOut.model_validate({k: _finite(v) for k, v in outcomes[0].items()}) if outcomes else None
-    return SignalDetail(signal=SignalOut.model_validate(_clean(rows[0])), outcome=outcome)
+    signal = SignalOut.model_validate(_clean(rows[0]))
+    shap = warehouse.query(
+        f"SELECT features, feature_values, contributions FROM {warehouse.database}.attributions FINAL "
+        "WHERE data_window_id = {window:String} AND model_version = {model:String} AND horizon_min = {h:UInt32} "
+        "LIMIT 1", {"window": signal.data_window_id, "model": signal.model_version, "h": signal.horizon_min})
+    if not shap:
+        return SignalDetail(signal=signal, outcome=outcome)
+    top = [FeatureContributionOut(name=n, value=_finite(v), contribution=_finite(c)) for n, v, c in
+           zip(shap[0]["features"], shap[0]["feature_values"], shap[0]["contributions"], strict=True)]
+    return SignalDetail(signal=signal.model_copy(update={"top_features": top}), outcome=outcome, attribution="shap")
