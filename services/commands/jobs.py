@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import orjson
@@ -70,7 +71,16 @@ def submit(kind: Annotated[str, typer.Argument(help="train | evaluate | backtest
         console.print(f"[red]unknown job kind {kind!r}[/red]; one of {', '.join(KIND_PARAMS)}")
         raise typer.Exit(2)
     try:
-        parsed = validate(kind, orjson.loads(params), JobPaths(Settings(), "-"))
+        doc = orjson.loads(params)
+        if isinstance(doc, dict):  # relative to here, as a shell user means them; the worker needs them absolute
+            for key in ("data", "eval"):
+                if isinstance(doc.get(key), list):
+                    doc[key] = [str(Path(p).resolve()) if isinstance(p, str) else p for p in doc[key]]
+            if isinstance(doc.get("model"), str):
+                doc["model"] = str(Path(doc["model"]).resolve())
+        paths = JobPaths(Settings(), "-")
+        parsed = validate(kind, doc, paths)
+        paths.files([*getattr(parsed, "data", []), *(getattr(parsed, "eval", None) or [])])  # exist here
     except (orjson.JSONDecodeError, ValidationError, JobInputError) as exc:
         console.print(f"[red]invalid parameters:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -5,7 +5,8 @@
   (admin implies read). Managed by ``surge tokens create|list|revoke``; a revoked token stops working within
   ``SURGE_CACHE_L1_TTL_MS``. Admin routes always need ``admin``; reads need ``read`` when ``SURGE_GATEWAY_AUTH=read``
   and are open otherwise. A token that is presented and wrong is a 401 either way. The SSE route
-  (``QUERY_TOKEN_PATHS``) also takes it as ``?access_token=``, since a browser's EventSource sends no headers.
+  routes (``takes_query_token``: the signal and job streams) also take it as ``?access_token=``, since a browser's
+  EventSource sends no headers; given twice it is refused (401), so the rate limit and the check see one token.
 * **Rate limits** (``RateLimiter``): a token bucket per client (the token id when one is presented, else the
   peer address): ``SURGE_GATEWAY_RATE_PER_MIN`` per minute, bucket ``SURGE_GATEWAY_BURST`` x that, and at most
   ``SURGE_GATEWAY_MAX_CONCURRENT`` requests in flight; beyond either, 429 with ``Retry-After`` (seconds).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 import secrets
 import threading
 import time
@@ -45,8 +47,12 @@ UNLIMITED_PATHS: Final = frozenset({"/health", "/metrics"})
 CACHED_PREFIXES: Final = ("/stats/", "/performance", "/reports/")
 # A browser's EventSource cannot send headers, so these routes also take the token as ``?access_token=``.
 # Only these: a token in a URL ends up in access logs, so no other route reads it from there.
-QUERY_TOKEN_PATHS: Final = frozenset({"/signals/stream"})
+QUERY_TOKEN_PATHS: Final = re.compile(r"^(/signals/stream|/jobs/[0-9a-f]{32}/events)$")
 QUERY_TOKEN_PARAM: Final = "access_token"
+
+
+def takes_query_token(path: str) -> bool:
+    return QUERY_TOKEN_PATHS.match(path) is not None
 
 
 def sha256(token: str) -> str:
@@ -262,8 +268,9 @@ class GatewayMiddleware:
         path: str = scope.get("path", "")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         token = bearer(headers.get)
-        if token is None and path in QUERY_TOKEN_PATHS:  # the SSE client is limited by its token, like the rest
-            token = _query_param(scope.get("query_string", b""), QUERY_TOKEN_PARAM)
+        if token is None and takes_query_token(path):  # the SSE client is limited by its token, like the rest
+            token = query_token(parse_qs(scope.get("query_string", b"").decode("latin-1"),
+                                         keep_blank_values=True).get(QUERY_TOKEN_PARAM))
         if path in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
@@ -318,9 +325,11 @@ class GatewayMiddleware:
         await _send(send, 200, [*kept, (b"x-cache", b"hit" if self.cache.hits and hit else b"miss")], body)
 
 
-def _query_param(query_string: bytes, name: str) -> str | None:
-    values = parse_qs(query_string.decode("latin-1")).get(name)
-    return values[0] if values else None
+def query_token(values: list[str] | None) -> str | None:
+    """The ``?access_token=`` of a streaming route: None if absent, "" (refused) if given more than once."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ""
 
 
 async def _send(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], status: int,
@@ -346,8 +355,8 @@ def _store(request: Request) -> TokenStore:
 
 def _check(request: Request, scope: Scope, required: bool) -> TokenInfo | None:
     token = bearer(request.headers.get)
-    if token is None and request.url.path in QUERY_TOKEN_PATHS:
-        token = request.query_params.get(QUERY_TOKEN_PARAM)
+    if token is None and takes_query_token(request.url.path):
+        token = query_token(request.query_params.getlist(QUERY_TOKEN_PARAM))
     if token is None and not required:
         return None
     unauthorized = {"WWW-Authenticate": "Bearer"}

@@ -97,32 +97,46 @@ class JobPaths:
         shipped_models = shipped(SHIPPED[0]).resolve().parent
         return [self.settings.jobs_data_root.resolve(), self.settings.data_dir.resolve(), shipped_models]
 
-    def readable(self, text: str) -> Path:
-        """``text`` as a path that exists and lies under one of the roots (symlinks resolved first)."""
+    def confined(self, text: str) -> Path:
+        """``text`` as an absolute path under one of the roots, symlinks resolved first; it need not exist here
+        (the gateway may not mount the data the worker reads: the worker checks existence when it runs)."""
+        if not Path(text).expanduser().is_absolute():
+            raise JobInputError(f"{text}: give an absolute path (the gateway and the worker may run in other "
+                                "folders)")
         path = Path(text).expanduser().resolve()
         if not any(path == root or path.is_relative_to(root) for root in self.roots()):
             raise JobInputError(f"{text}: not under {', '.join(str(r) for r in self.roots())}")
+        return path
+
+    def readable(self, text: str) -> Path:
+        """``confined``, and it exists."""
+        path = self.confined(text)
         if not path.exists():
             raise JobInputError(f"{text}: does not exist")
         return path
 
     def files(self, texts: Sequence[str]) -> list[Path]:
-        """Files as given; a folder stands for its data files in name order (as ``surge train`` reads it)."""
+        """Files as given; a folder stands for its data files in name order (as ``surge train`` reads it). Each
+        listed file is confined too: a symlink inside an allowed folder may not lead out of it."""
         out: list[Path] = []
         for text in texts:
             path = self.readable(text)
-            out.extend(sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
-                       if path.is_dir() else [path])
+            if path.is_dir():
+                listed = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+                out.extend(self.readable(str(f)) for f in listed)
+            else:
+                out.append(path)
         return out
 
 
 def validate(kind: str, params: dict[str, Any], paths: JobPaths) -> _Params:
-    """The parameters parsed and every path they name checked, before the job is queued."""
+    """The parameters parsed and every path they name confined to the roots, before the job is queued."""
     model = KIND_PARAMS[kind].model_validate(params)
     for field in ("data", "eval"):
-        paths.files(getattr(model, field, []) or [])
+        for text in getattr(model, field, []) or []:
+            paths.confined(text)
     if isinstance(model, BacktestParams) and model.model is not None:
-        paths.readable(model.model)
+        paths.confined(model.model)
     return model
 
 

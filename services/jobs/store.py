@@ -110,8 +110,12 @@ class JobStore:
         self.clock = clock
         self.ttl_s = max(1, round(ttl_days * 86_400))
 
-    def submit(self, kind: str, params: Mapping[str, Any], actor: str) -> Job:
-        job_id = uuid.uuid4().hex
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def submit(self, kind: str, params: Mapping[str, Any], actor: str, job_id: str | None = None) -> Job:
+        job_id = job_id or self.new_id()
         now = self.clock.now_us()
         fields = {"kind": kind, "params": orjson.dumps(dict(params)), "state": JobState.QUEUED.value,
                   "progress": 0.0, "message": "queued", "actor": actor, "created_us": now, "started_us": 0,
@@ -191,6 +195,11 @@ class JobStore:
             self._event(pipe, job_id, JobState.QUEUED, 0.0, f"requeued: {worker} stopped while running it", now)
             pipe.execute()
         return moved
+
+    def state_of(self, job_id: str) -> JobState | None:
+        """The job's state, or None once its record is gone (expired)."""
+        raw = self.redis.hget(_key(job_id), "state")
+        return JobState(raw.decode()) if isinstance(raw, bytes) else None
 
     def progress(self, job_id: str, fraction: float, message: str) -> None:
         fraction = min(1.0, max(0.0, fraction))

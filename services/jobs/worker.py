@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.jobs import kinds
@@ -41,14 +42,21 @@ class ThinnedReporter:
 
     def __call__(self, fraction: float, message: str) -> None:
         if fraction < 0:
-            self.store.progress(self.job_id, self.fraction, message)
+            self._write(message)
             return
         step = int(fraction / self.min_step + 1e-9)
         self.fraction = max(self.fraction, fraction)
         if step <= self._written_step and _phase(message) == _phase(self.message):
             return
         self.message, self._written_step = message, max(self._written_step, step)
-        self.store.progress(self.job_id, self.fraction, message)
+        self._write(message)
+
+    def _write(self, message: str) -> None:
+        # Best effort: a Redis hiccup costs a progress line, never the job (its end is retried: Worker.finish).
+        try:
+            self.store.progress(self.job_id, self.fraction, message)
+        except redis.RedisError as exc:
+            log.warning("progress of job %s not written: %s", self.job_id, exc)
 
 
 def _phase(message: str) -> str:
@@ -90,13 +98,27 @@ class Worker:
                                   ThinnedReporter(self.store, job.job_id))
         except Exception as exc:  # any failure of the job is its result; the worker goes on with the next one
             log.error("job %s (%s) failed: %s", job.job_id, job.kind, exc)
-            done = self.store.finish(job.job_id, self.name,
-                                     error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+            done = self.finish(job, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
         else:
-            done = self.store.finish(job.job_id, self.name, result=result)
+            done = self.finish(job, result=result)
             log.info("job %s (%s) succeeded", job.job_id, job.kind)
         finally:
             self.running.dec()
             self.seconds.labels(job.kind).inc(time.perf_counter() - started)
         self.finished.labels(job.kind, done.state.value).inc()
         return done
+
+    def finish(self, job: Job, *, result: dict[str, Any] | None = None, error: str = "",
+               attempts: int = 8, sleep: Callable[[float], None] = time.sleep) -> Job:
+        """Record the end, retrying a Redis outage with backoff (0.5 s doubling, 8 tries): the result of a long
+        job is worth waiting for. Still down after that: the error propagates and the job stays on this worker's
+        running list, so the next start requeues it."""
+        for attempt in range(attempts):
+            try:
+                return self.store.finish(job.job_id, self.name, result=result, error=error)
+            except redis.RedisError as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("end of job %s not recorded (%s); retrying", job.job_id, exc)
+                sleep(min(30.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")

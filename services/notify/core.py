@@ -128,6 +128,9 @@ class NotifyState:
     tokens: float | None = None     # None: the bucket starts full at the first call
     refilled_us: int = 0
     risk_state: str | None = None   # the paper book's state in the newest outcome seen
+    # Exit time of the outcome that set risk_state: outcomes of other symbols arrive across partitions in no
+    # global order, and an older one must not read as a transition back.
+    risk_as_of_us: int = 0
     pending: deque[Post] = field(default_factory=deque)  # risk and job posts waiting for a token, oldest first
     digest: Digest = field(default_factory=Digest)
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
@@ -168,6 +171,7 @@ class NotifyState:
 
     def to_json(self) -> dict[str, Any]:
         return {"tokens": self.tokens, "refilled_us": self.refilled_us, "risk_state": self.risk_state,
+                "risk_as_of_us": self.risk_as_of_us,
                 "pending": [{"key": p.key, "kind": p.kind, "text": p.text} for p in self.pending],
                 "digest": self.digest.to_json(), "seen": list(self.seen), "counts": dict(self.counts)}
 
@@ -177,7 +181,8 @@ class NotifyState:
         pending = deque(make_post(str(p["key"]), p["kind"], str(p["text"]), config) for p in doc["pending"])
         tokens = doc["tokens"]
         return cls(config=config, tokens=None if tokens is None else min(float(tokens), config.capacity),
-                   refilled_us=int(doc["refilled_us"]), risk_state=doc["risk_state"], pending=pending,
+                   refilled_us=int(doc["refilled_us"]), risk_state=doc["risk_state"],
+                   risk_as_of_us=int(doc.get("risk_as_of_us", 0)), pending=pending,
                    digest=Digest.from_json(doc["digest"]), seen=OrderedDict.fromkeys(str(k) for k in doc["seen"]),
                    counts={str(k): int(v) for k, v in doc["counts"].items()})
 
@@ -211,9 +216,9 @@ def signal_text(signal: signal_pb2.Signal) -> str:
 def risk_post(outcome: outcome_pb2.Outcome, state: NotifyState) -> Post | None:
     """The post for a change of the paper book's risk state, if this outcome brings one."""
     to = outcome.risk_state
-    if not to:
-        return None
-    before, state.risk_state = state.risk_state, to
+    if not to or outcome.exit_us < state.risk_as_of_us:
+        return None  # none stated, or older than the state already known
+    before, state.risk_state, state.risk_as_of_us = state.risk_state, to, outcome.exit_us
     if before == to or (before is None and to == "NORMAL"):
         return None
     label = str(outcome_pb2.OutcomeLabel.Name(outcome.label))

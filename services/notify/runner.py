@@ -58,7 +58,10 @@ POLL_S: Final = 0.25        # idle poll: also how soon a digest goes out once th
 JOBS_PER_READ: Final = 100
 CHECKPOINT_EVERY_S: Final = 1.0
 REDIS_BACKOFF_MAX_S: Final = 5.0
-RETRY_AFTER_MAX_S: Final = 300.0
+RETRY_AFTER_MAX_S: Final = 60.0
+# All waits of one post together stay well under librdkafka's max.poll.interval.ms (300 s), during which the
+# consumer is not polled; a post that needs longer goes to dlq.v1 with the reason.
+POST_WAIT_MAX_S: Final = 120.0
 
 T = TypeVar("T")
 
@@ -123,6 +126,7 @@ class WebhookSender:
     def send(self, payload: dict[str, Any]) -> str | None:
         """None once the webhook accepted it; the reason when it finally did not. Raises Stopped."""
         reason = "no attempt made"
+        waited = 0.0
         for attempt in range(1, self.policy.max_attempts + 1):
             delay = self.policy.backoff_s(attempt)
             try:
@@ -143,8 +147,12 @@ class WebhookSender:
                 else:
                     reason = f"HTTP {code}: {body}"
             if attempt < self.policy.max_attempts:
+                if waited + delay > POST_WAIT_MAX_S:
+                    return f"{reason} (gave up after {attempt} attempts: waiting {delay:.0f}s more would pass " \
+                           f"{POST_WAIT_MAX_S:.0f}s for one post)"
                 log.warning("webhook attempt %d/%d failed (%s); retrying in %.1fs", attempt,
                             self.policy.max_attempts, reason, delay)
+                waited += delay
                 if self.wait(delay):
                     raise Stopped
         return f"{reason} (after {self.policy.max_attempts} attempts)"

@@ -38,6 +38,7 @@ from streams.infer.model import Model, ModelError
 log = logging.getLogger("surge.infer.shap")
 FloatArray = npt.NDArray[np.float64]
 TOP_K: Final = 5
+EXPLAINERS_KEPT: Final = 4
 TABLE: Final = "attributions"
 COLUMNS: Final = ("prediction_id", "data_window_id", "venue", "symbol", "model_version", "horizon_min",
                   "features", "feature_values", "contributions", "base_value", "raw_score", "exchange_us",
@@ -77,7 +78,10 @@ class ShapExplainer:
             path = model.folder / str(name) if name else None
             if path is None or not path.is_file() or Path(str(name)).name != str(name):
                 raise ModelError(f"{model.model_version}: SHAP booster for horizon {h} missing ({name!r})")
-            booster = lgb.Booster(model_str=gzip.decompress(path.read_bytes()).decode())
+            try:
+                booster = lgb.Booster(model_str=gzip.decompress(path.read_bytes()).decode())
+            except Exception as exc:  # a corrupt file of any kind: this model gets no SHAP, nothing else changes
+                raise ModelError(f"{model.model_version}: SHAP booster {name} unreadable: {exc}") from exc
             if booster.num_feature() != model.n_features:
                 raise ModelError(f"{model.model_version}: booster {name} has {booster.num_feature()} features, "
                                  f"the model {model.n_features}")
@@ -86,7 +90,9 @@ class ShapExplainer:
 
     def contributions(self, x: FloatArray) -> dict[int, FloatArray]:
         """SHAP values [N, F + 1] per horizon (the last column is the base value)."""
-        return {h: np.asarray(b.predict(x, pred_contrib=True), dtype=np.float64) for h, b in self.boosters.items()}
+        # One thread: the worker must not take both cores from the hot path's ONNX session.
+        return {h: np.asarray(b.predict(x, pred_contrib=True, num_threads=1), dtype=np.float64)
+                for h, b in self.boosters.items()}
 
     def rows(self, batch: Sequence[Pending], now_us: int) -> list[list[Any]]:
         """``attributions`` rows: TOP_K by |SHAP| per (prediction, horizon); missing inputs are never a reason."""
@@ -156,7 +162,9 @@ class ShapWorker:
         self.interval_s = interval_s
         self.batch_max = batch_max
         self.on_batch = on_batch
-        self._explainers: dict[str, ShapExplainer | None] = {}
+        # Loaded boosters by model version; a few only (hot swaps and canaries come and go).
+        self._explainers: OrderedDict[str, ShapExplainer | None] = OrderedDict()
+        self._dropped_seen = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="shap", daemon=True)
 
@@ -172,14 +180,20 @@ class ShapWorker:
         if model.model_version not in self._explainers:
             try:
                 self._explainers[model.model_version] = ShapExplainer.for_model(model)
-            except ModelError as exc:  # the model is served anyway; only its SHAP rows are missing
+            except Exception as exc:  # the model is served anyway; only its SHAP rows are missing
                 log.error("no SHAP attribution for %s: %s", model.model_version, exc)
                 self._explainers[model.model_version] = None
+            while len(self._explainers) > EXPLAINERS_KEPT:
+                self._explainers.popitem(last=False)
+        self._explainers.move_to_end(model.model_version)
         return self._explainers[model.model_version]
 
     def run_once(self) -> int:
         """One drain: the number of rows inserted."""
         batch, skipped = self.queue.drain(self.batch_max)
+        dropped = self.queue.dropped
+        skipped += dropped - self._dropped_seen  # fell out of the full queue since the last batch
+        self._dropped_seen = dropped
         started = time.perf_counter()  # a duration for the metric, not a timestamp
         by_model: dict[str, list[Pending]] = {}
         for p in batch:
@@ -191,7 +205,11 @@ class ShapWorker:
             if explainer is None:
                 skipped += len(items)
                 continue
-            rows.extend(explainer.rows(items, now))
+            try:
+                rows.extend(explainer.rows(items, now))
+            except Exception:  # one model's failure costs its rows, not the other models'
+                log.exception("SHAP of %d prediction(s) of %s failed", len(items), items[0].model.model_version)
+                skipped += len(items)
         if rows:
             self.insert(rows)
         self.on_batch(len(rows), skipped, time.perf_counter() - started)

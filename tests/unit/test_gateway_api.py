@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from schemas import SCHEMA_VERSION, common_pb2, outcome_pb2, prediction_pb2, signal_pb2
 from services.cli import app as cli_app
 from services.gateway.app import create_app
-from services.gateway.security import RateLimiter, TokenStore
+from services.gateway.security import RateLimiter, TokenStore, takes_query_token
 from streams.infer.model import load_model
 from streams.infer.stage import default_model_dir
 from streams.runtime.clock import LiveClock, ManualClock
@@ -279,7 +279,12 @@ def test_sse_takes_the_token_from_the_query_and_no_other_route_does(tmp_path: Pa
             assert resp.headers["content-type"].startswith("text/event-stream")
             assert next(resp.iter_lines()) == "event: snapshot"
         assert env.client.get("/signals", params={"access_token": read_token}).status_code == 401
+        # Given twice, the token is refused: the rate limit and the auth check would otherwise read different ones.
+        twice = [("access_token", "junk"), ("access_token", read_token), ("max_events", "1"), ("timeout_s", "2")]
+        assert env.client.get("/signals/stream", params=twice).status_code == 401
         assert env.client.get("/signals", headers={"Authorization": f"Bearer {read_token}"}).status_code == 200
+    assert takes_query_token("/signals/stream") and takes_query_token(f"/jobs/{'a1' * 16}/events")
+    assert not takes_query_token("/signals") and not takes_query_token("/jobs/x/events")
 
 
 def test_sse_query_token_shares_its_tokens_rate_limit_bucket(tmp_path: Path, redis_url: str) -> None:

@@ -5,6 +5,7 @@ Real May 2026 BTCUSDT klines through the features batch driver and the infer cor
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -18,7 +19,7 @@ from services.backtest.engine import kline_vectors
 from streams.features.batch import compute_klines_frame
 from streams.infer.artifacts import shipped
 from streams.infer.core import InferState, process
-from streams.infer.model import Model, load_model
+from streams.infer.model import Model, ModelError, load_model
 from streams.infer.shap import COLUMNS, TOP_K, ShapExplainer, ShapQueue, ShapWorker
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord
@@ -100,6 +101,22 @@ def test_rows_keep_the_top_k_by_abs_shap_and_never_a_missing_input(model: Model,
     assert not set(rows[0][6]) & set(names[:3])
 
 
+def test_a_corrupt_booster_costs_that_model_its_shap_rows_only(tmp_path: Path, model: Model) -> None:
+    """Tried: a booster file that is not gzip. The model still loads and serves; the worker counts its
+    predictions as skipped and goes on."""
+    folder = tmp_path / "broken"
+    shutil.copytree(model.folder, folder)
+    (folder / "booster_30.txt.gz").write_bytes(b"not gzip")
+    broken = load_model(folder)
+    with pytest.raises(ModelError, match=r"booster_30\.txt\.gz unreadable"):
+        ShapExplainer.for_model(broken)
+    queue = ShapQueue()
+    queue.offer(broken, prediction_pb2.Prediction(prediction_id="p1", symbol="BTCUSDT"), np.zeros(model.n_features))
+    seen: list[tuple[int, int]] = []
+    worker = ShapWorker(queue, lambda rows: None, lambda: 1, on_batch=lambda r, s, t: seen.append((r, s)))
+    assert worker.run_once() == 0 and seen == [(0, 1)]
+
+
 def test_the_cap_keeps_the_newest_of_every_instrument_then_the_newest(model: Model) -> None:
     queue = ShapQueue(capacity=8)
     row = np.zeros(model.n_features)
@@ -146,9 +163,11 @@ def test_worker_rows_reach_reports_and_predictions(tmp_path: Path, redis_url: st
         for r in stored:
             for name, c in zip(r["features"], r["contributions"], strict=True):
                 totals.setdefault(name, []).append(abs(c))
-        ranked = sorted(totals, key=lambda n: (-sum(totals[n]) / len(totals[n]), n))[:3]
+        # Mean |SHAP| over every explained row (0 where the feature was not in a row's top 5).
+        ranked = sorted(totals, key=lambda n: (-sum(totals[n]) / len(stored), n))[:3]
         assert [r["name"] for r in shap] == ranked
         assert shap[0]["signals"] == len(totals[ranked[0]])
+        assert shap[0]["mean_abs_contribution"] == pytest.approx(sum(totals[ranked[0]]) / len(stored))
         explained = preds[-1].prediction_id  # the newest: inside the cap
         detail = env.client.get(f"/predictions/{explained}").json()
         assert [s["horizon_min"] for s in detail["shap"]] == [5, 10, 30]

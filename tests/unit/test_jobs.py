@@ -97,7 +97,9 @@ def test_thinned_reporter_writes_steps_phases_and_log_lines(store: JobStore) -> 
 
 
 def test_paths_outside_the_allowed_folders_are_refused(tmp_path: Path) -> None:
-    """Tried: an absolute path elsewhere, a relative escape, a symlink out of the root, and a missing file."""
+    """Tried: an absolute path elsewhere, a relative escape, a symlink out of the root, a symlinked file inside an
+    allowed folder that leads out, a relative path, a missing file (refused when the worker runs it, not at
+    submission: the gateway may not mount the data), and an unknown parameter."""
     root = tmp_path / "data"
     root.mkdir()
     (root / "ok.csv").write_text("1\n")
@@ -107,8 +109,15 @@ def test_paths_outside_the_allowed_folders_are_refused(tmp_path: Path) -> None:
     for bad in ("/etc/passwd", str(root / ".." / ".." / "etc"), str(root / "link" / "passwd")):
         with pytest.raises(kinds.JobInputError, match="not under"):
             paths.readable(bad)
+    (root / "inside.csv").symlink_to("/etc/hostname")
+    with pytest.raises(kinds.JobInputError, match=r"inside\.csv: not under"):
+        paths.files([str(root)])
+    with pytest.raises(kinds.JobInputError, match="absolute"):
+        kinds.validate("train", {"data": ["data/ok.csv"]}, paths)
+    missing = str(root / "missing.csv")
+    assert isinstance(kinds.validate("train", {"data": [missing]}, paths), kinds.TrainParams)
     with pytest.raises(kinds.JobInputError, match="does not exist"):
-        paths.readable(str(root / "missing.csv"))
+        paths.files([missing])
     with pytest.raises(ValueError, match="extra"):
         kinds.validate("train", {"data": [str(root)], "surprise": 1}, paths)
 
@@ -193,6 +202,9 @@ def test_backtest_job_through_the_gateway_matches_the_engine(tmp_path: Path, red
         assert len(running) >= 3 and running == sorted(running)  # progress never goes back
         resumed = _events_after(env, job["job_id"], frames[-2]["event_id"])
         assert [f["state"] for f in resumed] == ["succeeded"]  # Last-Event-ID resumes after that event
+        # An EventSource reconnecting after the last event of an ended job gets 204, which stops it for good.
+        last = env.client.get(f"/jobs/{job['job_id']}/events", headers={"Last-Event-ID": frames[-1]["event_id"]})
+        assert last.status_code == 204
         audit = env.warehouse.query("SELECT action, model_version FROM surge.audit_logs "
                                     "WHERE action = 'job_submit_backtest'")
         assert [(r["action"], r["model_version"]) for r in audit] == [("job_submit_backtest", job["job_id"])]

@@ -27,11 +27,11 @@ def sig(n: int, *, symbol: str = "BTCUSDT", decision: int = signal_pb2.LONG, tie
                              estimated_cost_bps=4.0, net_utility_bps=12.34)
 
 
-def outcome(n: int, risk_state: str, *, net: float = -10.0) -> outcome_pb2.Outcome:
+def outcome(n: int, risk_state: str, *, net: float = -10.0, exit_us: int = 0) -> outcome_pb2.Outcome:
     return outcome_pb2.Outcome(schema_version=SCHEMA_VERSION, outcome_id=f"o{n}", signal_id=f"o{n}",
                                venue=common_pb2.BINANCE_SPOT, symbol="ETHUSDT", decision=signal_pb2.SHORT,
                                label=outcome_pb2.HIT_STOP, net_return_bps=net, paper_equity=0.98765,
-                               risk_state=risk_state)
+                               risk_state=risk_state, exit_us=exit_us)
 
 
 def job(job_id: str, state: JobState, *, progress: float = 1.0, message: str = "done") -> JobEvent:
@@ -150,6 +150,17 @@ def test_risk_transitions_post_each_change_and_a_first_state_only_when_not_norma
     [first] = process([outcome(8, "RISK_AVERSE")], restarted, clock)
     assert first.key == "risk:UNKNOWN->RISK_AVERSE:o8"
     assert first.text.startswith("RISK RISK_AVERSE (first seen) after SHORT ETHUSDT")
+
+
+def test_an_older_outcome_from_another_partition_is_no_transition_back() -> None:
+    """Outcomes of different symbols interleave across partitions: o3 (exit 15) arrives after o2 (exit 20) and
+    still says NORMAL; it is older than the CAUTIOUS state already known, so no CAUTIOUS -> NORMAL -> CAUTIOUS."""
+    state, clock = fresh()
+    posts = process([outcome(1, "NORMAL", exit_us=10), outcome(2, "CAUTIOUS", exit_us=20),
+                     outcome(3, "NORMAL", exit_us=15), outcome(4, "NORMAL", exit_us=30)], state, clock)
+    assert keys(posts) == ["risk:NORMAL->CAUTIOUS:o2", "risk:CAUTIOUS->NORMAL:o4"]
+    assert (state.risk_state, state.risk_as_of_us) == ("NORMAL", 30)
+    assert NotifyState.from_json(state.to_json(), state.config).risk_as_of_us == 30
 
 
 def test_only_finished_jobs_are_posted() -> None:

@@ -179,7 +179,8 @@ def calibration(warehouse: WarehouseDep, symbol: SymbolQ = None, minutes: Minute
 class AttributionRow(BaseModel):
     name: str
     signals: int = Field(description="rows the feature was among the top features of (predictions x horizons "
-                                     "for shap, signals for proxy)")
+                                     "for shap, signals for proxy); the means are over every row of the window "
+                                     "for shap (0 where the feature was not in a row's top 5)")
     mean_abs_contribution: float
     mean_contribution: float
     method: Literal["shap", "proxy"] = Field(description="shap: TreeSHAP of the infer stage's attribution worker "
@@ -206,7 +207,7 @@ def attribution(warehouse: WarehouseDep, symbol: SymbolQ = None, minutes: Minute
         params["symbol"] = norm_symbol(symbol)
     if method != "proxy":
         shap = _shap_attribution(warehouse, extra, params, top, horizon)
-        if shap or method == "shap":
+        if shap or method == "shap" or horizon is not None:  # the proxy has no horizons: never a silent swap
             return shap
     return _proxy_attribution(warehouse, extra, params, top)
 
@@ -214,10 +215,13 @@ def attribution(warehouse: WarehouseDep, symbol: SymbolQ = None, minutes: Minute
 def _shap_attribution(warehouse: Any, extra: str, params: dict[str, Any], top: int,
                       horizon: int | None) -> list[AttributionRow]:
     where_h = " AND horizon_min = {horizon:UInt32}" if horizon is not None else ""
+    # Means over every explained (prediction, horizon) row of the window, a feature outside a row's top 5
+    # counting 0 there: so a feature in the top once with a large value does not outrank one that is always in it.
+    source = (f"SELECT features, contributions FROM {warehouse.database}.attributions FINAL "
+              f"WHERE exchange_us >= {{since_us:Int64}}{extra}{where_h}")
     rows = warehouse.query(
-        f"SELECT name, count() AS n, avg(abs(c)) AS mean_abs, avg(c) AS mean FROM "
-        f"(SELECT features, contributions FROM {warehouse.database}.attributions FINAL "
-        f"WHERE exchange_us >= {{since_us:Int64}}{extra}{where_h}) "
+        f"SELECT name, count() AS n, sum(abs(c)) / any(total) AS mean_abs, sum(c) / any(total) AS mean FROM "
+        f"(SELECT features, contributions, (SELECT count() FROM ({source})) AS total FROM ({source})) "
         "ARRAY JOIN features AS name, contributions AS c "
         "GROUP BY name ORDER BY mean_abs DESC, name LIMIT {top:UInt32}",
         {**params, "top": top, **({"horizon": horizon} if horizon is not None else {})})

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
@@ -71,9 +71,12 @@ def _submit(kind: str, body: BaseModel, client: Any, settings: Any, warehouse: A
         params = kinds.validate(kind, body.model_dump(mode="json"), kinds.JobPaths(settings, "-"))
     except (kinds.JobInputError, ValidationError) as exc:
         raise HTTPException(422, str(exc)) from None
-    job = _store(client, settings).submit(kind, params.model_dump(mode="json"), token.actor)
-    audit(warehouse, f"job_submit_{kind}", token.actor, job.job_id, orjson.dumps(job.params).decode()[:2_000])
-    return _out(job)
+    doc = params.model_dump(mode="json")
+    job_id = JobStore.new_id()
+    # Audited before it is queued: a warehouse that is down refuses the job (503) instead of a retry queueing
+    # a second, unaudited one.
+    audit(warehouse, f"job_submit_{kind}", token.actor, job_id, orjson.dumps(doc).decode()[:2_000])
+    return _out(_store(client, settings).submit(kind, doc, token.actor, job_id))
 
 
 @router.post("/train", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
@@ -122,6 +125,7 @@ def _sse(event: Any) -> bytes:
 @router.get("/{job_id}/events", dependencies=[ReadDep],
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "Server-Sent Events: one `progress` event per report, with its id"},
+                       204: {"description": "the job has ended and nothing follows the given event id"},
                        **REDIS_ERRORS, **NOT_FOUND})
 async def job_events(
     request: Request, client: RedisDep, settings: SettingsDep, job_id: JobIdP,
@@ -130,7 +134,10 @@ async def job_events(
     last_event_id: Annotated[str | None, Header(pattern=EVENT_ID, description="as `after`; sent by "
                                                                               "EventSource on reconnect")] = None,
     timeout_s: Annotated[float | None, Query(gt=0, le=86_400, description="close after this long")] = None,
-) -> StreamingResponse:
+    access_token: Annotated[str | None, Query(max_length=200, description=(
+        "the bearer token, for clients that cannot send an Authorization header (a browser's EventSource); "
+        "read by the auth dependency, and only on the streaming routes"))] = None,
+) -> Response:
     """The job's progress events from the first (or after ``after`` / ``Last-Event-ID``), live until the job
     ends: the stream closes after the succeeded or failed event."""
     store = _store(client, settings)
@@ -138,23 +145,37 @@ async def job_events(
         await asyncio.to_thread(store.get, job_id)
     except JobError as exc:
         raise HTTPException(404, str(exc)) from None
+    cursor = after or last_event_id or "0"
+    pending = await asyncio.to_thread(store.events, job_id, cursor, None)
+    state = await asyncio.to_thread(store.state_of, job_id)
+    if not pending and (state is None or state.terminal):
+        # Nothing after the cursor of an ended job (an EventSource reconnecting after the last event): 204 is
+        # what makes EventSource stop reconnecting.
+        return Response(status_code=204)
     deadline = time.monotonic() + timeout_s if timeout_s is not None else None
 
     async def events() -> AsyncIterator[bytes]:
-        cursor = after or last_event_id or "0"
+        position = cursor
+        batch = pending
         last_beat = time.monotonic()
-        while deadline is None or time.monotonic() < deadline:
-            if await request.is_disconnected():
-                return
-            batch = await asyncio.to_thread(store.events, job_id, cursor, 500)
+        while True:
             for event in batch:
-                cursor = event.event_id
+                position = event.event_id
                 yield _sse(event)
                 if event.state.terminal:
                     return
-            if not batch and time.monotonic() - last_beat > 15:
-                last_beat = time.monotonic()
-                yield b": keep-alive\n\n"
+            if (deadline is not None and time.monotonic() >= deadline) or await request.is_disconnected():
+                return
+            if not batch:
+                ended = await asyncio.to_thread(store.state_of, job_id)
+                if ended is None or ended.terminal:  # expired, or ended since the read: send what is left
+                    for event in await asyncio.to_thread(store.events, job_id, position, None):
+                        yield _sse(event)
+                    return
+                if time.monotonic() - last_beat > 15:
+                    last_beat = time.monotonic()
+                    yield b": keep-alive\n\n"
+            batch = await asyncio.to_thread(store.events, job_id, position, 500)
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

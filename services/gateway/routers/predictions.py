@@ -117,10 +117,12 @@ def prediction_by_id(warehouse: WarehouseDep,
         {"id": prediction_id})
     if not rows:
         raise HTTPException(404, "no such prediction")
+    # symbol and exchange time lead the table's key: the lookup reads one granule, not the table.
     shap = warehouse.query(
         "SELECT horizon_min, base_value, raw_score, features, feature_values, contributions "
-        f"FROM {warehouse.database}.attributions FINAL WHERE prediction_id = {{id:String}} ORDER BY horizon_min",
-        {"id": prediction_id})
+        f"FROM {warehouse.database}.attributions FINAL WHERE symbol = {{symbol:String}} "
+        "AND exchange_us = {exchange_us:Int64} AND prediction_id = {id:String} ORDER BY horizon_min",
+        {"id": prediction_id, "symbol": rows[0]["symbol"], "exchange_us": int(rows[0]["exchange_us"])})
     return from_row(rows[0]).model_copy(update={"shap": [ShapOut(
         horizon_min=int(r["horizon_min"]), base_value=float(r["base_value"]), raw_score=float(r["raw_score"]),
         top_features=[FeatureContributionOut(name=n, value=v, contribution=c) for n, v, c in

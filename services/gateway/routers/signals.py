@@ -364,8 +364,10 @@ def signal_by_id(warehouse: WarehouseDep, signal_id: SignalIdP) -> SignalDetail:
     signal = SignalOut.model_validate(_clean(rows[0]))
     shap = warehouse.query(
         f"SELECT features, feature_values, contributions FROM {warehouse.database}.attributions FINAL "
-        "WHERE data_window_id = {window:String} AND model_version = {model:String} AND horizon_min = {h:UInt32} "
-        "LIMIT 1", {"window": signal.data_window_id, "model": signal.model_version, "h": signal.horizon_min})
+        "WHERE symbol = {symbol:String} AND data_window_id = {window:String} AND model_version = {model:String} "
+        "AND horizon_min = {h:UInt32} LIMIT 1",
+        {"symbol": signal.symbol, "window": signal.data_window_id, "model": signal.model_version,
+         "h": signal.horizon_min})
     if not shap:
         return SignalDetail(signal=signal, outcome=outcome)
     top = [FeatureContributionOut(name=n, value=_finite(v), contribution=_finite(c)) for n, v, c in
