@@ -37,7 +37,7 @@ class FeatureContribution(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("schema_version", "prediction_id", "venue", "symbol", "model_version", "feature_version", "horizons", "regime", "mid_price", "spread_bps", "top_features", "data_window_id", "canary", "ts", "quality_flags", "book_bids", "book_asks", "funding_rate")
+    __slots__ = ("schema_version", "prediction_id", "venue", "symbol", "model_version", "feature_version", "horizons", "regime", "mid_price", "spread_bps", "top_features", "data_window_id", "canary", "ts", "quality_flags", "book_bids", "book_asks", "funding_rate", "liquidation_notional_1m")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
     VENUE_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class Prediction(_message.Message):
     BOOK_BIDS_FIELD_NUMBER: _ClassVar[int]
     BOOK_ASKS_FIELD_NUMBER: _ClassVar[int]
     FUNDING_RATE_FIELD_NUMBER: _ClassVar[int]
+    LIQUIDATION_NOTIONAL_1M_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     prediction_id: str
     venue: _common_pb2.Venue
@@ -74,4 +75,5 @@ class Prediction(_message.Message):
     book_bids: _containers.RepeatedCompositeFieldContainer[_market_pb2.PriceLevel]
     book_asks: _containers.RepeatedCompositeFieldContainer[_market_pb2.PriceLevel]
     funding_rate: float
-    def __init__(self, schema_version: _Optional[int] = ..., prediction_id: _Optional[str] = ..., venue: _Optional[_Union[_common_pb2.Venue, str]] = ..., symbol: _Optional[str] = ..., model_version: _Optional[str] = ..., feature_version: _Optional[str] = ..., horizons: _Optional[_Iterable[_Union[HorizonProbability, _Mapping]]] = ..., regime: _Optional[str] = ..., mid_price: _Optional[float] = ..., spread_bps: _Optional[float] = ..., top_features: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ..., data_window_id: _Optional[str] = ..., canary: _Optional[bool] = ..., ts: _Optional[_Union[_common_pb2.Timestamps, _Mapping]] = ..., quality_flags: _Optional[_Iterable[_Union[_common_pb2.QualityFlag, str]]] = ..., book_bids: _Optional[_Iterable[_Union[_market_pb2.PriceLevel, _Mapping]]] = ..., book_asks: _Optional[_Iterable[_Union[_market_pb2.PriceLevel, _Mapping]]] = ..., funding_rate: _Optional[float] = ...) -> None: ...
+    liquidation_notional_1m: float
+    def __init__(self, schema_version: _Optional[int] = ..., prediction_id: _Optional[str] = ..., venue: _Optional[_Union[_common_pb2.Venue, str]] = ..., symbol: _Optional[str] = ..., model_version: _Optional[str] = ..., feature_version: _Optional[str] = ..., horizons: _Optional[_Iterable[_Union[HorizonProbability, _Mapping]]] = ..., regime: _Optional[str] = ..., mid_price: _Optional[float] = ..., spread_bps: _Optional[float] = ..., top_features: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ..., data_window_id: _Optional[str] = ..., canary: _Optional[bool] = ..., ts: _Optional[_Union[_common_pb2.Timestamps, _Mapping]] = ..., quality_flags: _Optional[_Iterable[_Union[_common_pb2.QualityFlag, str]]] = ..., book_bids: _Optional[_Iterable[_Union[_market_pb2.PriceLevel, _Mapping]]] = ..., book_asks: _Optional[_Iterable[_Union[_market_pb2.PriceLevel, _Mapping]]] = ..., funding_rate: _Optional[float] = ..., liquidation_notional_1m: _Optional[float] = ...) -> None: ...

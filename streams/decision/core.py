@@ -14,7 +14,9 @@ default all a prediction carries):
 * **Degradation rules**, each counted in ``state.rule_counts`` when it changes a signal:
   - input carrying a degrading quality flag (``DEGRADING_FLAGS``): tau and kappa are raised by the degraded
     steps and only tier A is allowed;
-  - a high-volatility regime: the cost is priced at the stressed slippage quantile (p97.5, ``cost.py``);
+  - a high-volatility regime, or a liquidation burst (USD-M: at least ``liquidation_burst_usd`` liquidated in the
+    last minute, the prediction's ``liquidation_notional_1m``): the cost is priced at the stressed slippage
+    quantile (p97.5, ``cost.py``);
   - exchange lag (clock minus the input's exchange time) above ``max_exchange_lag_us``: actionable signals pause
     (the stage reports it on /healthz and a metric); replays run without this rule;
   - the risk state of the paper book (``streams/outcomes/risk.py``, read by the stage from Redis): CAUTIOUS
@@ -93,6 +95,7 @@ class DecisionConfig:
     risk_averse_tau_step: float = 0.05
     cooldown_us_by_vol: tuple[int, int, int] = (1_800_000_000, 1_200_000_000, 600_000_000)  # low, medium, high
     max_exchange_lag_us: int = 0                  # 0: never pause
+    liquidation_burst_usd: float = 0.0            # 0: liquidations never stress the cost
     bounds: v.TimeBounds = v.UNBOUNDED            # prediction timestamps vs the clock
 
     @classmethod
@@ -111,6 +114,7 @@ class DecisionConfig:
             cooldown_us_by_vol=(round(settings.cooldown_low_vol_s * 1e6), round(settings.cooldown_medium_vol_s * 1e6),
                                 round(settings.cooldown_high_vol_s * 1e6)),
             max_exchange_lag_us=round(settings.decision_max_exchange_lag_s * 1e6),
+            liquidation_burst_usd=settings.decision_liquidation_burst_usd,
             bounds=v.TimeBounds.from_settings(settings),
         )
 
@@ -118,6 +122,14 @@ class DecisionConfig:
         low, medium, high = self.cooldown_us_by_vol
         base = low if regime.startswith("vol_low") else medium if regime.startswith("vol_medium") else high
         return base * 2 if risk == RiskLevel.RISK_AVERSE else base
+
+
+def stressed(prediction: prediction_pb2.Prediction, config: DecisionConfig) -> bool:
+    """A volatility burst (the high-volatility regime) or a liquidation burst: costs at the stressed quantile."""
+    if prediction.regime.startswith("vol_high"):
+        return True
+    return (config.liquidation_burst_usd > 0 and prediction.HasField("liquidation_notional_1m")
+            and prediction.liquidation_notional_1m >= config.liquidation_burst_usd)
 
 
 IdeaKey = tuple[Instrument, int]  # (instrument, horizon_min)
@@ -343,7 +355,7 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
                        f"{config.max_exchange_lag_us / 1e6:g}s" if lagging else ""
         conditions = Conditions(degraded=any(f in DEGRADING_FLAGS for f in prediction.quality_flags),
                                 risk=state.risk, paused=lagging, tau_offset=state.tau_offset,
-                                kappa_offset=state.kappa_offset, stressed=prediction.regime.startswith("vol_high"))
+                                kappa_offset=state.kappa_offset, stressed=stressed(prediction, config))
         instrument = Instrument(prediction.venue, prediction.symbol)
         for horizon in horizons_to_act_on(prediction, config):
             ev = _evaluate_counting(state, prediction, horizon, conditions)

@@ -234,6 +234,9 @@ def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: boo
     )
     if vec.HasField("funding_rate"):
         p.funding_rate = vec.funding_rate
+    liquidated = _value_of(vec, "liq_notional_1m")
+    if math.isfinite(liquidated):
+        p.liquidation_notional_1m = liquidated
     if (stale_after_us and vec.ts.exchange_us and now_us - vec.ts.exchange_us > stale_after_us
             and common_pb2.STALE_INPUT not in p.quality_flags):
         p.quality_flags.append(common_pb2.STALE_INPUT)

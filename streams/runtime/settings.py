@@ -85,6 +85,10 @@ class Settings(BaseSettings):
                              "prediction and book top per instrument")
     cache_l1_ttl_ms: float = Field(250.0, ge=0, le=5000, description="Gateway: in-process cache TTL of hot "
                                    "Redis keys (0 disables)")
+    decision_liquidation_burst_usd: float = Field(250_000.0, ge=0, description="Decision, USD-M: liquidated "
+                                                  "notional (quote) in the last minute at or above this is a "
+                                                  "liquidation burst, priced at the stressed cost quantile; 0 "
+                                                  "disables")
     attribution_interval_s: float = Field(2.0, ge=0, le=60, description="Infer: SHAP attribution (LightGBM "
                                           "pred_contrib, off the hot path) every this many seconds into "
                                           "ClickHouse attributions; 0 disables")

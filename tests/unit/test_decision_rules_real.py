@@ -4,12 +4,13 @@ features core, the shipped default model in the infer core, then the decision co
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from schemas import common_pb2, features_pb2, prediction_pb2, signal_pb2
-from streams.decision.core import DEGRADING_FLAGS, Conditions, DecisionState, evaluate, process
+from streams.decision.core import DEGRADING_FLAGS, Conditions, DecisionState, evaluate, process, stressed
 from streams.features.batch import capture_batches
 from streams.features.core import FeatureState
 from streams.features.core import process as features
@@ -100,3 +101,35 @@ def test_a_high_volatility_regime_prices_the_stressed_quantile(predictions: list
         table = state.cost.tables.entry("usdm", p.regime).quantiles
         assert stressed.estimated_cost_bps - plain.estimated_cost_bps == pytest.approx(
             table["p97.5"] - table["p50"], abs=1e-9)
+
+
+def test_a_liquidation_burst_prices_the_stressed_quantile(predictions: list[prediction_pb2.Prediction]) -> None:
+    """The capture has no forceOrder stream (it was recorded without one), so no prediction carries a liquidation
+    figure; the rule is tried by giving the calm (not vol_high) predictions one just below, and one at,
+    SURGE_DECISION_LIQUIDATION_BURST_USD. At the threshold every published cost is the stressed one."""
+    assert not any(p.HasField("liquidation_notional_1m") for p in predictions)
+    settings = Settings()
+    burst = settings.decision_liquidation_burst_usd
+    config = DecisionState.from_settings(settings).config
+    calm = [p for p in predictions if not p.regime.startswith("vol_high")][:300]
+    assert len(calm) == 300 and not any(stressed(p, config) for p in calm)
+
+    def with_liquidations(notional: float) -> list[prediction_pb2.Prediction]:
+        out = []
+        for p in calm:
+            q = prediction_pb2.Prediction()
+            q.CopyFrom(p)
+            q.liquidation_notional_1m = notional
+            out.append(q)
+        return out
+
+    below, at = with_liquidations(burst * 0.999), with_liquidations(burst)
+    assert not any(stressed(p, config) for p in below) and all(stressed(p, config) for p in at)
+    assert not stressed(at[0], replace(config, liquidation_burst_usd=0.0))  # 0 disables the rule
+    out, state = decide(at, SECOND, tau_a=0.0, kappa_a=-1e6)
+    published = [e.value.estimated_cost_bps for e in out.emits if isinstance(e.value, signal_pb2.Signal)]
+    assert len(published) == 300
+    priced = [evaluate(p, p.horizons[0], state.config, state.cost, Conditions(stressed=True)) for p in at]
+    assert published == pytest.approx([e.estimated_cost_bps for e in priced])
+    plain = [evaluate(p, p.horizons[0], state.config, state.cost) for p in below]
+    assert all(s.estimated_cost_bps > c.estimated_cost_bps for s, c in zip(priced, plain, strict=True))

@@ -253,3 +253,12 @@ def test_shipped_default_model_matches_the_feature_code() -> None:
     (pred,) = predictions(out)
     assert all(0.0 <= h.ci_low <= h.p_up <= h.ci_high <= 1.0 for h in pred.horizons)
     assert sum(f.stat().st_size for f in default_model_dir().iterdir() if f.is_file()) < 2_500_000
+
+
+def test_the_liquidated_notional_of_the_vector_travels_to_the_decision_stage(state: InferState) -> None:
+    """liq_notional_1m (not a model input) is copied onto the prediction when it is a number; NaN leaves it unset."""
+    burst = vector(1, {"a": 0.1, "b": 0.5, "c": 3.0, "spread_bps": 1.0, "liq_notional_1m": 312_500.0})
+    quiet = vector(2, {"a": 0.1, "b": 0.5, "c": 3.0, "spread_bps": 1.0, "liq_notional_1m": float("nan")})
+    first, second = predictions(run([burst, quiet], state))
+    assert first.HasField("liquidation_notional_1m") and first.liquidation_notional_1m == 312_500.0
+    assert not second.HasField("liquidation_notional_1m")
