@@ -154,7 +154,7 @@ class ShapWorker:
     """Drains the queue every ``interval_s`` on a daemon thread, explains and inserts (see the module doc)."""
 
     def __init__(self, queue: ShapQueue, insert: Callable[[list[list[Any]]], None], now_us: Callable[[], int], *,
-                 interval_s: float = 2.0, batch_max: int = 2_000,
+                 interval_s: float = 2.0, batch_max: int = 200,
                  on_batch: Callable[[int, int, float], None] = lambda rows, skipped, seconds: None) -> None:
         self.queue = queue
         self.insert = insert

@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     attribution_interval_s: float = Field(2.0, ge=0, le=60, description="Infer: SHAP attribution (LightGBM "
                                           "pred_contrib, off the hot path) every this many seconds into "
                                           "ClickHouse attributions; 0 disables")
-    attribution_batch_max: int = Field(2_000, ge=1, description="Infer: predictions explained per SHAP batch at "
+    # About 1.3 ms of one core per prediction (3 horizons, bench/results/shap.json): 200 per 2 s is ~13 % of a core.
+    attribution_batch_max: int = Field(200, ge=1, description="Infer: predictions explained per SHAP batch at "
                                        "most (beyond: the newest per instrument first; the rest counted skipped)")
     # Jobs (services/jobs/): training, evaluation and backtests started through the gateway, run by a worker.
     jobs_worker_name: str = Field("worker-0", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Jobs: this "

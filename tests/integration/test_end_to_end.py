@@ -140,6 +140,35 @@ def test_cli_tail_and_topics(surge_run: tuple[subprocess.Popen[bytes], StackProc
         assert re.search(rf"{re.escape(name)}\s+│\s+3\s", topics), topics  # exists, 3 partitions, not re-created
 
 
+def test_a_backtest_job_runs_on_the_supervised_worker_and_shap_reaches_the_reports(
+        surge_run: RunHandle, shared_data: Path) -> None:
+    """The jobs worker is one of `surge run`'s children: a backtest job queued through the real gateway (an admin
+    token made by `surge tokens create`) on a real month of klines ends succeeded, and its run is in
+    backtest_runs. Meanwhile the infer stage's SHAP worker has explained live predictions."""
+    proc, handle = surge_run
+    gateway = f"http://127.0.0.1:{handle.settings.gateway_port}"
+    made = subprocess.run([sys.executable, "-m", "services.cli", "tokens", "create", "--name", "e2e", "--scope",
+                           "admin"], env=handle.env, cwd=REPO_ROOT, capture_output=True, timeout=60, check=True)
+    admin = {"Authorization": f"Bearer {made.stdout.decode().strip()}"}
+    klines = shared_data / "klines_1m" / "BTCUSDT-1m-2026-05.zip"
+    resp = httpx.post(f"{gateway}/jobs/backtest", json={"data": [str(klines)], "mode": "neutral"}, headers=admin,
+                      timeout=10)
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["job_id"]
+
+    def ended() -> bool:
+        return httpx.get(f"{gateway}/jobs/{job_id}", timeout=5).json()["state"] in ("succeeded", "failed")
+
+    wait_for(ended, 300, "the backtest job to end", interval_s=1, context=lambda: diagnostics(handle))
+    job = httpx.get(f"{gateway}/jobs/{job_id}", timeout=5).json()
+    assert job["state"] == "succeeded", job["error"]
+    assert httpx.get(f"{gateway}/reports/backtest/{job['result']['run_id']}", timeout=10).status_code == 200
+    wait_for(lambda: any(r["method"] == "shap" for r in httpx.get(
+        f"{gateway}/reports/attribution", params={"minutes": 60, "method": "shap"}, timeout=10).json()), 60,
+        "SHAP rows from the infer stage", interval_s=1, context=lambda: diagnostics(handle))
+    assert proc.poll() is None
+
+
 def test_a_killed_stage_is_restarted_and_logged(surge_run: tuple[subprocess.Popen[bytes], StackProcesses]) -> None:
     proc, handle = surge_run
     assert proc.poll() is None
