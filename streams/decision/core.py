@@ -148,6 +148,8 @@ class Claim:
     key: str                    # Redis key of the idea
     signal_id: str
     ttl_ms: int
+    event_us: int               # the signal's event time (its prediction's exchange time)
+    cooldown_until_us: int      # ... and the end of its cooldown, in event time
     emit_index: int             # its position in the batch's Outputs.emits
     idea: IdeaKey
     before: IdeaState           # the idea's state before this signal, restored when another process owns it
@@ -382,7 +384,7 @@ def _emit(state: DecisionState, key: IdeaKey, prediction: prediction_pb2.Predict
         signal = build_signal(prediction, ev, state.cost, now_us, idea.cooldown_until_us)
         if cooldown_us > 0:
             state.claims.append(Claim(idea_key(key[0], key[1]), signal.signal_id, max(1, cooldown_us // 1000),
-                                      len(out.emits), key, before))
+                                      event_us, idea.cooldown_until_us, len(out.emits), key, before))
     elif idea.last_decision in ACTIONABLE and not cooling:
         signal = build_signal(prediction, ev, state.cost, now_us, 0)  # the transition to flat
     else:

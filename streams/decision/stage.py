@@ -3,9 +3,12 @@ position idea to one signal across replicas and restarts.
 
 Per batch: the risk state and the live-quality threshold offsets (``RISK_KEY``, ``ADAPT_KEY``, written by the
 outcomes stage) are re-read when the last read is older than ``SURGE_RISK_REFRESH_MS``; the core decides; then
-every actionable signal's idea is claimed with ``SET key signal_id NX PX cooldown``. A claim already held with
+every actionable signal's idea is claimed with ``SET key "signal_id cooldown_until_us" PX cooldown`` when the key
+is free (``CLAIM_SCRIPT``: NX, and in event time too, since a replay runs faster than the wall clock the PX
+counts: a claim whose cooldown has ended by the new signal's event time is taken over). A claim already held with
 the *same* signal id is ours (a redelivery after a restart: the signal is sent again, and the sink keeps one); a
-claim held with another id belongs to another process, so the signal is dropped and the idea's state put back.
+claim held with another id, still cooling, belongs to another process, so the signal is dropped and the idea's
+state put back.
 With Redis unreachable the stage keeps deciding on its in-memory cooldowns alone (one replica stays correct),
 counts it, and says so on /healthz.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Final
 
 import orjson
 import redis
@@ -74,19 +78,36 @@ def claim_ideas(rt: DecisionRuntime, out: Outputs) -> Outputs:
     if not claims or rt.redis is None:
         return out
     try:
+        script = rt.redis.register_script(CLAIM_SCRIPT)
         pipe = rt.redis.pipeline(transaction=False)
         for c in claims:
-            pipe.set(c.key, c.signal_id, nx=True, px=c.ttl_ms)
-        won = pipe.execute()
-        lost = [c for c, ok in zip(claims, won, strict=True) if not ok]
-        owners = rt.redis.mget([c.key for c in lost]) if lost else []
+            script(keys=[c.key], args=[c.signal_id, c.event_us, c.cooldown_until_us, c.ttl_ms], client=pipe)
+        owners = pipe.execute()
     except redis.RedisError as exc:
         rt.redis_failures += 1
         log.warning("idea claims unavailable, deciding on local cooldowns only: %s", exc)
         return out
-    elsewhere = {c.emit_index for c, owner in zip(lost, owners, strict=True)
-                 if owner is not None and _text(owner) != c.signal_id}
+    elsewhere = {c.emit_index for c, owner in zip(claims, owners, strict=True)
+                 if _text(owner).split(" ", 1)[0] != c.signal_id}
     return core.drop_unclaimed(rt.state, out, elsewhere)
+
+
+# SET NX PX, in event time as well: the claim "<signal_id> <cooldown_until_us>" of an idea is taken when the key
+# is free, or already this signal's (a redelivery or a replica on the same input), or its cooldown has ended by
+# this signal's event time (a replay runs faster than the wall clock the PX counts). Returns the owner's value.
+# Lua numbers are doubles: exact for µs timestamps (below 2^53).
+CLAIM_SCRIPT: Final = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local owner, until_us = string.match(cur, '^(%S+) (%d+)$')
+  if owner == nil then owner = cur end
+  if owner == ARGV[1] then return cur end
+  if until_us == nil or tonumber(until_us) > tonumber(ARGV[2]) then return cur end
+end
+local mine = ARGV[1] .. ' ' .. ARGV[3]
+redis.call('SET', KEYS[1], mine, 'PX', ARGV[4])
+return mine
+"""
 
 
 def _text(value: bytes | str) -> str:

@@ -3,8 +3,9 @@
 The infer stage's attribution worker (streams/infer/shap.py) on the shipped default model (btcusdt-klines: 3
 horizons x 300 rounds x 15 leaves, 25 inputs): ``pred_contrib`` on one thread for a full batch
 (2,000 predictions -> 6,000 rows; the default ``SURGE_ATTRIBUTION_BATCH_MAX`` is 200, chosen from this number),
-the top-5 selection, and the ONNX call on the same rows for scale. The inputs are the shipped model's training means plus noise of its training std, so the
-trees take realistic paths; the numbers say how many predictions per second one core can explain.
+the top-5 selection, and the ONNX call on the same rows for scale. The inputs are the shipped model's training
+means plus noise of its training std, so the trees take realistic paths; the numbers say how many predictions per
+second one core can explain.
 """
 
 from __future__ import annotations

@@ -49,11 +49,31 @@ def test_two_processes_publish_one_signal_per_idea(redis_url: str, client: redis
     clock.advance_us(SECOND)
     assert ids(run(b, clock, pred(0.9, i=2), pred(0.9, i=3, symbol="ETHUSDT"))) == ["ETHUSDT:3:m7:5"]
     assert b.state.rule_counts == {"claimed_elsewhere": 1}
-    assert client.get("surge:idea:BINANCE_SPOT:BTCUSDT:5") == b"BTCUSDT:1:m7:5"
+    # The claim holds the owner and the end of its cooldown in event time (prediction time + 30 min).
+    assert client.get("surge:idea:BINANCE_SPOT:BTCUSDT:5") == f"BTCUSDT:1:m7:5 {T0 - 50_000 + 1800 * SECOND}".encode()
     assert 1_799_000 <= int(client.pttl("surge:idea:BINANCE_SPOT:BTCUSDT:5")) <= 1_800_000
 
 
-def test_a_restarted_process_resends_its_own_unacknowledged_signal(redis_url: str) -> None:
+def test_a_replay_faster_than_the_wall_clock_takes_the_idea_again_once_its_event_time_cooldown_ended(
+        redis_url: str, client: redis.Redis) -> None:
+    """A replay at full speed: the next prediction of the idea is 30 min later in event time but a moment later
+    on the wall clock, where the first claim's PX has not run out. Its cooldown has ended in event time, so a
+    process with empty memory (a restart, a replica) takes the idea and publishes, once; a prediction still
+    inside the new cooldown does not."""
+    clock = ManualClock(T0)
+    assert ids(run(process_of(redis_url), clock, pred(0.9, i=1))) == ["BTCUSDT:1:m7:5"]
+    later = T0 - 50_000 + 1800 * SECOND
+    clock.set_us(later + 50_000)
+    fresh = process_of(redis_url)
+    assert ids(run(fresh, clock, pred(0.9, i=2, exchange_us=later))) == ["BTCUSDT:2:m7:5"]
+    other = process_of(redis_url)
+    clock.advance_us(SECOND)
+    assert ids(run(other, clock, pred(0.9, i=3, exchange_us=later + SECOND))) == []
+    assert other.state.rule_counts == {"claimed_elsewhere": 1}
+    assert client.get("surge:idea:BINANCE_SPOT:BTCUSDT:5") == f"BTCUSDT:2:m7:5 {later + 1800 * SECOND}".encode()
+
+
+def test_a_restarted_process_resends_its_own_unacknowledged_signal(redis_url: str, client: redis.Redis) -> None:
     """A redelivered prediction yields the same signal id, which matches the claim: it is sent again (the sink
     keeps one), never lost."""
     clock = ManualClock(T0)
