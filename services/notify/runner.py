@@ -367,8 +367,16 @@ class Notifier:
             self.stop.install()
         client = open_redis(settings.redis_connection_url())
         http = httpx.Client(timeout=settings.notify_timeout_s, follow_redirects=False)
-        sender = WebhookSender(http, settings.notify_webhook_url.get_secret_value(), self.retry, self.clock,
-                               self.stop.event.wait)
+        def wait(seconds: float) -> bool:
+            # A post waiting out a 429 or a backoff is progress, not a hang: /readyz stays green meanwhile.
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                self.health.beat()
+                if self.stop.event.wait(min(left, 5.0)):
+                    return True
+            return self.stop.event.is_set()
+
+        sender = WebhookSender(http, settings.notify_webhook_url.get_secret_value(), self.retry, self.clock, wait)
         consumer: Consumer | None = None
         try:
             created = ensure_topics(settings)
