@@ -57,6 +57,11 @@ class OutcomesConfig:
     stale_grace_us: int = 60_000_000      # a quiet instrument's positions time out this long after the deadline
     max_open_per_instrument: int = 1_000
     policy: risk.RiskPolicy = field(default_factory=risk.RiskPolicy)
+    # Recent trades kept per instrument, so a signal that arrives after trades past its entry (it went through
+    # three more stages than the ticks did; in a fast replay, minutes of event time) is still resolved on its
+    # first crossing: bounded by age (event time) and count.
+    trail_us: int = 900_000_000
+    trail_max: int = 500_000
 
 
 @dataclass(slots=True)
@@ -108,6 +113,7 @@ class OutcomesState:
     open: dict[InstrumentKey, list[OpenPosition]] = field(default_factory=dict)
     tops: dict[InstrumentKey, BookTop] = field(default_factory=dict)
     newest_event_us: dict[InstrumentKey, int] = field(default_factory=dict)
+    trail: dict[InstrumentKey, deque[tuple[int, float]]] = field(default_factory=dict)  # not in the snapshot
     last_sequence: dict[InstrumentKey, int] = field(default_factory=dict)  # of the newest tick batch applied
     watermark_us: int = 0                 # newest event time of any instrument
     resolved: OrderedDict[str, None] = field(default_factory=OrderedDict)
@@ -133,7 +139,9 @@ class OutcomesState:
     def checkpoint(self) -> Callable[[], None]:
         """Capture what a batch may change and return the function that puts it back. Cheap on every batch: the
         two large memories (resolved ids, recent outcomes) are only appended to within a batch, so their lengths
-        suffice; everything else is small and copied."""
+        suffice; everything else is small and copied. The trade trail is not put back (copying it per batch would
+        cost more than the batch): a retried batch's trades are in it twice, and a duplicate trade crosses a
+        barrier where its original did."""
         scalars = (self.watermark_us, self.risk, self.replay_on_start)
         containers = (dict(self.newest_event_us), dict(self.last_sequence), dict(self.pnl_bps_by_symbol),
                       list(self.transitions), list(self.quality_events), dict(self.counts), dict(self.held_out_ece_pp))
@@ -220,8 +228,21 @@ def add_signal(state: OutcomesState, record: InRecord[Any], out: Outputs) -> Non
         out.rejects.append(Reject(record, "too_many_open", f"{signal.symbol} already follows "
                                   f"{len(positions)} open signals (max {state.config.max_open_per_instrument})"))
         return
-    state.open[key] = [*positions, open_position(signal, state.tops.get(key))]
+    pos = open_position(signal, state.tops.get(key))
     state.count("opened")
+    if state.newest_event_us.get(key, 0) > pos.entry_us and not _catch_up(state, key, pos, out):
+        return  # resolved on trades already seen
+    state.open[key] = [*positions, pos]
+
+
+def _catch_up(state: OutcomesState, key: InstrumentKey, pos: OpenPosition, out: Outputs) -> bool:
+    """Walk the trail's trades after the entry for a late signal; True if it is still open after them."""
+    top = state.tops.get(key, BookTop())
+    for at_us, price in state.trail.get(key, ()):
+        if at_us > pos.entry_us and not _step(state, pos, at_us, price, top, out):
+            state.count("resolved_on_trail")
+            return False
+    return True
 
 
 def apply_ticks(state: OutcomesState, batch: market_pb2.TickBatch, out: Outputs) -> None:
@@ -237,6 +258,7 @@ def apply_ticks(state: OutcomesState, batch: market_pb2.TickBatch, out: Outputs)
         kind = event.WhichOneof("event")
         if kind == "trade":
             at_us, price = event.trade.exchange_us, event.trade.price
+            _remember(state, key, at_us, price)
         elif kind == "book":
             at_us, price = event.book.exchange_us, 0.0
             if event.book.bids and event.book.asks:
@@ -254,30 +276,40 @@ def apply_ticks(state: OutcomesState, batch: market_pb2.TickBatch, out: Outputs)
     state.watermark_us = max(state.watermark_us, seen_us)
 
 
+def _remember(state: OutcomesState, key: InstrumentKey, at_us: int, price: float) -> None:
+    trail = state.trail.get(key)
+    if trail is None:
+        trail = state.trail[key] = deque(maxlen=state.config.trail_max)
+    trail.append((at_us, price))
+    while trail and at_us - trail[0][0] > state.config.trail_us:
+        trail.popleft()
+
+
 def _advance(state: OutcomesState, key: InstrumentKey, positions: list[OpenPosition], at_us: int, price: float,
              top: BookTop, out: Outputs) -> None:
-    still_open: list[OpenPosition] = []
-    for pos in positions:
-        if at_us <= pos.entry_us:
-            still_open.append(pos)
-            continue
-        if at_us >= pos.deadline_us:
-            resolve(state, pos, outcome_pb2.TIMEOUT, pos.last_price, pos.deadline_us, top, out)
-            continue
-        if price <= 0:
-            still_open.append(pos)
-            continue
-        r = pos.return_bps(price)
-        pos.mfe_bps, pos.mae_bps = max(pos.mfe_bps, r), min(pos.mae_bps, r)
-        pos.last_price, pos.last_us = price, at_us
-        long = pos.decision == LONG
-        if (price >= pos.target_price) if long else (price <= pos.target_price):
-            resolve(state, pos, outcome_pb2.HIT_TARGET, price, at_us, top, out)
-        elif (price <= pos.stop_price) if long else (price >= pos.stop_price):
-            resolve(state, pos, outcome_pb2.HIT_STOP, price, at_us, top, out)
-        else:
-            still_open.append(pos)
-    _set_open(state, key, still_open)
+    _set_open(state, key, [pos for pos in positions if _step(state, pos, at_us, price, top, out)])
+
+
+def _step(state: OutcomesState, pos: OpenPosition, at_us: int, price: float, top: BookTop, out: Outputs) -> bool:
+    """One event of the instrument for one position; True if it is still open after it."""
+    if at_us <= pos.entry_us:
+        return True
+    if at_us >= pos.deadline_us:
+        resolve(state, pos, outcome_pb2.TIMEOUT, pos.last_price, pos.deadline_us, top, out)
+        return False
+    if price <= 0:
+        return True
+    r = pos.return_bps(price)
+    pos.mfe_bps, pos.mae_bps = max(pos.mfe_bps, r), min(pos.mae_bps, r)
+    pos.last_price, pos.last_us = price, at_us
+    long = pos.decision == LONG
+    if (price >= pos.target_price) if long else (price <= pos.target_price):
+        resolve(state, pos, outcome_pb2.HIT_TARGET, price, at_us, top, out)
+        return False
+    if (price <= pos.stop_price) if long else (price >= pos.stop_price):
+        resolve(state, pos, outcome_pb2.HIT_STOP, price, at_us, top, out)
+        return False
+    return True
 
 
 def _set_open(state: OutcomesState, key: InstrumentKey, positions: list[OpenPosition]) -> None:

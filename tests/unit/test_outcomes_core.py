@@ -184,10 +184,15 @@ def test_trades_of_one_microsecond_are_all_seen_and_a_reread_batch_is_skipped() 
     batch = ticks((T0 + 5, 100.1, 100.2), (T0 + 5, 100.5), (T0 + 5, 100.65), seq=7)
     [o] = outcomes(run(state, batch))
     assert (o.label, o.exit_price) == (outcome_pb2.HIT_TARGET, 100.65)
-    run(state, signal(2, at_us=T0 + 1))
+    # A signal that arrives after trades past its entry (it went through three more stages than the ticks) is
+    # resolved on the trail of trades already seen, at its first crossing, as if it had been there in time.
+    [o2] = outcomes(run(state, signal(2, at_us=T0 + 1)))
+    assert (o2.signal_id, o2.label, o2.exit_price) == ("BTCUSDT:2:5", outcome_pb2.HIT_TARGET, 100.65)
+    assert state.counts["resolved_on_trail"] == 1
     assert outcomes(run(state, batch)) == [] and state.counts["ticks_reread"] == 1
-    [o2] = outcomes(run(state, ticks((T0 + 6, 99.5), seq=8)))
-    assert (o2.signal_id, o2.label) == ("BTCUSDT:2:5", outcome_pb2.HIT_STOP)
+    run(state, signal(3, at_us=T0 + 5))  # nothing after its entry yet: it stays open
+    [o3] = outcomes(run(state, ticks((T0 + 6, 99.5), seq=8)))
+    assert (o3.signal_id, o3.label) == ("BTCUSDT:3:5", outcome_pb2.HIT_STOP)
 
 
 def test_a_checkpoint_puts_back_everything_a_batch_changed() -> None:
@@ -203,6 +208,7 @@ def test_a_checkpoint_puts_back_everything_a_batch_changed() -> None:
     out = run(state, ticks((T0 + 5, 100.5, 100.6), (T0 + 6, 100.7), seq=3), signal(4, at_us=T0 + 7))
     assert len(out.emits) == 2 and state != before  # two positions resolved, one opened
     restore()
+    state.trail = before.trail  # not put back, by design (see OutcomesState.checkpoint)
     assert state == before
     again = run(state, ticks((T0 + 5, 100.5, 100.6), (T0 + 6, 100.7), seq=3), signal(4, at_us=T0 + 7))
     assert [o.signal_id for o in outcomes(again)] == [o.signal_id for o in outcomes(out)]
