@@ -95,11 +95,19 @@ def test_a_real_capture_yields_signals_outcomes_and_live_metrics(replay_run: Sta
                                                                 shared_data: Path) -> None:
     """Tried: the 5.8 minutes of spot BTCUSDT of 2024-08-08, replayed at full speed through every stage."""
     wait_for(lambda: len(outcomes(replay_run)) >= 1, 300, "the first resolved outcome", interval_s=2.0)
-    signals = {r["signal_id"]: r for r in replay_run.warehouse_rows(
-        "SELECT signal_id, decision, price, cost_model_version FROM surge.signals FINAL")}
-    trades = capture_trades(shared_data / CAPTURE)
     rows = outcomes(replay_run)
-    assert rows and all(r["signal_id"] in signals for r in rows)
+
+    def stored_signals() -> dict[str, dict[str, Any]]:
+        return {r["signal_id"]: r for r in replay_run.warehouse_rows(
+            "SELECT signal_id, decision, price, cost_model_version FROM surge.signals FINAL")}
+
+    # The sink stores signals.v1 and outcomes.v1 in flushes of their own: an outcome's signal may land a moment
+    # after it. Every one of these outcomes' signals must be stored (waited for, then read).
+    wait_for(lambda: all(r["signal_id"] in stored_signals() for r in rows), 60, "the outcomes' signals stored",
+             interval_s=1.0)
+    signals = stored_signals()
+    trades = capture_trades(shared_data / CAPTURE)
+    assert rows
     for r in rows:
         label, exit_price = oracle(trades, r)
         assert (r["label"], r["exit_price"]) == (label, exit_price), r
