@@ -21,7 +21,7 @@ from services.gateway.errors import REDIS_ERRORS, ErrorOut
 from services.gateway.routers.models import ADMIN_ERRORS
 from services.gateway.security import AdminToken, ReadDep, audit
 from services.jobs import kinds
-from services.jobs.store import JobError, JobState, JobStore
+from services.jobs.store import Job, JobError, JobState, JobStore
 from streams.runtime.clock import LiveClock
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -33,40 +33,11 @@ SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorOut, "description": "invalid parameters, or a path outside the allowed folders"}}
 
 
-class JobOut(BaseModel):
-    job_id: str
-    kind: str
-    params: dict[str, Any]
-    state: JobState
-    progress: float
-    message: str
-    actor: str
-    created_us: int
-    started_us: int
-    finished_us: int
-    result: dict[str, Any]
-    error: str
-    attempts: int
-
-
-class JobEventOut(BaseModel):
-    event_id: str
-    job_id: str
-    state: JobState
-    progress: float
-    message: str
-    ts_us: int
-
-
 def _store(client: Any, settings: Any) -> JobStore:
     return JobStore(client, LiveClock(), settings.jobs_ttl_days)
 
 
-def _out(job: Any) -> JobOut:
-    return JobOut.model_validate(dataclasses.asdict(job))
-
-
-def _submit(kind: str, body: BaseModel, client: Any, settings: Any, warehouse: Any, token: Any) -> JobOut:
+def _submit(kind: str, body: BaseModel, client: Any, settings: Any, warehouse: Any, token: Any) -> Job:
     try:
         params = kinds.validate(kind, body.model_dump(mode="json"), kinds.JobPaths(settings, "-"))
     except (kinds.JobInputError, ValidationError) as exc:
@@ -76,49 +47,49 @@ def _submit(kind: str, body: BaseModel, client: Any, settings: Any, warehouse: A
     # Audited before it is queued: a warehouse that is down refuses the job (503) instead of a retry queueing
     # a second, unaudited one.
     audit(warehouse, f"job_submit_{kind}", token.actor, job_id, orjson.dumps(doc).decode()[:2_000])
-    return _out(_store(client, settings).submit(kind, doc, token.actor, job_id))
+    return _store(client, settings).submit(kind, doc, token.actor, job_id)
 
 
-@router.post("/train", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+@router.post("/train", response_model=Job, status_code=202, responses=SUBMIT_ERRORS)
 def submit_train(body: kinds.TrainParams, client: RedisDep, settings: SettingsDep, warehouse: WarehouseDep,
-                 token: AdminToken) -> JobOut:
+                 token: AdminToken) -> Job:
     """Queue ``surge train`` (audited); follow it at ``/jobs/{id}`` and ``/jobs/{id}/events``."""
     return _submit("train", body, client, settings, warehouse, token)
 
 
-@router.post("/evaluate", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+@router.post("/evaluate", response_model=Job, status_code=202, responses=SUBMIT_ERRORS)
 def submit_evaluate(body: kinds.EvaluateParams, client: RedisDep, settings: SettingsDep, warehouse: WarehouseDep,
-                    token: AdminToken) -> JobOut:
+                    token: AdminToken) -> Job:
     """Queue ``surge evaluate --walk-forward`` (audited)."""
     return _submit("evaluate", body, client, settings, warehouse, token)
 
 
-@router.post("/backtest", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+@router.post("/backtest", response_model=Job, status_code=202, responses=SUBMIT_ERRORS)
 def submit_backtest(body: kinds.BacktestParams, client: RedisDep, settings: SettingsDep, warehouse: WarehouseDep,
-                    token: AdminToken) -> JobOut:
+                    token: AdminToken) -> Job:
     """Queue ``surge backtest`` (audited); the run is stored in ``backtest_runs`` (``/reports/backtest``)."""
     return _submit("backtest", body, client, settings, warehouse, token)
 
 
-@router.get("", response_model=list[JobOut], responses=REDIS_ERRORS, dependencies=[ReadDep])
+@router.get("", response_model=list[Job], responses=REDIS_ERRORS, dependencies=[ReadDep])
 def list_jobs(client: RedisDep, settings: SettingsDep,
               state: Annotated[JobState | None, Query()] = None,
               kind: Annotated[Literal["train", "evaluate", "backtest"] | None, Query()] = None,
-              limit: Annotated[int, Query(ge=1, le=1_000)] = 100) -> list[JobOut]:
+              limit: Annotated[int, Query(ge=1, le=1_000)] = 100) -> list[Job]:
     """Jobs, newest first."""
-    return [_out(j) for j in _store(client, settings).recent(limit, state, kind)]
+    return _store(client, settings).recent(limit, state, kind)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses={**REDIS_ERRORS, **NOT_FOUND}, dependencies=[ReadDep])
-def get_job(client: RedisDep, settings: SettingsDep, job_id: JobIdP) -> JobOut:
+@router.get("/{job_id}", response_model=Job, responses={**REDIS_ERRORS, **NOT_FOUND}, dependencies=[ReadDep])
+def get_job(client: RedisDep, settings: SettingsDep, job_id: JobIdP) -> Job:
     try:
-        return _out(_store(client, settings).get(job_id))
+        return _store(client, settings).get(job_id)
     except JobError as exc:
         raise HTTPException(404, str(exc)) from None
 
 
 def _sse(event: Any) -> bytes:
-    doc = JobEventOut.model_validate(dataclasses.asdict(event)).model_dump(mode="json")
+    doc = dataclasses.asdict(event)  # orjson writes the JobState as its value
     return f"id: {event.event_id}\nevent: progress\ndata: ".encode() + orjson.dumps(doc) + b"\n\n"
 
 
