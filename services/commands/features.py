@@ -63,6 +63,15 @@ def list_features() -> None:
     Console().print(table)
 
 
+@features_app.command("warm-up")
+def warm_up() -> None:
+    """Compile the features kernel into numba's on-disk cache (`make install` runs it, so a first `surge run`
+    does not wait on the compiler)."""
+    from streams.features.stage import warm_up_kernel
+
+    Console().print(f"features kernel ready in {warm_up_kernel():.1f}s")
+
+
 @features_app.command("docs")
 def docs(
     check: Annotated[bool, typer.Option(help="Fail if the file is stale")] = False,

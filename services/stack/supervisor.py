@@ -141,6 +141,19 @@ def child_env(settings: Settings) -> dict[str, str]:
     return inherited | settings.to_env()
 
 
+FEATURES_READY_TIMEOUT_S = 300.0  # a cold numba compile took 100 s beside a running stack
+
+
+def stage_child(settings: Settings, stage: str, env: dict[str, str]) -> ChildSpec:
+    """A stage child. Features is waited for on /readyz, which holds until its kernel is compiled, so ingest
+    starts only when ticks can be folded at once; the others on /healthz (serving, not yet joined)."""
+    base = f"http://127.0.0.1:{settings.stage_port(stage)}"
+    if stage == "features":
+        return ChildSpec(stage, surge_cli("stage", stage), env, ready=http_ok(f"{base}/readyz"),
+                         ready_timeout_s=FEATURES_READY_TIMEOUT_S)
+    return ChildSpec(stage, surge_cli("stage", stage), env, ready=http_ok(f"{base}/healthz"))
+
+
 def plan_children(settings: Settings, source: str) -> list[ChildSpec]:
     env = child_env(child_settings(settings, source))
     data_dir = settings.data_dir.resolve()
@@ -157,11 +170,8 @@ def plan_children(settings: Settings, source: str) -> list[ChildSpec]:
         children.append(ChildSpec("redis", redis_command(settings.redis_port, data_dir / "redis"), env,
                                   ready=lambda: port_open(settings.redis_port)))
     # Topics first, so the stages' own idempotent creation finds them and the consumers join at once.
-    children.extend(
-        ChildSpec(stage, surge_cli("stage", stage), env,
-                  ready=http_ok(f"http://127.0.0.1:{settings.stage_port(stage)}/healthz"))
-        for stage in reversed(STAGES)  # consumers before the producer, so no early tick waits for a join
-    )
+    children.extend(stage_child(settings, stage, env)
+                    for stage in reversed(STAGES))  # consumers before the producer, so no tick waits for a join
     # Jobs queued through the gateway (POST /jobs/...) are run by this worker; its state is in Redis.
     children.append(ChildSpec("jobs", surge_cli("jobs", "worker"), env,
                               ready=http_ok(f"http://127.0.0.1:{settings.service_port('jobs')}/healthz")))

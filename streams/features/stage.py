@@ -42,6 +42,7 @@ from streams.features import definitions as d
 from streams.features.core import Backpressure, FeatureState, fold_rows, process
 from streams.features.rows import Rows
 from streams.runtime.core import StageContext, StageSpec
+from streams.runtime.observability import HealthState
 from streams.runtime.settings import Settings
 from streams.runtime.topics import Topic
 from streams.runtime.validate import TimeBounds
@@ -58,13 +59,21 @@ def warm_up_kernel() -> float:
     return time.perf_counter() - started
 
 
-def _warm_up_in_background() -> None:
-    def work() -> None:
-        log.info("features %s: %d features, kernel ready in %.1fs", d.FEATURE_VERSION, d.N_FEATURES,
-                 warm_up_kernel())
+KERNEL_HOLD = "kernel"  # the /readyz hold while the kernel compiles
 
-    # A cold numba cache takes tens of seconds to compile: do it while the consumer joins its group rather than
-    # before (readiness stays prompt). A batch arriving earlier waits on numba's compiler lock, then runs.
+
+def _warm_up_in_background(health: HealthState) -> None:
+    def work() -> None:
+        try:
+            log.info("features %s: %d features, kernel ready in %.1fs", d.FEATURE_VERSION, d.N_FEATURES,
+                     warm_up_kernel())
+        finally:
+            health.release(KERNEL_HOLD)
+
+    # A cold numba cache takes 40-100 s to compile. It runs while the consumer joins its group, and /readyz says
+    # 503 until it is done, so `surge run` starts ingest only then: in a soak, ticks produced during a cold compile
+    # put features 95 s behind and set off a broker recycle. A batch arriving earlier waits on numba's lock.
+    health.hold(KERNEL_HOLD)
     threading.Thread(target=work, name="features-kernel-warm-up", daemon=True).start()
 
 
@@ -77,7 +86,7 @@ def new_state(settings: Settings) -> FeatureState:
 
 def make_state(context: StageContext) -> FeatureState:
     """The stage's state, with its tier metrics on the stage's /metrics and the kernel warming up meanwhile."""
-    _warm_up_in_background()
+    _warm_up_in_background(context.health)
     state = new_state(context.settings)
     register_metrics(context.registry, state)
     return state

@@ -76,7 +76,7 @@ class HealthState:
 
     Readiness also needs progress: the loop calls ``beat()`` whenever it completes a batch or an idle poll, and a
     stage that has not beaten for ``stall_after_s`` (a hung core, a wait for acks that never come) is not ready,
-    whatever its flag says.
+    whatever its flag says. A ``hold`` (e.g. a kernel still compiling) keeps it not ready until released.
     """
 
     def __init__(self, stall_after_s: float = 30.0, monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -87,6 +87,15 @@ class HealthState:
         self._stall_after_s = stall_after_s
         self._monotonic = monotonic
         self._last_beat = monotonic()
+        self._holds: set[str] = set()
+
+    def hold(self, reason: str) -> None:
+        with self._lock:
+            self._holds.add(reason)
+
+    def release(self, reason: str) -> None:
+        with self._lock:
+            self._holds.discard(reason)
 
     def beat(self) -> None:
         with self._lock:
@@ -106,7 +115,9 @@ class HealthState:
         with self._lock:
             detail = dict(self._detail)
             idle_s = self._monotonic() - self._last_beat
-            ready = self._ready
+            ready = self._ready and not self._holds
+            if self._holds:
+                detail["waiting_for"] = ",".join(sorted(self._holds))
             if ready and idle_s > self._stall_after_s:
                 ready = False
                 detail["stalled_s"] = f"{idle_s:.1f}"

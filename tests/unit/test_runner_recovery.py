@@ -92,6 +92,29 @@ def test_readiness_needs_recent_progress() -> None:
     assert health.snapshot()[1] is True
 
 
+def test_a_hold_keeps_a_consuming_stage_not_ready_until_released() -> None:
+    """Tried: the features stage assigned its partitions while its kernel still compiles (a hold)."""
+    health = HealthState(stall_after_s=30, monotonic=FakeMonotonic())
+    health.hold("kernel")
+    health.set_ready(True, phase="consuming")
+    live, ready, detail = health.snapshot()
+    assert (live, ready, detail["waiting_for"]) == (True, False, "kernel")
+    health.release("kernel")
+    live, ready, detail = health.snapshot()
+    assert (live, ready, "waiting_for" in detail) == (True, True, False)
+
+
+def test_supervisor_waits_for_features_readiness_and_the_others_health() -> None:
+    """Ingest must start only once features can fold ticks at once (its kernel compiled)."""
+    from services.stack.supervisor import FEATURES_READY_TIMEOUT_S, plan_children
+    from streams.runtime.settings import Settings
+
+    settings = Settings(source="sim")
+    children = {child.name: child for child in plan_children(settings, "sim")}
+    assert children["features"].ready_timeout_s == FEATURES_READY_TIMEOUT_S
+    assert children["infer"].ready_timeout_s == 30.0
+
+
 def test_an_output_too_large_to_produce_is_dead_lettered_with_its_head() -> None:
     """Tried: an emit of 2 MB, over librdkafka's 1 MB message.max.bytes. The producer refuses it at once
     (no broker is needed for that), and the runner turns it into a dead letter that does fit."""
