@@ -167,6 +167,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--png", type=Path, default=REPO_ROOT / "bench" / "results" / "soak.png")
     ap.add_argument("--keep", action="store_true", help="keep the run's data folder and logs")
     ap.add_argument("--reanalyse", type=Path, help="recompute the stored-row part of --out from a kept run folder")
+    ap.add_argument("--set", action="append", default=[], metavar="SURGE_X=V",
+                    help="a setting for the run (repeatable), e.g. --set SURGE_SIM_EVENTS_PER_S=1000")
     ap.add_argument("--model", default="simulator",
                     help="shipped model to serve (default: the simulator's, trained on the simulator's market; the "
                          "default btcusdt-klines model rarely acts on it, and a soak needs signals to time "
@@ -184,6 +186,11 @@ def main(argv: list[str]) -> int:
     env.update({k: str(v) for k, v in ports.items()})
     env.update({"SURGE_METRICS_BASE_PORT": str(base), "SURGE_DATA_DIR": str(root / "data"), "SURGE_SOURCE": "sim",
                 "SURGE_WAREHOUSE_TOKEN": token, "PYTHONUNBUFFERED": "1"})
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("SURGE_"):
+            ap.error(f"--set wants SURGE_NAME=VALUE, got {item!r}")
+        env[key] = value
     if args.model != "default":
         from streams.infer.artifacts import shipped
 
@@ -202,6 +209,7 @@ def main(argv: list[str]) -> int:
             time.sleep(1)
         result = soak(args, proc, log_path, port, ports["SURGE_WAREHOUSE_PORT"], token)
         result["config"]["model"] = env.get("SURGE_MODEL_DIR", "default")
+        result["config"]["settings"] = dict(item.partition("=")[::2] for item in args.set)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGCONT)

@@ -44,6 +44,8 @@ def run(
 
     settings = _settings(source=source, symbols=symbols, sim_events_per_s=rate, data_dir=data_dir)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s [supervisor] %(message)s")
+    for noisy in ("httpx", "httpcore"):  # one line per readiness poll and /metrics scrape otherwise
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     chosen = resolve_source(settings)
     children = plan_children(settings, chosen)
     supervisor = Supervisor(settings, children, settings.data_dir.resolve() / "logs",

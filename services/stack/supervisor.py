@@ -124,6 +124,10 @@ def child_settings(settings: Settings, source: str) -> Settings:
         # The warehouse service and its clients share this secret; children get it by environment (never argv,
         # which every user can read with ps). One per run, so it also survives a warehouse restart.
         update["warehouse_token"] = SecretStr(secrets.token_urlsafe(32))
+    if settings.embedded and "partitions" not in settings.model_fields_set:
+        # One process per stage here, so partitions buy no parallelism; and Tansu's memory store walks every batch
+        # a partition holds on each fetch, so each partition multiplies the stored batches a burst leaves behind.
+        update["partitions"] = 1
     if source.startswith("replay:") and "features_backpressure_lag_s" not in settings.model_fields_set:
         # Recorded exchange times are old, so wall-clock lag would always look like backpressure.
         update["features_backpressure_lag_s"] = 0.0
@@ -182,19 +186,26 @@ def plan_children(settings: Settings, source: str) -> list[ChildSpec]:
 
 @dataclass(frozen=True, slots=True)
 class RecyclePolicy:
-    """When to recycle the embedded broker: the features stage's event-time lag above ``lag_s`` for
-    ``sustained_s``, and not within ``grace_s`` of the stages' last (re)start."""
+    """When to recycle the embedded broker: the worst event-time lag of the signal path above ``lag_s`` for
+    ``sustained_s``, and not within ``grace_s`` of the stages' last (re)start; or, ahead of any lag, once the
+    broker has served ``every_s`` (0: never), because its fetches slow down with every batch it stores."""
 
     lag_s: float
     sustained_s: float
     grace_s: float
+    every_s: float = 0.0
 
     @classmethod
     def for_run(cls, settings: Settings, source: str) -> RecyclePolicy | None:
-        # Replayed captures carry old exchange times, so their lag says nothing about the broker.
-        if not settings.embedded or settings.broker_recycle_lag_s <= 0 or source.startswith("replay:"):
+        # Replayed captures carry old exchange times, so their lag says nothing about the broker; and a replay
+        # must not be cut by a recycle (its source cannot resume mid-file).
+        if not settings.embedded or source.startswith("replay:"):
             return None
-        return cls(settings.broker_recycle_lag_s, settings.broker_recycle_sustained_s, settings.broker_recycle_grace_s)
+        if settings.broker_recycle_lag_s <= 0 and settings.broker_recycle_every_s <= 0:
+            return None
+        return cls(settings.broker_recycle_lag_s if settings.broker_recycle_lag_s > 0 else float("inf"),
+                   settings.broker_recycle_sustained_s, settings.broker_recycle_grace_s,
+                   settings.broker_recycle_every_s)
 
 
 @dataclass(slots=True)
@@ -204,6 +215,10 @@ class LagWatch:
     policy: RecyclePolicy
     stages_started_at: float
     above_since: float | None = None
+
+    def due(self, now: float) -> bool:
+        """The broker has served its ``every_s``."""
+        return self.policy.every_s > 0 and now - self.stages_started_at >= self.policy.every_s
 
     def observe(self, now: float, lag_s: float | None) -> bool:
         if lag_s is None or lag_s <= self.policy.lag_s or now - self.stages_started_at < self.policy.grace_s:
@@ -381,6 +396,10 @@ class Supervisor:
         if self.lag_watch is None or now < self.next_lag_poll:
             return
         self.next_lag_poll = now + LAG_POLL_S
+        if self.lag_watch.due(now):
+            self.recycle_broker(f"the broker has served {self.lag_watch.policy.every_s:.0f}s "
+                                "(SURGE_BROKER_RECYCLE_EVERY_S)", drain=True)
+            return
         worst = pipeline_lag(self.settings)
         if self.lag_watch.observe(now, None if worst is None else worst[1]) and worst is not None:
             self.recycle_broker(f"the {worst[0]} stage has lagged {worst[1]:.1f}s behind the market and the "
@@ -415,18 +434,32 @@ class Supervisor:
         log.warning("RECYCLE broker #%d: %s. Tansu's memory store loses everything on restart, so the stages are "
                     "restarted too%s (README, embedded broker caveats).", self.recycles, reason,
                     ", after a drain" if drain else " and records in flight are lost")
+        started = time.monotonic()
         if drain:
             self.drain(stages)
-        for child in reversed(stages):  # the source first, so less is in flight when the consumers go
-            self._stop(child, RECYCLE_STOP_S)
+        source = [c for c in stages if c.spec.name == "ingest"]
+        consumers = [c for c in stages if c.spec.name != "ingest"]
+        self._stop_together(source, RECYCLE_STOP_S)  # the source first, so nothing new is in flight
+        self._stop_together(consumers, RECYCLE_STOP_S)  # each commits and leaves its group; in parallel
         self._stop(broker, RECYCLE_STOP_S)
-        for child in [broker, *stages]:
+        for group in ([broker], consumers, source):  # consumers joined before the source produces again
             if self.stopping:
                 return
-            self._start(child)
-            self._wait_ready(child)
+            for child in group:
+                self._start(child)
+            for child in group:
+                self._wait_ready(child)
+        log.warning("RECYCLED broker #%d: intake was stopped for %.1fs", self.recycles, time.monotonic() - started)
         if self.lag_watch is not None:
             self.lag_watch.restarted(time.monotonic())
+
+    def _stop_together(self, children: list[Child], timeout_s: float) -> None:
+        """Signal every child, then wait for each: stops that overlap instead of queueing."""
+        for child in children:
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        for child in children:
+            self._stop(child, timeout_s)
 
     def _stop(self, child: Child, timeout_s: float) -> None:
         proc = child.proc

@@ -237,6 +237,14 @@ class FeatureState:
             st = self._symbols[key] = SymbolState(self._presets.get(symbol))
         return st
 
+    def symbols(self) -> dict[tuple[int, str], SymbolState]:
+        """Every symbol's state by (venue, symbol): a copy of the mapping (for a checkpoint)."""
+        return dict(self._symbols)
+
+    def adopt(self, venue: int, symbol: str, st: SymbolState) -> None:
+        """Take a symbol's state from a checkpoint (``streams.features.checkpoint``)."""
+        self._symbols[(venue, symbol)] = st
+
     def regime_thresholds(self) -> dict[str, RegimeThresholds]:
         """Thresholds in force per symbol (preset or frozen after warm-up), e.g. for a model card."""
         out: dict[str, RegimeThresholds] = {}

@@ -32,15 +32,18 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
+from streams.features import checkpoint
 from streams.features import definitions as d
 from streams.features.core import Backpressure, FeatureState, fold_rows, process
 from streams.features.rows import Rows
+from streams.runtime.clock import LiveClock
 from streams.runtime.core import StageContext, StageSpec
 from streams.runtime.observability import HealthState
 from streams.runtime.settings import Settings
@@ -84,18 +87,36 @@ def new_state(settings: Settings) -> FeatureState:
                         stale_after_us=round(settings.stale_input_s * 1e6))
 
 
+def checkpoint_path(settings: Settings) -> Path:
+    return settings.data_dir / "features" / "windows.npz"
+
+
 def make_state(context: StageContext) -> FeatureState:
-    """The stage's state, with its tier metrics on the stage's /metrics and the kernel warming up meanwhile."""
+    """The stage's state, with its tier metrics on the stage's /metrics, the kernel warming up meanwhile, and the
+    windows a clean stop saved put back when fresh."""
     _warm_up_in_background(context.health)
-    state = new_state(context.settings)
+    settings = context.settings
+    state = new_state(settings)
+    if settings.features_checkpoint_max_age_s > 0:
+        checkpoint.load(checkpoint_path(settings), state, context.clock.now_us(),
+                        round(settings.features_checkpoint_max_age_s * 1e6))
     register_metrics(context.registry, state)
     return state
 
 
 def spec(settings: Settings) -> StageSpec[FeatureState]:
-    """Consumer-driven stage spec; per-symbol state is rebuilt from the stream (fine windows refill in 60 s,
-    minute windows in up to an hour, flagged WINDOW_INSUFFICIENT until then)."""
-    return StageSpec(name="features", input_topics=(Topic.TICKS,), make_state=make_state, process=process)
+    """Consumer-driven stage spec. Per-symbol state is rebuilt from the stream after a crash (fine windows refill
+    in 60 s, minute windows in up to an hour, flagged WINDOW_INSUFFICIENT until then); a clean stop saves it for
+    the next start (``streams.features.checkpoint``)."""
+    clock = LiveClock()  # the runner's clock too: a checkpoint's age is wall time between a stop and a start
+
+    def save(state: FeatureState) -> None:
+        if settings.features_checkpoint_max_age_s > 0:
+            count = checkpoint.save(checkpoint_path(settings), state, clock.now_us())
+            log.info("saved the windows of %d symbol(s) for the next start", count)
+
+    return StageSpec(name="features", input_topics=(Topic.TICKS,), make_state=make_state, process=process,
+                     on_close=save)
 
 
 class TierMetrics(Collector):

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
                                               "must stay above the threshold")
     broker_recycle_grace_s: float = Field(90.0, gt=0, description="Embedded broker recycle: no recycle this soon "
                                           "after the stages (re)started (covers a cold numba compile)")
+    broker_recycle_every_s: float = Field(120.0, ge=0, description="Embedded broker recycle: also drain and restart "
+                                          "it after serving this long, before its fetches slow down (0: only "
+                                          "on lag)")
     # The sink is off the signal path (consumers read signals.v1), so it batches for the warehouse's sake.
     sink_flush_ms: int = Field(250, ge=0, description="Sink: fill window per batch; fewer, larger inserts")
     sink_batch_max: int = Field(5000, ge=1, description="Sink: max records per batch")
@@ -263,6 +266,9 @@ class Settings(BaseSettings):
                                                "old captures)")
     features_resume_lag_s: float = Field(1.0, ge=0, description="Features: dropped tiers come back once the "
                                          "event-time lag is at or below this")
+    features_checkpoint_max_age_s: float = Field(120.0, ge=0, description="Features: a clean stop saves every "
+                                                 "symbol's windows; the next start resumes them if at most this "
+                                                 "old (0: never save or resume)")
 
     # Outcomes stage and the risk state machine (streams/outcomes/).
     outcomes_flush_ms: int = Field(200, ge=0, description="Outcomes: fill window per batch (one state snapshot "

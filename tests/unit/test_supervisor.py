@@ -45,10 +45,12 @@ def test_no_recycle_within_the_grace_after_a_restart() -> None:
 
 def test_policy_applies_to_the_embedded_broker_and_live_sources_only(monkeypatch: pytest.MonkeyPatch) -> None:
     embedded = Settings()
-    assert RecyclePolicy.for_run(embedded, "sim") == RecyclePolicy(5.0, 10.0, 90.0)
+    assert RecyclePolicy.for_run(embedded, "sim") == RecyclePolicy(5.0, 10.0, 90.0, 120.0)
     assert RecyclePolicy.for_run(embedded, "live") is not None
     assert RecyclePolicy.for_run(embedded, "replay:/captures") is None  # old exchange times: lag means nothing
-    assert RecyclePolicy.for_run(Settings(broker_recycle_lag_s=0), "sim") is None
+    assert RecyclePolicy.for_run(Settings(broker_recycle_lag_s=0), "sim") == RecyclePolicy(
+        float("inf"), 10.0, 90.0, 120.0)  # the scheduled recycle alone
+    assert RecyclePolicy.for_run(Settings(broker_recycle_lag_s=0, broker_recycle_every_s=0), "sim") is None
     monkeypatch.setenv("SURGE_BROKERS", "redpanda:9092")
     assert RecyclePolicy.for_run(Settings(), "sim") is None
 
@@ -58,3 +60,12 @@ def test_lag_is_read_from_the_features_stage_metrics_text() -> None:
     metrics.event_time_lag_seconds.labels("features").set(12.25)
     match = LAG_METRIC.search(generate_latest(metrics.registry).decode())
     assert match is not None and float(match.group(1)) == 12.25
+
+
+def test_a_scheduled_recycle_is_due_once_the_broker_has_served_its_time() -> None:
+    watch = LagWatch(RecyclePolicy(float("inf"), 10.0, 90.0, every_s=120.0), stages_started_at=10.0)
+    assert not watch.due(129.9) and watch.due(130.0)
+    assert not watch.observe(200.0, 1e9)  # an infinite lag threshold never fires
+    watch.restarted(140.0)
+    assert not watch.due(259.0) and watch.due(260.0)
+    assert not LagWatch(RecyclePolicy(5.0, 10.0, 90.0), stages_started_at=0.0).due(1e9)  # every_s 0: never
