@@ -182,7 +182,10 @@ def _run_sim(settings: Settings, clock: Clock, *, producer: Producer, metrics: S
     if loop.publisher.close() or loop.publisher.failed:
         code = 1
     loop.export()
-    log.info("ingest stopped after %d resync(s)%s", loop.resyncs, "" if code == 0 else ": output not delivered")
+    # The exact count a soak reconciles against the warehouse (the counter is only sampled).
+    accepted = sum(st.trades for st in loop.state.symbols.values())
+    log.info("ingest stopped after %d resync(s): %d trades accepted%s", loop.resyncs, accepted,
+             "" if code == 0 else ", output not delivered")
     return code
 
 
