@@ -416,6 +416,7 @@ def reconcile_with(wh: Any) -> dict[str, Any]:
         out: dict[str, Any] = {
             "trades_stored_rows": one("SELECT count() AS n FROM surge.trades"),
             "trades_stored_distinct": one("SELECT count() AS n FROM surge.trades FINAL"),
+            "trades_stored_distinct_ids": one("SELECT uniqExact(symbol, venue, trade_id) AS n FROM surge.trades"),
             "signals_stored_rows": one("SELECT count() AS n FROM surge.signals"),
             "signals_stored_distinct": one("SELECT count() AS n FROM surge.signals FINAL"),
             "outcomes_stored_distinct": one("SELECT count() AS n FROM surge.outcomes FINAL"),

@@ -45,6 +45,7 @@ RESTART_BACKOFF_MAX_S = 8.0
 INGEST_DRAIN_STOP_S = 15.0  # ingest publishes its pending micro-batches on SIGTERM
 DRAIN_QUIET_S = 2.0  # consumed counts unchanged this long: the consumers have caught up
 DRAIN_TIMEOUT_S = 90.0
+SHUTDOWN_DRAIN_S = 6.0  # within STOP_GRACE_S: a Ctrl-C still ends everything in 20 s
 DRAIN_POLL_S = 0.25
 CONSUMED_METRIC = re.compile(r'^surge_events_in_total\{[^}]*\} ([0-9.eE+-]+)$', re.M)
 
@@ -405,7 +406,7 @@ class Supervisor:
             self.recycle_broker(f"the {worst[0]} stage has lagged {worst[1]:.1f}s behind the market and the "
                                 f"pipeline has for {self.lag_watch.policy.sustained_s:.0f}s", drain=True)
 
-    def drain(self, stages: list[Child]) -> bool:
+    def drain(self, stages: list[Child], *, timeout_s: float = DRAIN_TIMEOUT_S, on_shutdown: bool = False) -> bool:
         """Stop ingest, then wait until the consumers have caught up (module docstring). True if drained."""
         started = time.monotonic()
         for child in stages:
@@ -413,8 +414,8 @@ class Supervisor:
                 self._stop(child, INGEST_DRAIN_STOP_S)
         consumers = [c.spec.name for c in stages if c.spec.name != "ingest" and c.proc is not None
                      and c.proc.poll() is None]
-        watch = DrainWatch(started)
-        while not self.stopping:
+        watch = DrainWatch(started, timeout_s=timeout_s)
+        while on_shutdown or not self.stopping:
             verdict = watch.observe(time.monotonic(), consumed_total(self.settings, consumers))
             if verdict == "drained":
                 log.warning("DRAINED in %.1fs: ingest stopped and %s caught up", time.monotonic() - started,
@@ -477,7 +478,12 @@ class Supervisor:
         log.info("stopped %s (%s)", child.spec.name, "cleanly" if clean else f"exit code {proc.returncode}")
 
     def stop_all(self) -> None:
-        """Stop children in reverse start order: stages drain and commit before the broker goes away."""
+        """Stop children in reverse start order: stages drain and commit before the broker goes away. On the
+        embedded broker, whose memory store keeps nothing, intake stops first and the consumers catch up (for at
+        most ``SHUTDOWN_DRAIN_S``), so what ingest accepted is in the warehouse when `surge run` returns."""
         deadline = time.monotonic() + STOP_GRACE_S
+        stages = [c for c in self.children if c.spec.name in STAGES and c.proc is not None and c.proc.poll() is None]
+        if self.settings.embedded and any(c.spec.name == "ingest" for c in stages):
+            self.drain(stages, timeout_s=SHUTDOWN_DRAIN_S, on_shutdown=True)
         for child in reversed(self.children):
             self._stop(child, min(8.0, deadline - time.monotonic()))

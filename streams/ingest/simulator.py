@@ -57,6 +57,9 @@ BURST_PULL_P = 0.7            # in a burst, top-of-book actions mostly pull the 
 MAX_SPREAD_GAPS = 30          # bursts stop widening beyond this many level gaps
 
 
+TRADE_IDS_PER_MS = 100  # the id room per ms of session start; a symbol trades far fewer than 100 times per ms
+
+
 @dataclass(frozen=True, slots=True)
 class SymbolSpec:
     """Static market parameters of one simulated symbol; prices and sizes are integers of 10**-decimals."""
@@ -381,6 +384,10 @@ class MarketSimulator:
         """
         if self._origin_us is None:
             self._origin_us = now_us
+            for book in self._books:
+                # Trade ids grow across sessions, as an exchange's do: a restarted simulator (same seed) must
+                # not reuse the ids of the last one, or a warehouse count by trade id would merge them.
+                book.trade_id += (now_us // 1000) * TRADE_IDS_PER_MS
             return []
         due = (now_us - self._origin_us) // STEP_US
         n_steps = due - self._steps_done

@@ -170,6 +170,9 @@ def stack_env(root: Path, **extra: str) -> dict[str, str]:
         # The simulator's model: these tests exercise the pipeline on simulated or captured ticks with tick-level
         # features, and count signals; the real-data default (btcusdt-klines) rarely acts, by design.
         "SURGE_MODEL_DIR": str(shipped("simulator")),
+        # No scheduled broker recycle under a test of `surge run`: it would empty the store mid-test (the
+        # recycle has its own tests; bench/soak.py runs the default).
+        "SURGE_BROKER_RECYCLE_EVERY_S": "0",
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)
