@@ -91,6 +91,7 @@ class InferState:
         self.on_canary_failure = on_canary_failure
         self.withdrawn: set[str] = set()  # canary ids withdrawn by this process; never served again
         self.layouts: dict[tuple[str, tuple[str, ...]], tuple[IntArray, IntArray]] = {}
+        self.passed_index: dict[tuple[str, ...], tuple[int, ...]] = {}
         self.closers: list[Callable[[], None]] = []
         # Emitted predictions with their input rows, for the SHAP worker (the stage sets it; None: no SHAP).
         self.attribution: ShapQueue | None = None
@@ -107,6 +108,14 @@ class InferState:
             if len(self.layouts) >= MAX_NAME_LAYOUTS:
                 self.layouts.clear()  # bounded memory against a producer that varies its name lists
             hit = self.layouts[key] = feature_index(model.feature_names, names)
+        return hit
+
+    def passed_through(self, names: tuple[str, ...]) -> tuple[int, ...]:
+        hit = self.passed_index.get(names)
+        if hit is None:
+            if len(self.passed_index) >= MAX_NAME_LAYOUTS:
+                self.passed_index.clear()  # bounded, as the layouts are
+            hit = self.passed_index[names] = passed_through_index(names)
         return hit
 
     def swap(self, serving: Serving) -> bool:
@@ -181,11 +190,16 @@ def check_values(vec: features_pb2.FeatureVector, now_us: int, bounds: v.TimeBou
             or v.timestamps_within(vec.ts, now_us, bounds, ("ingest_us", "features_us")))
 
 
-def _value_of(vec: features_pb2.FeatureVector, name: str) -> float:
-    for n, value in zip(vec.names, vec.values, strict=True):
-        if n == name:
-            return float(value)
-    return math.nan
+PASSED_THROUGH = ("spread_bps", "liq_notional_1m")  # vector values a Prediction carries for the decision stage
+
+
+def passed_through_index(names: tuple[str, ...]) -> tuple[int, ...]:
+    """Where each of ``PASSED_THROUGH`` is in a vector's names (-1: absent)."""
+    return tuple(names.index(name) if name in names else -1 for name in PASSED_THROUGH)
+
+
+def _value_at(vec: features_pb2.FeatureVector, index: int) -> float:
+    return float(vec.values[index]) if index >= 0 else math.nan
 
 
 @dataclass(slots=True)
@@ -197,20 +211,29 @@ class _Scored:
     pred: Prediction
     contrib: FloatArray
     valid: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    passed: list[tuple[int, ...]] = field(default_factory=list)  # per row: passed_through_index of its names
+    top: IntArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))  # per row: top features
 
 
 def _score(state: InferState, model: Model, vecs: Sequence[features_pb2.FeatureVector], role: str) -> _Scored:
     x: FloatArray = np.full((len(vecs), model.n_features), np.nan, dtype=np.float64)
+    passed: list[tuple[int, ...]] = []
     for i, vec in enumerate(vecs):
-        src, dst = state.layout(model, tuple(vec.names))
+        names = tuple(vec.names)
+        src, dst = state.layout(model, names)
         x[i, dst] = np.asarray(vec.values, dtype=np.float64)[src]
+        passed.append(state.passed_through(names))
     started = time.perf_counter()  # a duration for the latency histogram, not a timestamp
     pred = model.predict(x)
     state.metrics.model_seconds.labels(model.model_version, role).observe(time.perf_counter() - started)
     valid: npt.NDArray[np.bool_] = np.asarray(
         np.isfinite(pred.raw).all(axis=1) & np.isfinite(pred.p_up).all(axis=1)
         & ((pred.p_up >= 0.0) & (pred.p_up <= 1.0)).all(axis=1), dtype=np.bool_)
-    return _Scored(model, x, pred, model.attribution.contributions(x), valid)
+    contrib = model.attribution.contributions(x)
+    # Missing inputs cannot be a reason; they sort last. One argsort for the whole batch.
+    rank_key = np.where(np.isnan(x), -1.0, np.abs(contrib))
+    top = np.argsort(-rank_key, axis=1, kind="stable")[:, :TOP_FEATURES]
+    return _Scored(model, x, pred, contrib, valid, passed, top)
 
 
 def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: bool,
@@ -225,7 +248,7 @@ def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: boo
         feature_version=vec.feature_version,
         regime=vec.regime,
         mid_price=vec.mid_price,
-        spread_bps=_value_of(vec, "spread_bps"),
+        spread_bps=_value_at(vec, s.passed[i][0]),
         data_window_id=vec.data_window_id,
         canary=canary,
         quality_flags=vec.quality_flags,
@@ -234,7 +257,7 @@ def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: boo
     )
     if vec.HasField("funding_rate"):
         p.funding_rate = vec.funding_rate
-    liquidated = _value_of(vec, "liq_notional_1m")
+    liquidated = _value_at(vec, s.passed[i][1])
     if math.isfinite(liquidated):
         p.liquidation_notional_1m = liquidated
     if (stale_after_us and vec.ts.exchange_us and now_us - vec.ts.exchange_us > stale_after_us
@@ -245,10 +268,8 @@ def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: boo
                        ci_high=float(s.pred.ci_high[i, j]), upper_barrier_bps=model.barriers.upper_bps,
                        lower_barrier_bps=model.barriers.lower_bps,
                        timeout_counts_as_not_up=model.barriers.timeout_counts_as_not_up)
-    # Missing inputs cannot be a reason; they sort last.
     row = s.x[i]
-    rank_key = np.where(np.isnan(row), -1.0, np.abs(s.contrib[i]))
-    for k in np.argsort(-rank_key, kind="stable")[:TOP_FEATURES]:
+    for k in s.top[i].tolist():
         if math.isnan(row[k]):
             continue
         p.top_features.add(name=model.feature_names[k], value=float(row[k]), contribution=float(s.contrib[i, k]))

@@ -20,7 +20,11 @@ from tests.integration.stack import StackProcesses, stack_env, wait_for
 
 pytestmark = pytest.mark.integration
 
-CAPTURE = Path("ws_messages/hftbacktest/spot/btcusdt_20240808.gz")
+CAPTURES = {
+    # venue: (capture, least realized round-trip cost in bps: two taker fees, cost model defaults)
+    "spot": (Path("ws_messages/hftbacktest/spot/btcusdt_20240808.gz"), 20.0),
+    "usdm": (Path("ws_messages/hftbacktest/usdm/btcusdt_20240808.gz"), 10.0),
+}
 
 
 def capture_trades(path: Path) -> list[tuple[int, float]]:
@@ -57,11 +61,17 @@ def oracle(trades: list[tuple[int, float]], o: dict[str, Any]) -> tuple[str, flo
     return "OPEN", last
 
 
+@pytest.fixture(scope="module", params=sorted(CAPTURES))
+def venue(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def replay_run(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[StackProcesses]:
-    root = tmp_path_factory.mktemp("replay")
-    env = stack_env(root, SURGE_SOURCE=f"replay:{shared_data / CAPTURE}", SURGE_REPLAY_SPEED="max",
-                    SURGE_VENUE="spot", SURGE_SYMBOLS="BTCUSDT", SURGE_DECISION_HORIZONS="5",
+def replay_run(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, venue: str) -> Iterator[StackProcesses]:
+    root = tmp_path_factory.mktemp(f"replay-{venue}")
+    capture = shared_data / CAPTURES[venue][0]
+    env = stack_env(root, SURGE_SOURCE=f"replay:{capture}", SURGE_REPLAY_SPEED="max",
+                    SURGE_VENUE=venue, SURGE_SYMBOLS="BTCUSDT", SURGE_DECISION_HORIZONS="5",
                     SURGE_TAU_A="0", SURGE_KAPPA_A="-1000000", SURGE_COOLDOWN_LOW_VOL_S="60",
                     SURGE_COOLDOWN_MEDIUM_VOL_S="60", SURGE_COOLDOWN_HIGH_VOL_S="60",
                     # The risk machine out of reach: the live decision stage reads it from Redis a moment after
@@ -91,9 +101,11 @@ def outcomes(stack: StackProcesses) -> list[dict[str, Any]]:
         return []
 
 
-def test_a_real_capture_yields_signals_outcomes_and_live_metrics(replay_run: StackProcesses,
-                                                                shared_data: Path) -> None:
-    """Tried: the 5.8 minutes of spot BTCUSDT of 2024-08-08, replayed at full speed through every stage."""
+def test_a_real_capture_yields_signals_outcomes_and_live_metrics(replay_run: StackProcesses, shared_data: Path,
+                                                                venue: str) -> None:
+    """Tried: the 5.8 minutes of spot BTCUSDT and the 5.7 minutes of USD-M BTCUSDT of 2024-08-08, each replayed
+    at full speed through every stage."""
+    capture, least_cost_bps = CAPTURES[venue]
     wait_for(lambda: len(outcomes(replay_run)) >= 1, 300, "the first resolved outcome", interval_s=2.0)
     rows = outcomes(replay_run)
 
@@ -106,21 +118,21 @@ def test_a_real_capture_yields_signals_outcomes_and_live_metrics(replay_run: Sta
     wait_for(lambda: all(r["signal_id"] in stored_signals() for r in rows), 60, "the outcomes' signals stored",
              interval_s=1.0)
     signals = stored_signals()
-    trades = capture_trades(shared_data / CAPTURE)
+    trades = capture_trades(shared_data / capture)
     assert rows
     for r in rows:
         label, exit_price = oracle(trades, r)
         assert (r["label"], r["exit_price"]) == (label, exit_price), r
         assert signals[str(r["signal_id"])]["price"] == r["entry_price"]
-        assert float(r["realized_cost_bps"]) >= 20.0  # spot fees alone are 2 x 10 bps
+        assert float(r["realized_cost_bps"]) >= least_cost_bps  # the two taker fees alone
     assert all(str(s["cost_model_version"]).startswith("cost-v3/") for s in signals.values())
     metrics = httpx.get(f"http://127.0.0.1:{replay_run.settings.stage_port('outcomes')}/metrics", timeout=5).text
     assert 'surge_live_quality{metric="n",stage="outcomes"}' in metrics
     assert "surge_outcomes_paper_equity" in metrics and "surge_risk_level" in metrics
 
 
-def test_the_backtest_of_the_same_capture_gives_the_same_signals(replay_run: StackProcesses,
-                                                                  shared_data: Path) -> None:
+def test_the_backtest_of_the_same_capture_gives_the_same_signals(replay_run: StackProcesses, shared_data: Path,
+                                                                  venue: str) -> None:
     """Parity through the whole `surge run` (five processes over the broker): `surge backtest`'s engine on the
     same capture with the same settings and model yields the same signal ids, decisions and tiers as the live
     pipeline stored in ClickHouse (waited for until the replay has drained, then compared exactly)."""
@@ -128,7 +140,8 @@ def test_the_backtest_of_the_same_capture_gives_the_same_signals(replay_run: Sta
 
     settings = replay_run.settings
     model = Path(replay_run.env["SURGE_MODEL_DIR"])
-    result = run_captures(BacktestConfig(data=(shared_data / CAPTURE,), model_dir=model, use_risk=False), settings)
+    result = run_captures(BacktestConfig(data=(shared_data / CAPTURES[venue][0],), model_dir=model, use_risk=False),
+                          settings)
     expected = sorted((s.signal_id, signal_name(s.decision), tier_name(s.tier)) for s in result.signals)
     assert expected, "the backtest made no signal on the capture"
 
