@@ -76,6 +76,7 @@ class BacktestConfig:
     venue: str | None = None        # spot | usdm; default: from the file names (klines) or detected (captures)
     use_risk: bool = True           # False: the decision core always sees NORMAL (for parity checks)
     slippage_bps: float | None = None  # per-side slippage instead of the cost model's quantile of the mode
+    workers: int = 1                # klines: processes for the features (per symbol) and the inference (parallel.py)
 
 
 # --- trades and the book-keeping -----------------------------------------------------------------------------------
@@ -462,7 +463,12 @@ def run_klines(cfg: BacktestConfig, settings: Settings, progress: Progress | Non
     started, cpu0 = time.perf_counter(), time.process_time()
     model = load_model(cfg.model_dir, intra_op_threads=1)
     venue = _kline_venue(cfg.data, cfg.venue)
-    frame = compute_klines_frame(list(cfg.data))
+    if cfg.workers > 1:
+        from services.backtest.parallel import kline_features
+
+        frame = kline_features(cfg.data, cfg.workers)
+    else:
+        frame = compute_klines_frame(list(cfg.data))
     frame = frame.sort_values(["ts", "symbol"], kind="stable").reset_index(drop=True)  # symbols interleaved in time
     t_features, cpu1 = time.perf_counter(), time.process_time()
     pipeline = Pipeline(settings, model)
@@ -479,9 +485,18 @@ def run_klines(cfg: BacktestConfig, settings: Settings, progress: Progress | Non
     frame = frame.iloc[:last]
     vectors = kline_vectors(frame.iloc[first:last], venue, cfg.kline_spread_bps)
     predictions: dict[str, prediction_pb2.Prediction] = {}
-    for k in range(0, len(vectors), INFER_CHUNK):
-        for p in pipeline.infer(vectors[k:k + INFER_CHUNK]):
-            predictions[f"{p.symbol}:{p.ts.exchange_us}"] = p
+    chunks = [vectors[k:k + INFER_CHUNK] for k in range(0, len(vectors), INFER_CHUNK)]
+    if cfg.workers > 1 and len(chunks) > 1:
+        from services.backtest.parallel import infer_chunks
+
+        scored, refused = infer_chunks(cfg.model_dir, settings, chunks, cfg.workers)
+        pipeline.predictions += len(scored)
+        for kind, n in refused.items():
+            pipeline.rejects[kind] = pipeline.rejects.get(kind, 0) + n
+    else:
+        scored = [p for chunk in chunks for p in pipeline.infer(chunk)]
+    for p in scored:
+        predictions[f"{p.symbol}:{p.ts.exchange_us}"] = p
     t_infer, cpu2 = time.perf_counter(), time.process_time()
     result = simulate_bars(sim, frame.iloc[first:last], predictions, progress)
     result.info.update({"seconds_features": t_features - started, "seconds_infer": t_infer - t_features,

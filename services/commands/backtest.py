@@ -55,6 +55,9 @@ def backtest(
     kappa_b: Annotated[float | None, typer.Option(help="SURGE_KAPPA_B")] = None,
     horizons: Annotated[str | None, typer.Option(help="SURGE_DECISION_HORIZONS, e.g. 30")] = None,
     store: Annotated[bool, typer.Option(help="Store the run in ClickHouse backtest_runs")] = True,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Klines: processes for the features (one symbol "
+                                                             "each) and the inference; the result is the same")]
+    = 1,
 ) -> None:
     """Backtest recorded data with the live features, model, decision core and risk state machine."""
     from services.backtest.engine import BacktestConfig, default_model, run
@@ -80,7 +83,8 @@ def backtest(
     if model is None:
         model = default_model(data, settings)
     cfg = BacktestConfig(data=tuple(data), model_dir=model, mode=mode, latency=latency_ms, start_us=start_us,
-                         end_us=end_us, seed=seed, capital=capital, kline_spread_bps=kline_spread_bps, venue=venue)
+                         end_us=end_us, seed=seed, capital=capital, kline_spread_bps=kline_spread_bps, venue=venue,
+                         workers=workers)
     started = time.perf_counter()
     with Progress(TextColumn("[bold]backtest[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
