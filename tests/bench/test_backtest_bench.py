@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -56,8 +57,15 @@ def bench_klines(shared: Path) -> dict[str, Any]:
                      "decisions_and_matching_cpu_s": res.info["cpu_seconds_simulation"],
                      "trades": len(res.trades)})
     best = min(runs[1:], key=lambda r: r["cpu_s"])
+    # --workers 2: inference in two processes (one symbol here, so the features stay in one); wall time, since
+    # the workers' CPU is not the parent's. The same result, or the comparison means nothing.
+    wall = time.perf_counter()
+    parallel = engine.run_klines(dataclasses.replace(cfg, workers=2), Settings.defaults())
+    parallel_wall = time.perf_counter() - wall
+    assert len(parallel.trades) == best["trades"] and parallel.info["predictions"] == res.info["predictions"]
     return {"first_run": runs[0], "best": best, "goal_s": 2.0, "reference_s": 60.0,
-            "bars_per_s": best["bars"] / best["wall_s"]}
+            "bars_per_s": best["bars"] / best["wall_s"],
+            "workers_2": {"wall_s": parallel_wall, "one_process_wall_s": best["wall_s"]}}
 
 
 def bench_matching(shared: Path) -> dict[str, Any]:
