@@ -167,6 +167,9 @@ class DecisionState:
     exchange_lag_us: int = 0               # of the newest input
     claims: list[Claim] = field(default_factory=list)
     rule_counts: dict[str, int] = field(default_factory=dict)
+    # The ideas as they were before their first change since the stage's last checkpoint (None: the idea did not
+    # exist), so a failed batch is undone by restoring only what it touched; None while no checkpoint is open.
+    journal: dict[IdeaKey, IdeaState | None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, cost: CostModel | None = None) -> DecisionState:
@@ -369,6 +372,10 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
 
 def _emit(state: DecisionState, key: IdeaKey, prediction: prediction_pb2.Prediction, ev: Evaluation, now_us: int,
           out: Outputs) -> None:
+    journal = state.journal
+    if journal is not None and key not in journal:
+        known = state.ideas.get(key)
+        journal[key] = None if known is None else replace(known)
     idea = state.ideas.setdefault(key, IdeaState())
     # Cooldowns run on event time, so a replay or a backtest at any speed cools down exactly as live did.
     event_us = prediction.ts.exchange_us
@@ -400,7 +407,7 @@ def drop_unclaimed(state: DecisionState, out: Outputs, owned_elsewhere: set[int]
         return out
     for claim in state.claims:
         if claim.emit_index in owned_elsewhere:
-            state.ideas[claim.idea] = claim.before
+            state.ideas[claim.idea] = claim.before  # journalled in _emit, when the claim's signal was built
             state.count("claimed_elsewhere")
     out.emits = [e for i, e in enumerate(out.emits) if i not in owned_elsewhere]
     return out

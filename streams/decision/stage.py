@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 import orjson
@@ -123,12 +123,20 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], rt: DecisionRu
 
 
 def checkpoint(rt: DecisionRuntime) -> Callable[[], None]:
+    """Before a batch: open a journal of the ideas it changes (copied on first change, not all ideas per batch)."""
     state = rt.state
-    ideas = {key: replace(idea) for key, idea in state.ideas.items()}
+    journal: dict[core.IdeaKey, core.IdeaState | None] = {}
+    state.journal = journal
     counts, paused, lag = dict(state.rule_counts), state.paused, state.exchange_lag_us
 
     def restore() -> None:
-        state.ideas, state.rule_counts, state.paused, state.exchange_lag_us = ideas, counts, paused, lag
+        for key, before in journal.items():
+            if before is None:
+                state.ideas.pop(key, None)
+            else:
+                state.ideas[key] = before
+        journal.clear()
+        state.rule_counts, state.paused, state.exchange_lag_us = counts, paused, lag
 
     return restore
 

@@ -102,3 +102,22 @@ def test_without_redis_the_local_cooldown_still_holds(tmp_path: object) -> None:
     assert ids(run(rt, clock, pred(0.9, i=1))) == ["BTCUSDT:1:m7:5"]
     assert run(rt, clock, pred(0.9, i=2)).emits == []
     assert rt.redis_failures == 3  # two risk reads and one claim round (the second batch had none to claim)
+
+
+def test_a_restored_checkpoint_undoes_exactly_what_the_batch_changed(redis_url: str, client: redis.Redis) -> None:
+    """Tried: a batch that starts a new idea (ETHUSDT) and changes an existing one (BTCUSDT after its cooldown),
+    rolled back as the runner does when process() raises: the ideas, rule counts and pause are as before it, and
+    only the two touched ideas were copied."""
+    clock = ManualClock(T0)
+    rt = process_of(redis_url, cooldown_low_vol_s=1)
+    assert ids(run(rt, clock, pred(0.9, i=1))) == ["BTCUSDT:1:m7:5"]
+    before = {key: (idea.last_decision, idea.cooldown_until_us) for key, idea in rt.state.ideas.items()}
+    counts = dict(rt.state.rule_counts)
+    clock.advance_us(5 * SECOND)
+    restore = stage.checkpoint(rt)
+    out = run(rt, clock, pred(0.9, i=2, exchange_us=T0 + 5 * SECOND), pred(0.9, i=3, symbol="ETHUSDT"))
+    assert len(out.emits) == 2 and len(rt.state.ideas) == 2
+    assert rt.state.journal is not None and len(rt.state.journal) == 2
+    restore()
+    assert {key: (idea.last_decision, idea.cooldown_until_us) for key, idea in rt.state.ideas.items()} == before
+    assert rt.state.rule_counts == counts
