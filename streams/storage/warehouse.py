@@ -107,7 +107,14 @@ class ClickHouseWarehouse:
         if not rows:
             return
         db, name = split_table(table, self.database)
-        self._call(self._client.insert, name, rows, column_names=list(column_names), database=db)
+        # Columns transposed here by zip (C speed): clickhouse-connect's own row-to-column pass is a Python loop
+        # per column that took a fifth of the sink's time.
+        try:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+        except ValueError as exc:  # a row of another width: refused like the server would (the sink bisects)
+            raise WarehouseError(f"insert into {name}: rows of different widths ({exc})") from exc
+        self._call(self._client.insert, name, columns, column_names=list(column_names), database=db,
+                   column_oriented=True)
 
     def close(self) -> None:
         self._client.close()
