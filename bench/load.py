@@ -39,7 +39,8 @@ LAG_BEHIND_S = 2.0
 
 @contextlib.contextmanager
 def stack(root: Path) -> Iterator[StackProcesses]:
-    gen = start_infrastructure(root, SURGE_SOURCE="sim", SURGE_SYMBOLS=SYMBOLS, SURGE_PARTITIONS="6")
+    # One partition per topic, as `surge run` creates them on the embedded broker (README, embedded broker caveats).
+    gen = start_infrastructure(root, SURGE_SOURCE="sim", SURGE_SYMBOLS=SYMBOLS, SURGE_PARTITIONS="1")
     handle = next(gen)
     try:
         yield handle
