@@ -3,15 +3,12 @@
     python bench/soak.py --duration 3600            # `make soak` (SOAK_S=600 for a 10-minute run)
 
 Every ``--sample-s`` it reads decision's exchange->signal histogram (per-minute p50/p99 from bucket deltas,
-across stage restarts), every stage's event-time lag, ingest's accepted-trade counter and decision's signal
-counter. At the end it freezes ingest (SIGSTOP, right after a last sample), lets the pipeline settle, and
-reconciles with ClickHouse: trades accepted by ingest vs distinct trades in ``trades`` (FINAL), and signals
-published vs signals stored. Writes JSON (``--out``) and a PNG of p99 and lag per minute with the broker
-recycles marked (``--png``).
-
-The accepted count is read from a counter every sample, so the trades ingest accepted between its last scrape
-and a stop (a recycle's drain, or the final freeze) are not in it: "accepted" is a lower bound, exact up to one
-sample interval per ingest process. The JSON says so.
+across stage restarts), every stage's event-time lag, the CPU and memory of each of `surge run`'s processes, and
+the counters of ingest and decision. At the end it stops `surge run` with Ctrl-C, which stops intake and lets
+every consumer catch up first, and reconciles from the run's own ClickHouse folder: the trades every ingest
+process logged as accepted when it stopped (exact) against the distinct trade ids stored, and the p99 of every
+stored prediction in the first and last windows (10 minutes, or half of a shorter run). Writes JSON (``--out``)
+and a PNG of p99 and lag per minute with the broker recycles marked (``--png``).
 """
 
 from __future__ import annotations
@@ -207,7 +204,7 @@ def main(argv: list[str]) -> int:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("surge run did not start:\n" + log_path.read_text(errors="replace")[-3000:])
             time.sleep(1)
-        result = soak(args, proc, log_path, port, ports["SURGE_WAREHOUSE_PORT"], token)
+        result = soak(args, proc, log_path, port)
         result["config"]["model"] = env.get("SURGE_MODEL_DIR", "default")
         result["config"]["settings"] = dict(item.partition("=")[::2] for item in args.set)
     finally:
@@ -232,14 +229,12 @@ def main(argv: list[str]) -> int:
 
 def reanalyse(args: argparse.Namespace) -> int:
     """Redo the warehouse part of a finished run from its kept chdb folder (the run's processes are gone)."""
-    from streams.storage.warehouse import open_warehouse
-
     old = json.loads(args.out.read_text())
-    wh = open_warehouse(f"chdb://{args.reanalyse.resolve() / 'data' / 'clickhouse'}", "surge")
-    stored = reconcile_with(wh)
+    stored = reconcile_folder(args.reanalyse)
     s = old["summary"]
     result = build_result(s["duration_s"], old["config"]["sample_s"], old["minutes"], old["recycle_events"],
                           s["drains"], s["trades_accepted_lower_bound"], s["signals_published"], stored)
+    result["config"] = {**old["config"], **result["config"]}
     result["notes"].append("the stored-row part was recomputed after the run from its kept ClickHouse folder "
                            "(bench/soak.py --reanalyse)")
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -248,8 +243,8 @@ def reanalyse(args: argparse.Namespace) -> int:
     return 0
 
 
-def soak(args: argparse.Namespace, proc: subprocess.Popen[bytes], log_path: Path, port: dict[str, int],
-         warehouse_port: int, token: str) -> dict[str, Any]:
+def soak(args: argparse.Namespace, proc: subprocess.Popen[bytes], log_path: Path,
+         port: dict[str, int]) -> dict[str, Any]:
     started = time.monotonic()
     wall_start = time.time()
     minutes: dict[int, Minute] = {}
@@ -262,22 +257,17 @@ def soak(args: argparse.Namespace, proc: subprocess.Popen[bytes], log_path: Path
         sample(port, minute, hist, trades, signals_out)
         processes.sample(minute)
         time.sleep(max(0.0, args.sample_s - (time.monotonic() - t0)))
-    # Freeze intake right after a last sample of its counter, let everything downstream settle, reconcile.
+    # The end: a last sample, then Ctrl-C. `surge run` stops intake, lets every consumer catch up and stops; each
+    # ingest process has logged its exact accepted count by then, and the warehouse folder is free to open here.
     final_minute = minutes.setdefault(int((time.monotonic() - started) // 60), Minute())
     sample(port, final_minute, hist, trades, signals_out)
-    ingest_pid = last_pid(log_path, "ingest")
-    if ingest_pid is not None:
-        os.kill(ingest_pid, signal.SIGSTOP)
-    time.sleep(10)
-    sample(port, final_minute, hist, trades, signals_out, skip_ingest=True)
-    accepted_exact = exact_accepted(log_path, trades)
-    stored = reconcile(warehouse_port, token)
-    if ingest_pid is not None:
-        os.kill(ingest_pid, signal.SIGCONT)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(90)
+    stored = reconcile_folder(log_path.parent)
     run_log = log_path.read_text(errors="replace")
     recycles = [{"at_s": at_s(line, wall_start), "line": line.split("RECYCLE ", 1)[1][:200]}
                 for line in run_log.splitlines() if "RECYCLE broker" in line]
-    drains = [line.split("DRAIN", 1)[1][:160] for line in run_log.splitlines() if "DRAIN" in line]
+    drains = [line.split("] ", 1)[-1][:160] for line in run_log.splitlines() if "DRAIN" in line]
     series: list[dict[str, Any]] = []
     for m in sorted(minutes):
         mm = minutes[m]
@@ -290,25 +280,27 @@ def soak(args: argparse.Namespace, proc: subprocess.Popen[bytes], log_path: Path
                        "cpu_cores": {k: round(v / 60, 3) for k, v in sorted(mm.cpu_s.items())},
                        "rss_mb": {k: round(v, 1) for k, v in sorted(mm.rss_mb.items())},
                        "load_1m": round(mm.load_1m, 2)})
-    result = build_result(args.duration, args.sample_s, series, recycles, drains, trades.total, signals_out.total,
-                          stored)
-    summary = result["summary"]
-    summary["trades_accepted_exact"] = accepted_exact
-    summary["trades_missing_vs_accepted_exact"] = (None if accepted_exact is None
-                                                   else accepted_exact - stored["trades_stored_distinct"])
-    return result
+    return build_result(args.duration, args.sample_s, series, recycles, drains, trades.total, signals_out.total,
+                        stored)
 
 
-def exact_accepted(log_path: Path, trades: Cumulative) -> int | None:
-    """Trades ingest accepted, exactly: each stopped ingest process logs its count at exit, and the last one
-    (frozen right after its counter was read) adds that reading. None if some ingest process left no count (it
-    died instead of stopping)."""
-    ingest_log = log_path.parent / "data" / "logs" / "ingest.log"
+def exact_accepted(root: Path) -> tuple[int | None, int]:
+    """Trades ingest accepted, exactly: every ingest process logs its count when it stops (a recycle or the
+    shutdown). (None, n) if one of the n ingest processes left no count (it died instead of stopping)."""
+    ingest_log = root / "data" / "logs" / "ingest.log"
     counts = [int(n) for n in re.findall(r"(\d+) trades accepted", ingest_log.read_text(errors="replace"))]
-    starts = len(re.findall(r"started ingest \(pid \d+\)", log_path.read_text(errors="replace")))
-    if starts != len(counts) + 1 or trades.last is None:
-        return None
-    return sum(counts) + int(trades.last)
+    starts = len(re.findall(r"started ingest \(pid \d+\)", (root / "surge-run.log").read_text(errors="replace")))
+    return (sum(counts) if starts == len(counts) else None), starts
+
+
+def reconcile_folder(root: Path) -> dict[str, Any]:
+    """After `surge run` has exited: the exact accepted count from the logs, and the stored rows from the run's
+    own chdb folder (one process may open it at a time, so this waits for the run to be gone)."""
+    from streams.storage.warehouse import open_warehouse
+
+    accepted, processes = exact_accepted(root)
+    stored = reconcile_with(open_warehouse(f"chdb://{root.resolve() / 'data' / 'clickhouse'}", "surge"))
+    return {"trades_accepted_exact": accepted, "ingest_processes": processes, **stored}
 
 
 def build_result(duration: float, sample_s: float, series: list[dict[str, Any]], recycles: list[dict[str, Any]],
@@ -342,14 +334,17 @@ def build_result(duration: float, sample_s: float, series: list[dict[str, Any]],
         "trades_accepted_lower_bound": int(trades_total),
         **{k: v for k, v in stored.items() if not k.endswith("_per_minute")},
         "signals_published": int(signals_total),
-        "trades_missing_vs_accepted": int(trades_total) - stored["trades_stored_distinct"],
+        "trades_missing_vs_accepted_exact": (None if stored["trades_accepted_exact"] is None
+                                             else stored["trades_accepted_exact"] - stored["trades_stored_distinct"]),
         "signals_missing_vs_published": int(signals_total) - stored["signals_stored_distinct"],
     }
     return {"config": {"source": "sim", "sim_events_per_s": "default", "sample_s": sample_s},
             "summary": summary, "minutes": series, "recycle_events": recycles,
             "stored_latency_per_minute": {k: v for k, v in stored.items() if k.endswith("_per_minute")},
-            "notes": ["accepted/published are counters sampled every sample_s and summed across process restarts:"
-                      " a lower bound, exact up to one sample interval per process (a recycle restarts ingest)."]}
+            "notes": ["trades_accepted_exact is the sum of the counts each ingest process logged when it stopped (at a"
+                      " recycle or at the final Ctrl-C, which drains); the stored counts were read from the run's"
+                      " chdb folder after `surge run` exited. trades_accepted_lower_bound and signals_published"
+                      " are counters sampled every sample_s and summed across restarts (lower bounds)."]}
 
 
 def at_s(line: str, wall_start: float) -> float | None:
@@ -383,13 +378,6 @@ def sample(port: dict[str, int], minute: Minute, hist: dict[float, Cumulative], 
                     le = float(labels["le"].replace("+Inf", "inf"))
                     delta = hist.setdefault(le, Cumulative()).update(value)
                     minute.buckets[le] = minute.buckets.get(le, 0.0) + delta
-
-
-def reconcile(warehouse_port: int, token: str) -> dict[str, Any]:
-    from streams.storage.warehouse import open_warehouse
-
-    wh = open_warehouse(f"surge+http://127.0.0.1:{warehouse_port}", "surge", token=token)
-    return reconcile_with(wh)
 
 
 STORED_MINUTES = """
