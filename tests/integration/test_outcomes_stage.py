@@ -13,6 +13,7 @@ from schemas import SCHEMA_VERSION, common_pb2, market_pb2
 from streams.storage.cache import OUTCOMES_SNAPSHOT_KEY, RISK_KEY
 from tests.integration.factories import SYMBOLS, signal
 from tests.integration.stack import StackProcesses, wait_for
+from tests.integration.test_faults import FaultResult, record
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -51,9 +52,11 @@ def test_signals_resolve_after_a_kill9_and_losses_move_the_risk_state(infra: Sta
     infra.send("signals.v1", signals)
     wait_for(lambda: snapshot_open(client) == len(SYMBOLS), 60, "six open signals in the snapshot", interval_s=0.2)
 
+    killed = time.monotonic()
     infra.kill9("outcomes")
     infra.start_stage("outcomes", extra_env=RISK_DEFAULTS)
     infra.wait_stage_ready("outcomes")
+    recovery_s = time.monotonic() - killed
 
     winners, losers = SYMBOLS[:3], SYMBOLS[3:]
     infra.send("ticks.v1", [trade_batch(sym, now_us + 1_000 + i, 100.7, 1) for i, sym in enumerate(winners)])
@@ -71,6 +74,12 @@ def test_signals_resolve_after_a_kill9_and_losses_move_the_risk_state(infra: Sta
                                   "WHERE action LIKE 'risk_%'")
     assert audits == [{"action": "risk_cautious", "actor": "outcomes-stage", "previous_version": "NORMAL"}]
     assert snapshot_open(client) == 0
+    stored = infra.warehouse_rows("SELECT count() AS n, uniqExact(signal_id) AS u FROM surge.outcomes")[0]
+    record(FaultResult("kill -9 outcomes", "6 open signals, then the ticks that resolve them", recovery_s,
+                       "kill -> restarted and assigned, open signals restored", len(SYMBOLS), len(SYMBOLS) - len(rows),
+                       outcome_count(infra) - int(stored["u"]), int(stored["n"]) - int(stored["u"]),
+                       "open positions come back from the Redis snapshot written at each commit; every signal "
+                       "resolved once, with the oracle's label and exit"))
     assert infra.stop("outcomes") == 0
     assert infra.stop("sink") == 0
 

@@ -9,6 +9,7 @@ import pytest
 
 from tests.integration.factories import signal
 from tests.integration.stack import StackProcesses, wait_for
+from tests.integration.test_faults import FaultResult, record
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -47,8 +48,10 @@ def test_thirty_second_warehouse_outage_ends_with_every_row_once(infra: StackPro
     assert healthz(infra) == 503
 
     infra.start_warehouse()
+    back = time.monotonic()
     infra.send("signals.v1", batches[2])
     wait_for(lambda: counts(infra)[2] == TOTAL, 90, f"{TOTAL} signals stored", interval_s=0.5)
+    recovery_s = time.monotonic() - back
     wait_for(lambda: healthz(infra) == 200, 20, "the sink to report healthy again")
     time.sleep(2)  # anything redelivered would land now, before the exact checks
     assert counts(infra) == (TOTAL, TOTAL, TOTAL)
@@ -56,4 +59,8 @@ def test_thirty_second_warehouse_outage_ends_with_every_row_once(infra: StackPro
     assert stored == {s.signal_id for batch in batches for s in batch}
     assert infra.warehouse_rows("SELECT count() AS n FROM surge.dead_letters") == [{"n": 0}]
     assert sink.poll() is None and infra.procs["sink"] is sink  # one sink process throughout
+    rows, distinct, final = counts(infra)
+    record(FaultResult("warehouse outage 30 s", "600 signals: a third before, during and after", recovery_s,
+                       "warehouse back -> all 600 stored", TOTAL, TOTAL - len(stored), final - distinct,
+                       rows - distinct, "one sink process throughout: paused, /healthz 503, then caught up"))
     assert infra.stop("sink") == 0
