@@ -316,7 +316,7 @@ def process(batch: Sequence[Frame], state: IngestState, clock: Clock) -> IngestO
     """Decode ``batch`` with the state's codec, keep the books, and emit the TickBatches whose window has elapsed.
 
     Windows are judged on ``clock.now_us()``: an expired window is flushed before this batch is added, so
-    events that arrive in the same ``microbatch_ms`` cell of the clock's grid share one TickBatch.
+    events that arrive within ``microbatch_ms`` of a window's first event share one TickBatch.
     """
     out = IngestOutputs()
     now_us = clock.now_us()
@@ -394,7 +394,7 @@ def apply_open_interest(state: IngestState, symbol: str, sample: Raw | OpenInter
     st.newest_exchange_us = max(st.newest_exchange_us, oi.exchange_us)
     st.newest_local_us = max(st.newest_local_us, sample.local_us)
     if st.window_open_us < 0:
-        st.window_open_us = _window_start(state, now_us)
+        st.window_open_us = now_us
     return out
 
 
@@ -576,7 +576,7 @@ def _add_liquidation(state: IngestState, out: IngestOutputs, ev: LiquidationEven
     st.newest_exchange_us = max(st.newest_exchange_us, exchange_us)
     st.newest_local_us = max(st.newest_local_us, ev.local_us)
     if st.window_open_us < 0:
-        st.window_open_us = _window_start(state, now_us)
+        st.window_open_us = now_us
     if len(st.pending) + len(st.pending_liquidations) >= state.max_batch_events:
         _emit_batch(state, st, out)
 
@@ -850,7 +850,7 @@ def _add_event(state: IngestState, out: IngestOutputs, st: SymbolState, event: m
     if local_us > st.newest_local_us:  # noqa: PLR1730 - as above, per event
         st.newest_local_us = local_us
     if st.window_open_us < 0:
-        st.window_open_us = _window_start(state, now_us)
+        st.window_open_us = now_us
     st.pending.append(event)
     if len(st.pending) >= state.max_batch_events:
         _emit_batch(state, st, out)
@@ -877,14 +877,6 @@ def _apply_snapshot(state: IngestState, out: IngestOutputs, snapshot: SnapshotEv
         _dead_letter(state, symbol, snapshot.raw, "crossed_book",
                      f"best bid >= best ask after snapshot {last_id} and its buffered diffs", out, now_us=now_us)
         _request_resync(state, st, out, now_us)
-
-
-def _window_start(state: IngestState, now_us: int) -> int:
-    """Windows sit on one clock grid shared by every symbol, so all symbols' batches close in the same flush and
-    go out as one produce burst: one stored batch per partition per window instead of one per symbol. Tansu's
-    memory store walks every batch a partition holds on each fetch (README, embedded broker), so this matters."""
-    window_us = state.microbatch_ms * 1000
-    return now_us - now_us % window_us
 
 
 def _flush(state: IngestState, now_us: int, out: IngestOutputs, *, force: bool) -> None:

@@ -104,23 +104,6 @@ def test_events_within_the_window_make_one_tick_batch() -> None:
     assert flush(state, clock, force=True).emits == []
 
 
-def test_every_symbols_window_closes_on_the_same_grid_edge() -> None:
-    """Windows sit on one 20 ms clock grid, so symbols whose first events came 12 ms apart still go out in the same
-    flush (one produce burst, one stored batch per partition); a window opened at its first event would keep the
-    second symbol's batch until 33 ms."""
-    clock = ManualClock(T0 + 1 * MS)
-    state = seeded(clock)
-    apply_snapshot(state, "ETHUSDT", SNAPSHOT, clock)
-    t_ms = T0 // MS
-    assert process([("BTCUSDT", trade(t_ms + 1), T0 + 1 * MS)], state, clock).emits == []
-    clock.advance_us(12 * MS)
-    assert process([("ETHUSDT", trade(t_ms + 13, symbol="ETHUSDT"), T0 + 13 * MS)], state, clock).emits == []
-    clock.advance_us(6 * MS)  # 19 ms: the cell is still open
-    assert flush(state, clock, force=False).emits == []
-    clock.advance_us(1 * MS)  # 20 ms: the grid edge closes both windows
-    assert sorted(b.symbol for b in batches(flush(state, clock, force=False))) == ["BTCUSDT", "ETHUSDT"]
-
-
 def test_time_based_flush_and_per_symbol_sequences() -> None:
     clock = ManualClock(T0)
     state = seeded(clock)
