@@ -205,7 +205,7 @@ def main(argv: list[str]) -> int:
                 raise RuntimeError("surge run did not start:\n" + log_path.read_text(errors="replace")[-3000:])
             time.sleep(1)
         result = soak(args, proc, log_path, port)
-        result["config"]["model"] = env.get("SURGE_MODEL_DIR", "default")
+        result["config"]["model"] = args.model  # a shipped model's name, not a machine path
         result["config"]["settings"] = dict(item.partition("=")[::2] for item in args.set)
     finally:
         if proc.poll() is None:

@@ -43,6 +43,18 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s:
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{detail}")
 
 
+def kill_run(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a `surge run` left running by a failed test, and its children first: once the supervisor is gone
+    they are re-parented and can no longer be found."""
+    if proc.poll() is None:
+        import psutil
+
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.wait(10)
+
+
 def http_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=0.5).status_code == 200

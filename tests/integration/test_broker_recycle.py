@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.integration.stack import stack_env, wait_for
+from tests.integration.stack import kill_run, stack_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +40,7 @@ def test_two_scheduled_recycles_and_a_shutdown_lose_no_accepted_trade(tmp_path: 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, context()
     finally:
-        if proc.poll() is None:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait(10)
+        kill_run(proc)
 
     supervisor = run_log.read_text(errors="replace")
     assert len(re.findall(r"DRAINED in [0-9.]+s", supervisor)) >= 3, context()  # two recycles and the shutdown

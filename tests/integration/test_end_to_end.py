@@ -19,7 +19,7 @@ from services.tail import tail
 from streams.runtime.topics import Topic
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import ALWAYS_ACT
-from tests.integration.stack import StackProcesses, stack_env, wait_for
+from tests.integration.stack import StackProcesses, kill_run, stack_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,12 +44,7 @@ def surge_run(
     try:
         yield proc, handle
     finally:
-        if proc.poll() is None:
-            # Children first: once the supervisor is gone they are re-parented and can no longer be found.
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait(10)
+        kill_run(proc)
         log.close()
 
 
