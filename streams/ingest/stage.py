@@ -40,6 +40,7 @@ LOOP_US = 5_000          # poll the simulator every ~5 ms: well inside the 20 ms
 EXPORT_EVERY_US = 1_000_000
 SIM_SOURCE_TOPIC = "sim"  # dead letters from the simulator have no Kafka origin
 SIM_MAX_BACKLOG = 64      # unacknowledged rounds before the simulator waits for the broker
+CLOSE_TIMEOUT_S = 10.0    # at stop; inside the supervisor's 15 s, so ingest reports what it could not deliver
 
 log = logging.getLogger("surge.ingest")
 
@@ -156,7 +157,7 @@ def drive(context: SourceContext) -> int:
     publisher = context.runner(f"replay:{path}")
     code = run_replay(settings, path, publisher=publisher, metrics=metrics, quality=quality, health=health,
                       stop=context.stop, wall=clock)
-    if publisher.close():
+    if publisher.close():  # a finite capture ends on its own and may leave a long backlog to deliver
         code = code or 1
     return code
 
@@ -177,9 +178,11 @@ def _run_sim(settings: Settings, clock: Clock, *, producer: Producer, metrics: S
              settings.sim_events_per_s, settings.sim_seed)
     _loop(loop, settings, clock, stop, health)
     health.set_ready(False, phase="draining")
+    log.info("stopping: publishing the pending micro-batches, %d batch(es) await acknowledgement",
+             loop.publisher.backlog)
     if not loop.publisher.failed:
         loop.drain()
-    if loop.publisher.close() or loop.publisher.failed:
+    if loop.publisher.close(CLOSE_TIMEOUT_S) or loop.publisher.failed:
         code = 1
     loop.export()
     # The exact count a soak reconciles against the warehouse (the counter is only sampled).
@@ -196,7 +199,7 @@ def _run_live(settings: Settings, clock: Clock, *, publisher: SourceRunner, metr
                                     health=health))
     finally:
         health.set_ready(False, phase="draining")
-        unacked = publisher.close()
+        unacked = publisher.close(CLOSE_TIMEOUT_S)
     if publisher.failed or unacked:
         return 1
     log.info("live ingest stopped (%s)", "cleanly" if code == 0 else f"code {code}")

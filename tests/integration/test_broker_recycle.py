@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def test_two_scheduled_recycles_and_a_shutdown_lose_no_accepted_trade(tmp_path: Path) -> None:
     """Tried: 300 simulated events/s on two symbols, the broker recycled every 20 s (each recycle stops ingest,
-    lets every consumer catch up, restarts the broker and the stages), then Ctrl-C after the second recycle.
+    lets every consumer catch up, restarts the broker and the stages), then Ctrl-C 3 s after the second recycle.
     Each ingest process logs the trades it accepted when it stops; their sum must equal the distinct trade ids
     in ClickHouse, with the warehouse read after `surge run` has exited (chdb allows one process per folder)."""
     env = stack_env(tmp_path, SURGE_SOURCE="sim", SURGE_SIM_EVENTS_PER_S="300", SURGE_SYMBOLS="BTCUSDT,ETHUSDT",
@@ -28,8 +29,12 @@ def test_two_scheduled_recycles_and_a_shutdown_lose_no_accepted_trade(tmp_path: 
     logs = tmp_path / "data" / "logs"
 
     def context() -> str:
-        tails = [f"--- {p.name} ---\n{p.read_text(errors='replace')[-1500:]}" for p in sorted(logs.glob("*.log"))]
-        return "\n".join([f"--- surge run ---\n{run_log.read_text(errors='replace')[-3000:]}", *tails])
+        # The supervisor's and ingest's logs whole (they are short), then the tails of the others.
+        whole = [run_log, logs / "ingest.log"]
+        tails = [f"--- {p.name} ---\n{p.read_text(errors='replace')[-800:]}" for p in sorted(logs.glob("*.log"))
+                 if p not in whole]
+        return "\n".join([f"--- {p.name} ---\n{p.read_text(errors='replace')}" for p in whole if p.exists()]
+                         + tails)
 
     with run_log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", "run"], env=env, cwd=REPO_ROOT, stdout=out,
@@ -37,6 +42,7 @@ def test_two_scheduled_recycles_and_a_shutdown_lose_no_accepted_trade(tmp_path: 
     try:
         wait_for(lambda: "RECYCLED broker #2" in run_log.read_text(errors="replace"), 300,
                  "two scheduled recycles", interval_s=1.0, context=context)
+        time.sleep(3)  # Ctrl-C mid-session, with trades of the third ingest process in flight
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, context()
     finally:
