@@ -173,9 +173,12 @@ def _check(vec: features_pb2.FeatureVector, model: Model) -> tuple[str, str] | N
     return None
 
 
-def check_values(vec: features_pb2.FeatureVector, now_us: int, bounds: v.TimeBounds) -> v.Problem | None:
-    """What makes a (well-formed) vector unusable by any model; see the module doc."""
-    values = np.asarray(vec.values, dtype=np.float64)
+def check_values(vec: features_pb2.FeatureVector, now_us: int, bounds: v.TimeBounds,
+                 values: FloatArray | None = None) -> v.Problem | None:
+    """What makes a (well-formed) vector unusable by any model; see the module doc. ``values``: the vector's
+    values as an array, when the caller has made it already."""
+    if values is None:
+        values = np.asarray(vec.values, dtype=np.float64)
     finite = np.isfinite(values)
     if not finite.all():
         inf = np.isinf(values)
@@ -215,13 +218,15 @@ class _Scored:
     top: IntArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))  # per row: top features
 
 
-def _score(state: InferState, model: Model, vecs: Sequence[features_pb2.FeatureVector], role: str) -> _Scored:
+def _score(state: InferState, model: Model, vecs: Sequence[tuple[features_pb2.FeatureVector, FloatArray]],
+           role: str) -> _Scored:
+    """``vecs``: each vector with its values as an array (made once, in ``process``)."""
     x: FloatArray = np.full((len(vecs), model.n_features), np.nan, dtype=np.float64)
     passed: list[tuple[int, ...]] = []
-    for i, vec in enumerate(vecs):
+    for i, (vec, values) in enumerate(vecs):
         names = tuple(vec.names)
         src, dst = state.layout(model, names)
-        x[i, dst] = np.asarray(vec.values, dtype=np.float64)[src]
+        x[i, dst] = values[src]
         passed.append(state.passed_through(names))
     started = time.perf_counter()  # a duration for the latency histogram, not a timestamp
     pred = model.predict(x)
@@ -303,7 +308,7 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
     now_us = clock.now_us()
     # (record, served by the canary?, can the active model take it?) in input order; refused vectors go to
     # the DLQ at once.
-    plan: list[tuple[InRecord[features_pb2.FeatureVector], bool, bool]] = []
+    plan: list[tuple[InRecord[features_pb2.FeatureVector], bool, bool, FloatArray]] = []
     canary_refused = 0
     for rec in batch:
         vec = rec.value
@@ -312,33 +317,34 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
         if problem is not None and problem[0] == "malformed_vector":
             out.rejects.append(Reject(rec, *problem))  # the input's fault, not the canary's
             continue
-        invalid = check_values(vec, now_us, state.bounds)
+        values = np.asarray(vec.values, dtype=np.float64)
+        invalid = check_values(vec, now_us, state.bounds, values)
         if invalid is not None:
             out.rejects.append(Reject(rec, *invalid))  # neither model may score it
             continue
         if canary is not None:
             if _check(vec, canary) is None:
-                plan.append((rec, True, problem is None))
+                plan.append((rec, True, problem is None, values))
                 continue
             canary_refused += 1  # the canary cannot take it: the active model serves it, counted as invalid
         if problem is not None:
             out.rejects.append(Reject(rec, *problem))
         else:
-            plan.append((rec, False, True))
+            plan.append((rec, False, True, values))
     if not plan and not canary_refused:
         return out
 
-    act_idx = [k for k, (_, _, ok) in enumerate(plan) if ok]
-    can_idx = [k for k, (_, c, _) in enumerate(plan) if c]
-    act = _score(state, active, [plan[k][0].value for k in act_idx], ACTIVE) if act_idx else None
-    can = (_score(state, serving.canary, [plan[k][0].value for k in can_idx], CANARY)
+    act_idx = [k for k, (_, _, ok, _) in enumerate(plan) if ok]
+    can_idx = [k for k, (_, c, _, _) in enumerate(plan) if c]
+    act = _score(state, active, [(plan[k][0].value, plan[k][3]) for k in act_idx], ACTIVE) if act_idx else None
+    can = (_score(state, serving.canary, [(plan[k][0].value, plan[k][3]) for k in can_idx], CANARY)
            if can_idx and serving.canary is not None else None)
     act_pos = {k: i for i, k in enumerate(act_idx)}
     can_pos = {k: i for i, k in enumerate(can_idx)}
     canary_invalid = canary_refused
     drift_sum, drift_n = 0.0, 0
     served = {ACTIVE: 0, CANARY: 0}
-    for k, (rec, use_canary, _) in enumerate(plan):
+    for k, (rec, use_canary, _, _) in enumerate(plan):
         vec = rec.value
         ai = act_pos.get(k)
         if use_canary and can is not None:

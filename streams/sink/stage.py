@@ -106,8 +106,8 @@ def insert_rows(rt: SinkRuntime, table: str, indices: list[int]) -> None:
         insert_rows(rt, table, indices[:mid])
         insert_rows(rt, table, indices[mid:])
         return
-    for i in indices:
-        state.written.add(state.pending_keys[table][i])
+    keys = state.pending_keys[table]
+    state.written.add_many(keys[i] for i in indices)
     state.done[table].update(indices)
     if table == core.SIGNALS:  # only after the signals are stored: Redis never shows an unsaved signal
         publish_signals(rt, [state.pending_signals[i] for i in indices])

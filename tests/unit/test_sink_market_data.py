@@ -17,7 +17,7 @@ from services.warehouse.server import Policy, Refused
 from streams.runtime.clock import ManualClock
 from streams.runtime.core import InRecord
 from streams.sink import stage
-from streams.sink.core import SinkState, process
+from streams.sink.core import TABLE_COLUMNS, SinkState, process, row_problem, trade_rows, trades_certainly_fine
 from streams.sink.stage import SinkRuntime
 from streams.storage.cache import BOOK, PREDICTION, HotCache, L1Cache, open_redis
 from streams.storage.schema import insertable_columns
@@ -86,6 +86,31 @@ def test_a_tick_batch_gives_its_trades_and_one_book_top() -> None:
     # a redelivered batch (same trade ids, same batch id) adds nothing
     process([rec(ticks(1, [(10, 100.0, 1.0), (11, 100.5, 2.0)]), 0)], state, ManualClock(NOW))
     assert len(state.pending["trades"]) == 2 and state.duplicates_skipped == 3
+
+
+def test_trade_fast_check_pins_the_ddl_and_agrees_with_the_exact_check() -> None:
+    """Tried: trade batches with a NaN, +inf or -inf price or quantity, prices near the float maximum (whose sum
+    overflows although each is finite), and ordinary ones; the one-pass check of trade rows must never pass a row
+    the exact per-column check refuses, and a refused batch names the bad value."""
+    assert TABLE_COLUMNS["trades"][3:5] == ("price", "qty")  # the positions the fast check sums
+    bad_values = [math.nan, math.inf, -math.inf]
+    cases = [[(10, 100.0, 1.0), (11, 100.5, 2.0)], [(12, 1.7e308, 1.0), (13, 1.7e308, 1.0)]]
+    cases += [[(20, 100.0, 1.0), (21, bad, 1.0)] for bad in bad_values]
+    cases += [[(30, 100.0, bad)] for bad in bad_values]
+    for trades in cases:
+        rows = trade_rows(ticks(1, trades), NOW)
+        exact = [row_problem("trades", row) for row in rows]
+        if trades_certainly_fine(rows):
+            assert exact == [None] * len(rows), trades
+        state = SinkState()
+        out = process([rec(ticks(1, trades), 0)], state, ManualClock(NOW))
+        if all(p is None for p in exact):
+            assert out.rejects == [] and len(state.pending["trades"]) == len(trades), trades
+        else:
+            [reject] = out.rejects
+            assert reject.error_type == "invalid_row" and reject.reason.startswith("trades: ") and \
+                "must be finite" in reject.reason, reject.reason
+            assert state.pending["trades"] == [] and state.pending["book_tops"] == []  # nothing of the batch
 
 
 def test_feature_nan_is_stored_as_null_and_a_nan_probability_is_dead_lettered() -> None:
