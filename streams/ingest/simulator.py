@@ -20,8 +20,8 @@ from __future__ import annotations
 import bisect
 import math
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -107,6 +107,14 @@ def spec_for(symbol: str) -> SymbolSpec:
         typical_lots=int(rng.integers(50, 2_000)),
         vol_bps=float(rng.uniform(1.5, 4.0)),
     )
+
+
+def _starting_at(spec: SymbolSpec, price: float | None) -> SymbolSpec:
+    if price is None:
+        return spec
+    if not (math.isfinite(price) and price > 0):
+        raise ValueError(f"{spec.symbol}: a start price must be finite and positive, not {price!r}")
+    return replace(spec, price=price)
 
 
 def format_scaled(value: int, decimals: int) -> str:
@@ -336,7 +344,10 @@ class _Plan:
 class MarketSimulator:
     """Seeded simulator of ``symbols`` producing about ``events_per_s`` raw Binance events per second in total."""
 
-    def __init__(self, symbols: Sequence[str], events_per_s: float, seed: int) -> None:
+    def __init__(self, symbols: Sequence[str], events_per_s: float, seed: int,
+                 start_prices: Mapping[str, float] | None = None) -> None:
+        """``start_prices``: where a symbol's book starts instead of its spec's price, e.g. the last session's
+        mids (``mid_prices``), so a restarted simulator carries on from where the last one stopped."""
         if not symbols:
             raise ValueError("the simulator needs at least one symbol")
         if len(set(symbols)) != len(symbols):
@@ -351,7 +362,9 @@ class MarketSimulator:
         self._rng_regime = np.random.default_rng(regime_ss)
         self._rng_actions = np.random.default_rng(action_ss)
         init_rngs = [np.random.default_rng(s) for s in init_ss.spawn(len(self.symbols))]
-        self._books = [_SymbolBook(spec_for(sym), rng) for sym, rng in zip(self.symbols, init_rngs, strict=True)]
+        starts = start_prices or {}
+        self._books = [_SymbolBook(_starting_at(spec_for(sym), starts.get(sym)), rng)
+                       for sym, rng in zip(self.symbols, init_rngs, strict=True)]
         n = len(self.symbols)
         dt = STEP_US / 1e6
         self._rate = self.events_per_s / n                                  # mean actions/s per symbol
@@ -367,6 +380,10 @@ class MarketSimulator:
         self._burst_steps = [0] * n                                         # remaining spread-burst steps
         self._origin_us: int | None = None
         self._steps_done = 0
+
+    def mid_prices(self) -> dict[str, float]:
+        """Each symbol's mid price now, in price units: what the next session can start from."""
+        return {b.symbol: b.mid / b.spec.ticks_per_unit for b in self._books}
 
     def snapshots(self) -> dict[str, RawEvent]:
         """REST-style depth snapshot of every symbol, consistent with the update ids emitted so far."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
+import orjson
 from confluent_kafka import Producer
 
 from schemas import common_pb2
@@ -45,6 +48,43 @@ CLOSE_TIMEOUT_S = 10.0    # at stop; inside the supervisor's 15 s, so ingest rep
 log = logging.getLogger("surge.ingest")
 
 
+def sim_prices_path(settings: Settings) -> Path:
+    return settings.data_dir / "ingest" / "sim-prices.json"
+
+
+def save_sim_prices(path: Path, prices: Mapping[str, float], now_us: int) -> None:
+    """Write the simulator's mids for the next session (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(orjson.dumps({"saved_at_us": now_us, "prices": dict(prices)}))
+    partial.replace(path)
+
+
+def load_sim_prices(path: Path, symbols: Sequence[str], now_us: int, max_age_us: int) -> dict[str, float]:
+    """The mids the last clean stop saved, for the symbols still simulated, if at most ``max_age_us`` old. The
+    file is used once (deleted), so a later crash-restart starts from the base prices as before; a file that
+    cannot be read is reported and ignored."""
+    if not path.exists():
+        return {}
+    try:
+        doc = orjson.loads(path.read_bytes())
+        saved_us = int(doc["saved_at_us"])
+        prices = {str(symbol): float(price) for symbol, price in doc["prices"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignored the saved simulator prices %s: %s", path, exc)
+        return {}
+    finally:
+        path.unlink(missing_ok=True)
+    age_us = now_us - saved_us
+    if not 0 <= age_us <= max_age_us:
+        log.info("the saved simulator prices are %.0f s old (limit %.0f s): starting from the base prices",
+                 age_us / 1e6, max_age_us / 1e6)
+        return {}
+    kept = {sym: price for sym, price in prices.items() if sym in symbols and math.isfinite(price) and price > 0}
+    log.info("resumed the simulated prices of %d symbol(s) saved %.1f s ago", len(kept), age_us / 1e6)
+    return kept
+
+
 class IngestLoop:
     """The pieces of one simulator session; ``step`` is one poll -> process -> produce -> metrics round."""
 
@@ -55,7 +95,11 @@ class IngestLoop:
         self.quality = quality
         tracer = make_tracer_provider(STAGE, settings).get_tracer("surge.ingest")
         self.publisher = SourceRunner(STAGE, producer, metrics, tracer, clock, source_topic=SIM_SOURCE_TOPIC)
-        self.sim = MarketSimulator(settings.symbol_list, settings.sim_events_per_s, settings.sim_seed)
+        starts = (load_sim_prices(sim_prices_path(settings), settings.symbol_list, clock.now_us(),
+                                  round(settings.sim_resume_max_age_s * 1e6))
+                  if settings.sim_resume_max_age_s > 0 else {})
+        self.sim = MarketSimulator(settings.symbol_list, settings.sim_events_per_s, settings.sim_seed,
+                                   start_prices=starts)
         # Batch ids restart per session; basing sequences on the session start keeps them unique across restarts.
         self.state = IngestConfig.from_settings(settings).new_state(common_pb2.SIMULATOR, sequence_base=clock.now_us())
         self.resyncs = 0
@@ -184,6 +228,8 @@ def _run_sim(settings: Settings, clock: Clock, *, producer: Producer, metrics: S
         loop.drain()
     if loop.publisher.close(CLOSE_TIMEOUT_S) or loop.publisher.failed:
         code = 1
+    if settings.sim_resume_max_age_s > 0:
+        save_sim_prices(sim_prices_path(settings), loop.sim.mid_prices(), clock.now_us())
     loop.export()
     # The exact count a soak reconciles against the warehouse (the counter is only sampled).
     accepted = sum(st.trades for st in loop.state.symbols.values())

@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     symbols: str = Field("BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT,XRPUSDT", description="Comma-separated symbols")
     sim_events_per_s: float = Field(2000.0, gt=0, description="Simulator raw events per second, all symbols")
     sim_seed: int = Field(7, description="Simulator random seed")
+    sim_resume_max_age_s: float = Field(120.0, ge=0, description="Simulator: a clean stop saves each symbol's "
+                                        "mid price; the next session starts there if at most this old, so a "
+                                        "restart does not jump the price back (0: never save or resume)")
     sim_duration_s: float = Field(0.0, ge=0, description="Stop the simulator after this long; 0 runs forever")
     microbatch_ms: int = Field(20, ge=10, le=25, description="Ingest micro-batch window per symbol")
     binance_ws_url: str = Field("wss://stream.binance.com:9443", description="Spot WebSocket base URL")

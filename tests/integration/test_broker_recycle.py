@@ -1,5 +1,6 @@
 """The embedded broker's scheduled drain-then-recycle under `surge run`: every trade ingest accepted is stored
-once, across two recycles and the shutdown, and the features stage resumes its windows each time."""
+once, across two recycles and the shutdown, and the features stage resumes its windows and the simulator its
+prices each time."""
 
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def test_two_scheduled_recycles_and_a_shutdown_lose_no_accepted_trade(tmp_path: 
     assert len(accepted) == starts >= 3, context()  # every ingest process stopped cleanly and counted
     resumed = re.findall(r"resumed the windows of (\d+) symbol", (logs / "features.log").read_text())
     assert resumed[:2] == ["2", "2"], context()
+    prices = re.findall(r"resumed the simulated prices of (\d+) symbol", (logs / "ingest.log").read_text())
+    assert prices[:2] == ["2", "2"], context()  # the second and third sessions carry on from the last mids
 
     from streams.storage.warehouse import open_warehouse
 

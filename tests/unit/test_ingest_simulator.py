@@ -191,3 +191,21 @@ def test_generates_at_least_20k_events_per_second_on_one_core() -> None:
     elapsed = time.perf_counter() - started
     assert n == pytest.approx(60_000, rel=0.1)
     assert n / elapsed >= 20_000, f"only {n / elapsed:,.0f} events/s"
+
+
+def test_a_session_can_start_where_the_last_one_stopped() -> None:
+    """Tried: a simulator run for 2 s, then a new one (same seed) started at its mids, and start prices that are
+    zero, negative, NaN or infinite. The new books start within a tick of the old mids; bad prices are refused."""
+    first = MarketSimulator(["BTCUSDT", "XRPUSDT"], 2_000, seed=5)
+    first.advance(T0)
+    first.advance(T0 + 2_000_000)
+    mids = first.mid_prices()
+    assert set(mids) == {"BTCUSDT", "XRPUSDT"}
+    fresh = MarketSimulator(["BTCUSDT", "XRPUSDT"], 2_000, seed=5).mid_prices()
+    resumed = MarketSimulator(["BTCUSDT", "XRPUSDT"], 2_000, seed=5, start_prices=mids).mid_prices()
+    for symbol, tick in (("BTCUSDT", 0.01), ("XRPUSDT", 0.0001)):
+        assert abs(resumed[symbol] - mids[symbol]) <= tick
+        assert fresh[symbol] == pytest.approx(spec_for(symbol).price, abs=tick)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="BTCUSDT: a start price must be finite and positive"):
+            MarketSimulator(["BTCUSDT"], 2_000, seed=5, start_prices={"BTCUSDT": bad})

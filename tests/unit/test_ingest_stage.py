@@ -133,3 +133,32 @@ def test_unsupported_sources_are_refused_before_touching_the_broker(tmp_path: Pa
     for settings in (Settings(source="carrier-pigeon"), Settings(source=f"replay:{tmp_path / 'missing.gz'}"),
                      Settings(source=f"replay:{capture}", replay_speed="0")):  # speed must be positive or max
         assert run_source(spec(settings), settings) == 2
+
+
+def test_simulated_prices_carry_over_a_clean_restart_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Tried: a session's mids saved and a new loop started 30 s later (it starts there, and the file is gone, so
+    a crash-restart after it starts from the base prices), a file older than the limit, a corrupt file, and a
+    saved symbol that is no longer simulated. Only the fresh, readable file for known symbols is used."""
+    from streams.ingest.simulator import spec_for
+    from streams.ingest.stage import load_sim_prices, save_sim_prices, sim_prices_path
+
+    settings = Settings(symbols="BTCUSDT,ETHUSDT", sim_events_per_s=10_000, sim_seed=3, data_dir=tmp_path)
+    path = sim_prices_path(settings)
+    save_sim_prices(path, {"BTCUSDT": 61_234.5, "ETHUSDT": 2_950.25, "DOGEUSDT": 0.1}, T0)
+    clock = ManualClock(T0 + 30_000_000)
+    loop = IngestLoop(settings, clock, cast(Producer, FakeProducer()), StageMetrics.create("ingest"))
+    mids = loop.sim.mid_prices()
+    assert abs(mids["BTCUSDT"] - 61_234.5) <= 0.01 and abs(mids["ETHUSDT"] - 2_950.25) <= 0.01
+    assert not path.exists()
+    again = IngestLoop(settings, clock, cast(Producer, FakeProducer()), StageMetrics.create("ingest"))
+    assert again.sim.mid_prices()["BTCUSDT"] == pytest.approx(spec_for("BTCUSDT").price, abs=0.01)
+
+    save_sim_prices(path, {"BTCUSDT": 61_234.5}, T0)
+    assert load_sim_prices(path, ["BTCUSDT"], T0 + 121_000_000, 120_000_000) == {}  # too old
+    assert not path.exists()
+    path.write_bytes(b'{"saved_at_us": "soon", "prices": [1, 2]}')
+    with caplog.at_level("WARNING", logger="surge.ingest"):
+        assert load_sim_prices(path, ["BTCUSDT"], T0, 120_000_000) == {}
+    assert "ignored the saved simulator prices" in caplog.text and not path.exists()
+    save_sim_prices(path, {"BTCUSDT": 61_234.5, "DOGEUSDT": 0.1}, T0)
+    assert load_sim_prices(path, ["BTCUSDT"], T0 + 1, 120_000_000) == {"BTCUSDT": 61_234.5}
