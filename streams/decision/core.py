@@ -219,7 +219,11 @@ def validate(prediction: prediction_pb2.Prediction, config: DecisionConfig, now_
     """(error_type, reason) when the prediction cannot be priced or published, else None (see the module doc)."""
     if not prediction.horizons:
         return "no_horizons", "prediction carries no horizon probabilities"
+    top = v.MAX_BARRIER_BPS
     for horizon in prediction.horizons:
+        if 0.0 <= horizon.p_up <= 1.0 and 0.0 <= horizon.upper_barrier_bps <= top \
+                and 0.0 <= horizon.lower_barrier_bps <= top:
+            continue  # the usual case, without building the messages below (NaN fails every comparison)
         h = horizon.horizon_min
         problem = (v.probability(f"horizon {h} p_up", horizon.p_up)
                    or v.finite_in_range(f"horizon {h} upper_barrier_bps", horizon.upper_barrier_bps, 0.0,
