@@ -138,16 +138,20 @@ def test_cli_tail_and_topics(surge_run: tuple[subprocess.Popen[bytes], StackProc
 def test_a_backtest_job_runs_on_the_supervised_worker_and_shap_reaches_the_reports(
         surge_run: RunHandle, shared_data: Path) -> None:
     """The jobs worker is one of `surge run`'s children: a backtest job queued through the real gateway (an admin
-    token made by `surge tokens create`) on a real month of klines ends succeeded, and its run is in
+    token made by `surge tokens create`) on the first week of a real month of klines ends succeeded, and its run is in
     backtest_runs. Meanwhile the infer stage's SHAP worker has explained live predictions."""
     proc, handle = surge_run
     gateway = f"http://127.0.0.1:{handle.settings.gateway_port}"
+    # Run on its own (not after the flow test), the stack may still be starting: tokens live in the warehouse.
+    wait_for(lambda: _port_up(handle.settings.gateway_port) and httpx.get(f"{gateway}/health", timeout=5)
+             .status_code == 200, 120, "the gateway", interval_s=1, context=lambda: diagnostics(handle))
     made = subprocess.run([sys.executable, "-m", "services.cli", "tokens", "create", "--name", "e2e", "--scope",
                            "admin"], env=handle.env, cwd=REPO_ROOT, capture_output=True, timeout=60, check=True)
     admin = {"Authorization": f"Bearer {made.stdout.decode().strip()}"}
     klines = shared_data / "klines_1m" / "BTCUSDT-1m-2026-05.zip"
-    resp = httpx.post(f"{gateway}/jobs/backtest", json={"data": [str(klines)], "mode": "neutral"}, headers=admin,
-                      timeout=10)
+    first_week = {"start_us": 1_777_593_600_000_000, "end_us": 1_778_198_400_000_000}  # 1-8 May 2026 UTC
+    resp = httpx.post(f"{gateway}/jobs/backtest", json={"data": [str(klines)], "mode": "neutral", **first_week},
+                      headers=admin, timeout=10)
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["job_id"]
 

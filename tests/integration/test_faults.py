@@ -412,8 +412,8 @@ CAPTURE = Path("ws_messages/hftbacktest/spot/btcusdt_20240808.gz")  # 346 s reco
 
 def test_kill9_ingest_during_a_replay_every_trade_of_the_capture_is_stored_once(infra: StackProcesses,
                                                                                shared_data: Path) -> None:
-    """Tried: a real spot capture replayed through ingest at 20x (about 17 s) with the sink storing it; ingest is
-    killed with SIGKILL ~6 s in (after its first trades are stored) and started again, and the new process
+    """Tried: a real spot capture replayed through ingest at 40x (about 9 s) with the sink storing it; ingest is
+    killed with SIGKILL ~3 s in (after its first trades are stored) and started again, and the new process
     replays the capture from its start (a replay source can be re-read; a live exchange feed cannot, see the
     README). Reconciled by trade id against the capture read by the same ingest core in this process: every trade
     is in ClickHouse exactly once under FINAL; what the killed process had sent is sent again, and is dropped by
@@ -424,7 +424,7 @@ def test_kill9_ingest_during_a_replay_every_trade_of_the_capture_is_stored_once(
     expected = {e.trade.trade_id for tb in capture_batches([capture], "spot") for e in tb.events
                 if e.WhichOneof("event") == "trade"}
     first_us = min(tb.ts.exchange_us for tb in capture_batches([capture], "spot"))
-    replay = {"SURGE_SOURCE": f"replay:{capture}", "SURGE_REPLAY_SPEED": "20", "SURGE_REPLAY_EXIT": "true",
+    replay = {"SURGE_SOURCE": f"replay:{capture}", "SURGE_REPLAY_SPEED": "40", "SURGE_REPLAY_EXIT": "true",
               "SURGE_VENUE": "spot", "SURGE_SYMBOLS": "BTCUSDT"}
     # The capture's own time range, so the simulator's BTCUSDT trades of the other tests do not count.
     window = f"venue = 'BINANCE_SPOT' AND symbol = 'BTCUSDT' AND exchange_us >= {first_us - 60_000_000} " \
@@ -439,10 +439,10 @@ def test_kill9_ingest_during_a_replay_every_trade_of_the_capture_is_stored_once(
     infra.start_stage("sink")
     infra.wait_stage_ready("sink")
     infra.start_stage("ingest", replay)
-    # Killed once its first trades are stored (so the new process certainly re-sends stored trades), ~6 s in.
+    # Killed once its first trades are stored (so the new process certainly re-sends stored trades), ~3 s in.
     started = time.monotonic()
     wait_for(lambda: stored()[1] > 0, 60, "the first trades stored", interval_s=0.2)
-    time.sleep(max(0.0, 6 - (time.monotonic() - started)))
+    time.sleep(max(0.0, 3 - (time.monotonic() - started)))
     killed = time.monotonic()
     infra.kill9("ingest")
     ingest = infra.start_stage("ingest", replay)
@@ -454,7 +454,7 @@ def test_kill9_ingest_during_a_replay_every_trade_of_the_capture_is_stored_once(
     rows, distinct, final = stored()
     ids = {int(r["trade_id"]) for r in infra.warehouse_rows(f"SELECT trade_id FROM surge.trades FINAL WHERE {window}")}
     assert ids == expected and distinct == final == len(expected)
-    record(FaultResult("kill -9 ingest (replay)", "a real spot capture at 20x, ingest + sink", recovery,
+    record(FaultResult("kill -9 ingest (replay)", "a real spot capture at 40x, ingest + sink", recovery,
                        "kill -> restarted and producing", len(expected), len(expected - ids), final - distinct,
                        rows - distinct,
                        "reconciled in ClickHouse by trade id against the capture; the restarted replay re-reads it "
