@@ -216,6 +216,13 @@ class _Scored:
     valid: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     passed: list[tuple[int, ...]] = field(default_factory=list)  # per row: passed_through_index of its names
     top: IntArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))  # per row: top features
+    # The same as Python lists, made once per batch: reading numpy scalars one by one costs more than the messages.
+    p_up_rows: list[list[float]] = field(default_factory=list)
+    ci_low_rows: list[list[float]] = field(default_factory=list)
+    ci_high_rows: list[list[float]] = field(default_factory=list)
+    top_rows: list[list[int]] = field(default_factory=list)
+    top_values: list[list[float]] = field(default_factory=list)    # x at the top features (NaN: missing)
+    top_contrib: list[list[float]] = field(default_factory=list)
 
 
 def _score(state: InferState, model: Model, vecs: Sequence[tuple[features_pb2.FeatureVector, FloatArray]],
@@ -238,7 +245,9 @@ def _score(state: InferState, model: Model, vecs: Sequence[tuple[features_pb2.Fe
     # Missing inputs cannot be a reason; they sort last. One argsort for the whole batch.
     rank_key = np.where(np.isnan(x), -1.0, np.abs(contrib))
     top = np.argsort(-rank_key, axis=1, kind="stable")[:, :TOP_FEATURES]
-    return _Scored(model, x, pred, contrib, valid, passed, top)
+    return _Scored(model, x, pred, contrib, valid, passed, top, pred.p_up.tolist(), pred.ci_low.tolist(),
+                   pred.ci_high.tolist(), top.tolist(), np.take_along_axis(x, top, axis=1).tolist(),
+                   np.take_along_axis(contrib, top, axis=1).tolist())
 
 
 def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: bool,
@@ -268,16 +277,17 @@ def _prediction(vec: features_pb2.FeatureVector, s: _Scored, i: int, canary: boo
     if (stale_after_us and vec.ts.exchange_us and now_us - vec.ts.exchange_us > stale_after_us
             and common_pb2.STALE_INPUT not in p.quality_flags):
         p.quality_flags.append(common_pb2.STALE_INPUT)
+    barriers = model.barriers
+    p_up, ci_low, ci_high = s.p_up_rows[i], s.ci_low_rows[i], s.ci_high_rows[i]
     for j, h in enumerate(model.horizons):
-        p.horizons.add(horizon_min=h, p_up=float(s.pred.p_up[i, j]), ci_low=float(s.pred.ci_low[i, j]),
-                       ci_high=float(s.pred.ci_high[i, j]), upper_barrier_bps=model.barriers.upper_bps,
-                       lower_barrier_bps=model.barriers.lower_bps,
-                       timeout_counts_as_not_up=model.barriers.timeout_counts_as_not_up)
-    row = s.x[i]
-    for k in s.top[i].tolist():
-        if math.isnan(row[k]):
-            continue
-        p.top_features.add(name=model.feature_names[k], value=float(row[k]), contribution=float(s.contrib[i, k]))
+        p.horizons.add(horizon_min=h, p_up=p_up[j], ci_low=ci_low[j], ci_high=ci_high[j],
+                       upper_barrier_bps=barriers.upper_bps, lower_barrier_bps=barriers.lower_bps,
+                       timeout_counts_as_not_up=barriers.timeout_counts_as_not_up)
+    names = model.feature_names
+    for k, value, contribution in zip(s.top_rows[i], s.top_values[i], s.top_contrib[i], strict=True):
+        if math.isnan(value):
+            continue  # a missing input is never a reason
+        p.top_features.add(name=names[k], value=value, contribution=contribution)
     p.ts.CopyFrom(vec.ts)
     p.ts.infer_us = now_us
     return p
