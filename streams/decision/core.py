@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Final
+from typing import Final, NamedTuple
 
 from schemas import SCHEMA_VERSION, common_pb2, prediction_pb2, signal_pb2
 from streams.decision.cost import CostModel, levels_of
@@ -180,8 +180,7 @@ class DecisionState:
         self.rule_counts[rule] = self.rule_counts.get(rule, 0) + 1
 
 
-@dataclass(frozen=True, slots=True)
-class Conditions:
+class Conditions(NamedTuple):  # immutable and cheap to build: one per prediction or horizon
     """What the rules see besides the prediction itself."""
 
     degraded: bool = False
@@ -195,8 +194,7 @@ class Conditions:
 NORMAL_CONDITIONS: Final = Conditions()
 
 
-@dataclass(frozen=True, slots=True)
-class Evaluation:
+class Evaluation(NamedTuple):  # immutable and cheap to build: one per prediction or horizon
     """The economics of one horizon of one prediction, before cooldown and WAIT-emission rules."""
 
     decision: signal_pb2.Decision

@@ -481,8 +481,7 @@ class CostEstimate(NamedTuple):
     version: str          # "cost-v3/<tables version>": the signal's cost_model_version
 
 
-@dataclass(frozen=True, slots=True)
-class ExpectedMoves:
+class ExpectedMoves(NamedTuple):  # immutable and cheap to build: one per horizon priced
     """Expected return (bps) of each side for one probability; ``short_bps`` is None when it cannot be priced."""
 
     long_bps: float
