@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PROTOS := $(wildcard schemas/*.proto)
 PYTEST_ARGS ?=
+UNIT_WORKERS ?= 2  # pytest-xdist workers for the hermetic tests; the stacks of the integration tests run one at a time
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-deps run test test-unit test-integration lint fmt schemas schemas-check docs bench clean
@@ -33,8 +34,9 @@ install: $(STAMP) system-deps ## Create the venv and install surge with its dev 
 run: install ## Run the whole pipeline on the embedded stack (Ctrl-C stops it)
 	$(VENV)/bin/surge run
 
-test: install ## Run unit, integration and chaos tests (not benchmarks)
-	$(VENV)/bin/pytest -m "not bench" $(PYTEST_ARGS)
+test: install ## Run unit, integration and chaos tests (not benchmarks): hermetic ones on 2 workers, then the process ones
+	$(VENV)/bin/pytest -m "not bench and not integration and not chaos" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "(integration or chaos) and not bench" $(PYTEST_ARGS)
 
 test-unit: install ## Run only the unit tests
 	$(VENV)/bin/pytest -m unit $(PYTEST_ARGS)

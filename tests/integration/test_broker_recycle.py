@@ -20,12 +20,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_two_scheduled_recycles_and_a_shutdown_lose_no_accepted_trade(tmp_path: Path) -> None:
-    """Tried: 300 simulated events/s on two symbols, the broker recycled every 15 s (each recycle stops ingest,
+    """Tried: 300 simulated events/s on two symbols, the broker recycled every 10 s (each recycle stops ingest,
     lets every consumer catch up, restarts the broker and the stages), then Ctrl-C 3 s after the second recycle.
     Each ingest process logs the trades it accepted when it stops; their sum must equal the distinct trade ids
     in ClickHouse, with the warehouse read after `surge run` has exited (chdb allows one process per folder)."""
     env = stack_env(tmp_path, SURGE_SOURCE="sim", SURGE_SIM_EVENTS_PER_S="300", SURGE_SYMBOLS="BTCUSDT,ETHUSDT",
-                    SURGE_BROKER_RECYCLE_EVERY_S="15", SURGE_BROKER_RECYCLE_LAG_S="0")
+                    SURGE_BROKER_RECYCLE_EVERY_S="10", SURGE_BROKER_RECYCLE_LAG_S="0")
     run_log = tmp_path / "surge-run.log"
     logs = tmp_path / "data" / "logs"
 
