@@ -173,12 +173,10 @@ def _check(vec: features_pb2.FeatureVector, model: Model) -> tuple[str, str] | N
     return None
 
 
-def check_values(vec: features_pb2.FeatureVector, now_us: int, bounds: v.TimeBounds,
-                 values: FloatArray | None = None) -> v.Problem | None:
+def check_values(vec: features_pb2.FeatureVector, values: FloatArray, now_us: int,
+                 bounds: v.TimeBounds) -> v.Problem | None:
     """What makes a (well-formed) vector unusable by any model; see the module doc. ``values``: the vector's
-    values as an array, when the caller has made it already."""
-    if values is None:
-        values = np.asarray(vec.values, dtype=np.float64)
+    values as an array (made once, and scored from the same array)."""
     finite = np.isfinite(values)
     if not finite.all():
         inf = np.isinf(values)
@@ -212,11 +210,10 @@ class _Scored:
     model: Model
     x: FloatArray
     pred: Prediction
-    contrib: FloatArray
     valid: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
     passed: list[tuple[int, ...]] = field(default_factory=list)  # per row: passed_through_index of its names
-    top: IntArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))  # per row: top features
-    # The same as Python lists, made once per batch: reading numpy scalars one by one costs more than the messages.
+    # Per row, as Python lists made once per batch (reading numpy scalars one by one costs more than the messages):
+    # the probabilities, and the top features' indices, inputs and contributions.
     p_up_rows: list[list[float]] = field(default_factory=list)
     ci_low_rows: list[list[float]] = field(default_factory=list)
     ci_high_rows: list[list[float]] = field(default_factory=list)
@@ -245,7 +242,7 @@ def _score(state: InferState, model: Model, vecs: Sequence[tuple[features_pb2.Fe
     # Missing inputs cannot be a reason; they sort last. One argsort for the whole batch.
     rank_key = np.where(np.isnan(x), -1.0, np.abs(contrib))
     top = np.argsort(-rank_key, axis=1, kind="stable")[:, :TOP_FEATURES]
-    return _Scored(model, x, pred, contrib, valid, passed, top, pred.p_up.tolist(), pred.ci_low.tolist(),
+    return _Scored(model, x, pred, valid, passed, pred.p_up.tolist(), pred.ci_low.tolist(),
                    pred.ci_high.tolist(), top.tolist(), np.take_along_axis(x, top, axis=1).tolist(),
                    np.take_along_axis(contrib, top, axis=1).tolist())
 
@@ -328,7 +325,7 @@ def process(batch: Sequence[InRecord[features_pb2.FeatureVector]], state: InferS
             out.rejects.append(Reject(rec, *problem))  # the input's fault, not the canary's
             continue
         values = np.asarray(vec.values, dtype=np.float64)
-        invalid = check_values(vec, now_us, state.bounds, values)
+        invalid = check_values(vec, values, now_us, state.bounds)
         if invalid is not None:
             out.rejects.append(Reject(rec, *invalid))  # neither model may score it
             continue

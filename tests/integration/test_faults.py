@@ -421,9 +421,9 @@ def test_kill9_ingest_during_a_replay_every_trade_of_the_capture_is_stored_once(
     capture = shared_data / CAPTURE
     from streams.features.batch import capture_batches
 
-    expected = {e.trade.trade_id for tb in capture_batches([capture], "spot") for e in tb.events
-                if e.WhichOneof("event") == "trade"}
-    first_us = min(tb.ts.exchange_us for tb in capture_batches([capture], "spot"))
+    batches = list(capture_batches([capture], "spot"))
+    expected = {e.trade.trade_id for tb in batches for e in tb.events if e.WhichOneof("event") == "trade"}
+    first_us = min(tb.ts.exchange_us for tb in batches)
     replay = {"SURGE_SOURCE": f"replay:{capture}", "SURGE_REPLAY_SPEED": "40", "SURGE_REPLAY_EXIT": "true",
               "SURGE_VENUE": "spot", "SURGE_SYMBOLS": "BTCUSDT"}
     # The capture's own time range, so the simulator's BTCUSDT trades of the other tests do not count.
