@@ -2,13 +2,15 @@
 
 A clean stop (``StageSpec.on_close``, after the last batch is committed) writes every symbol's kernel arrays to
 one ``.npz`` file; the next start loads them if they are this feature version's and at most ``max_age_us`` old
-by the clock, then deletes the file, so a later crash-restart rebuilds from the stream as before. Without this a
-recycle empties the minute windows, which take up to an hour to refill. Plain arrays (``allow_pickle=False``):
-loading the file runs no code.
+by the clock, then deletes the file, so a later crash-restart rebuilds from the stream as before
+(``streams.runtime.carryover``, the policy ingest's simulator prices follow too). Without this a recycle
+empties the minute windows, which take up to an hour to refill. Plain arrays (``allow_pickle=False``): loading
+the file runs no code.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 
 from streams.features import definitions as d
 from streams.features.core import FeatureState, SymbolState
+from streams.runtime import carryover
 
 log = logging.getLogger("surge.features")
 
@@ -34,27 +37,27 @@ def save(path: Path, state: FeatureState, saved_at_us: int) -> int:
             arrays[f"{i}.{name}"] = getattr(st.kernel, name)
     meta = {"feature_version": d.FEATURE_VERSION, "saved_at_us": saved_at_us, "keys": keys}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as ArrayLike only loosely
-    partial.replace(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as ArrayLike only loosely
+    carryover.write_atomically(path, buffer.getvalue())
     return len(keys)
 
 
 def load(path: Path, state: FeatureState, now_us: int, max_age_us: int) -> int:
     """Put the saved kernels into ``state`` if fresh and of this feature version; the file is removed either way.
     Returns the number of symbols restored (0 when none was usable, with the reason logged)."""
-    if not path.exists():
-        return 0
     try:
-        with np.load(path, allow_pickle=False) as saved:
+        data = carryover.take(path)
+        if data is None:
+            return 0
+        with np.load(io.BytesIO(data), allow_pickle=False) as saved:
             meta = json.loads(bytes(saved["meta"]).decode())
-            age_us = now_us - int(meta["saved_at_us"])
             if meta["feature_version"] != d.FEATURE_VERSION:
                 log.info("not resuming windows saved by feature version %s", meta["feature_version"])
                 return 0
-            if age_us > max_age_us or age_us < 0:
-                log.info("not resuming windows saved %.0f s ago (limit %.0f s)", age_us / 1e6, max_age_us / 1e6)
+            stale = carryover.too_old(int(meta["saved_at_us"]), now_us, max_age_us)
+            if stale is not None:
+                log.info("not resuming windows %s", stale)
                 return 0
             restored: list[tuple[int, str, SymbolState]] = []
             for i, (venue, symbol) in enumerate(meta["keys"]):
@@ -64,13 +67,12 @@ def load(path: Path, state: FeatureState, now_us: int, max_age_us: int) -> int:
                 restored.append((int(venue), str(symbol), st))
             for venue, symbol, st in restored:  # all or nothing
                 state.adopt(venue, symbol, st)
-            log.info("resumed the windows of %d symbol(s) saved %.1f s ago", len(meta["keys"]), age_us / 1e6)
+            log.info("resumed the windows of %d symbol(s) saved %.1f s ago", len(meta["keys"]),
+                     (now_us - int(meta["saved_at_us"])) / 1e6)
             return len(meta["keys"])
     except (OSError, ValueError, KeyError) as exc:
         log.warning("ignoring unreadable features checkpoint %s: %s", path, exc)
         return 0
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def _checked(saved: np.ndarray, fresh: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from streams.ingest.core import STAGE
 from streams.ingest.quality import IngestQuality, health_detail
 from streams.ingest.replay import capture_files, parse_speed, run_replay
 from streams.ingest.simulator import MarketSimulator
+from streams.runtime import carryover
 from streams.runtime.clock import Clock
 from streams.runtime.observability import HealthState, StageMetrics, make_tracer_provider
 from streams.runtime.settings import Settings
@@ -53,35 +54,30 @@ def sim_prices_path(settings: Settings) -> Path:
 
 
 def save_sim_prices(path: Path, prices: Mapping[str, float], now_us: int) -> None:
-    """Write the simulator's mids for the next session (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(orjson.dumps({"saved_at_us": now_us, "prices": dict(prices)}))
-    partial.replace(path)
+    """Write the simulator's mids for the next session (``streams.runtime.carryover``)."""
+    carryover.write_atomically(path, orjson.dumps({"saved_at_us": now_us, "prices": dict(prices)}))
 
 
 def load_sim_prices(path: Path, symbols: Sequence[str], now_us: int, max_age_us: int) -> dict[str, float]:
     """The mids the last clean stop saved, for the symbols still simulated, if at most ``max_age_us`` old. The
-    file is used once (deleted), so a later crash-restart starts from the base prices as before; a file that
-    cannot be read is reported and ignored."""
-    if not path.exists():
-        return {}
+    file is used once (``carryover.take``), so a later crash-restart starts from the base prices as before; a
+    file that cannot be read is reported and ignored."""
     try:
-        doc = orjson.loads(path.read_bytes())
+        data = carryover.take(path)
+        if data is None:
+            return {}
+        doc = orjson.loads(data)
         saved_us = int(doc["saved_at_us"])
         prices = {str(symbol): float(price) for symbol, price in doc["prices"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("ignored the saved simulator prices %s: %s", path, exc)
         return {}
-    finally:
-        path.unlink(missing_ok=True)
-    age_us = now_us - saved_us
-    if not 0 <= age_us <= max_age_us:
-        log.info("the saved simulator prices are %.0f s old (limit %.0f s): starting from the base prices",
-                 age_us / 1e6, max_age_us / 1e6)
+    stale = carryover.too_old(saved_us, now_us, max_age_us)
+    if stale is not None:
+        log.info("the saved simulator prices were %s: starting from the base prices", stale)
         return {}
     kept = {sym: price for sym, price in prices.items() if sym in symbols and math.isfinite(price) and price > 0}
-    log.info("resumed the simulated prices of %d symbol(s) saved %.1f s ago", len(kept), age_us / 1e6)
+    log.info("resumed the simulated prices of %d symbol(s) saved %.1f s ago", len(kept), (now_us - saved_us) / 1e6)
     return kept
 
 
