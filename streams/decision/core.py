@@ -45,7 +45,7 @@ from types import MappingProxyType
 from typing import Final, NamedTuple
 
 from schemas import SCHEMA_VERSION, common_pb2, prediction_pb2, signal_pb2
-from streams.decision.cost import CostModel, levels_of
+from streams.decision.cost import CostBase, CostModel, levels_of
 from streams.outcomes.risk import RiskLevel
 from streams.runtime import validate as v
 from streams.runtime.clock import Clock
@@ -235,23 +235,16 @@ def validate(prediction: prediction_pb2.Prediction, config: DecisionConfig, now_
             or v.timestamps_within(prediction.ts, now_us, config.bounds, ("ingest_us", "features_us", "infer_us")))
 
 
-def evaluate(prediction: prediction_pb2.Prediction, horizon: prediction_pb2.HorizonProbability,
-             config: DecisionConfig, cost: CostModel, conditions: Conditions = NORMAL_CONDITIONS) -> Evaluation:
-    """Decision and tier of one horizon under ``conditions``; assumes ``validate`` passed."""
-    p = horizon.p_up
-    moves = cost.expected_moves(p, horizon.horizon_min, upper_bps=horizon.upper_barrier_bps,
-                                lower_bps=horizon.lower_barrier_bps,
-                                timeout_counts_as_not_up=horizon.timeout_counts_as_not_up)
-    book = (levels_of(prediction.book_bids), levels_of(prediction.book_asks)) \
-        if prediction.book_bids and prediction.book_asks else None
-    funding = prediction.funding_rate if prediction.HasField("funding_rate") else None
-    priced = cost.estimate(prediction.venue, prediction.symbol, prediction.regime, prediction.spread_bps,
-                           horizon.horizon_min, side=LONG, funding_rate=funding, book=book,
-                           stressed=conditions.stressed)
-    # Only funding differs by side (a LONG pays a positive rate, a SHORT receives it).
-    short_priced = priced if funding is None else cost.estimate(
-        prediction.venue, prediction.symbol, prediction.regime, prediction.spread_bps, horizon.horizon_min,
-        side=SHORT, funding_rate=funding, book=book, stressed=conditions.stressed)
+class Rules(NamedTuple):
+    """The tier rules in force under one set of conditions (the same for most of a batch)."""
+
+    tier_a: TierRule
+    tier_b: TierRule
+    allow_b: bool      # tier B may be emitted at all
+    allow_any: bool    # anything actionable may be emitted at all
+
+
+def rules_under(config: DecisionConfig, conditions: Conditions) -> Rules:
     tier_a, tier_b = config.tier_a, config.tier_b
     if conditions.tau_offset or conditions.kappa_offset:
         tier_a = TierRule(tier_a.tau + conditions.tau_offset, tier_a.kappa + conditions.kappa_offset)
@@ -260,29 +253,67 @@ def evaluate(prediction: prediction_pb2.Prediction, horizon: prediction_pb2.Hori
         tier_a = TierRule(tier_a.tau + config.degraded_tau_step, tier_a.kappa + config.degraded_kappa_step)
     if conditions.risk == RiskLevel.RISK_AVERSE:
         tier_a = replace(tier_a, tau=tier_a.tau + config.risk_averse_tau_step)
-    allow_b = not conditions.degraded and conditions.risk == RiskLevel.NORMAL
-    allow_any = not conditions.paused and conditions.risk != RiskLevel.SHUTDOWN
+    return Rules(tier_a, tier_b, not conditions.degraded and conditions.risk == RiskLevel.NORMAL,
+                 not conditions.paused and conditions.risk != RiskLevel.SHUTDOWN)
 
-    sides: list[tuple[signal_pb2.Decision, float, float, float]] = [(LONG, p, moves.long_bps, priced.total_bps)]
+
+def price_base(prediction: prediction_pb2.Prediction, cost: CostModel, conditions: Conditions) -> CostBase:
+    """The prediction's cost before horizon and side: its venue, regime, spread, live book and funding rate."""
+    book = (levels_of(prediction.book_bids), levels_of(prediction.book_asks)) \
+        if prediction.book_bids and prediction.book_asks else None
+    funding = prediction.funding_rate if prediction.HasField("funding_rate") else None
+    return cost.base(prediction.venue, prediction.symbol, prediction.regime, prediction.spread_bps,
+                     funding_rate=funding, book=book, stressed=conditions.stressed)
+
+
+def evaluate_horizon(horizon: prediction_pb2.HorizonProbability, base: CostBase, rules: Rules,
+                     cost: CostModel) -> Evaluation:
+    """Decision and tier of one horizon, priced on its prediction's ``base`` under ``rules``."""
+    p = horizon.p_up
+    h = horizon.horizon_min
+    moves = cost.expected_moves(p, h, upper_bps=horizon.upper_barrier_bps, lower_bps=horizon.lower_barrier_bps,
+                                timeout_counts_as_not_up=horizon.timeout_counts_as_not_up)
+    long_cost = base.total_bps(h, LONG)
+    # Only funding differs by side (a LONG pays a positive rate, a SHORT receives it).
+    short_cost = base.total_bps(h, SHORT) if base.funding_per_min_bps else long_cost
+    tier_a, tier_b = rules.tier_a, rules.tier_b
+    sides: list[tuple[signal_pb2.Decision, float, float, float]] = [(LONG, p, moves.long_bps, long_cost)]
     if moves.short_bps is not None:
-        sides.append((SHORT, 1.0 - p, moves.short_bps, short_priced.total_bps))
+        sides.append((SHORT, 1.0 - p, moves.short_bps, short_cost))
     best: tuple[int, float, signal_pb2.Decision, float, float] | None = None  # (rank, net, side, expected, cost)
-    for side, p_side, expected, estimated in sides:
-        net = expected - estimated
-        ratio = net / estimated if estimated > 0 else (float("inf") if net > 0 else float("-inf"))
-        rank = 2 if tier_a.passes(p_side, ratio) else 1 if allow_b and tier_b.passes(p_side, ratio) else 0
-        if allow_any and rank and (best is None or (rank, net) > (best[0], best[1])):
-            best = (rank, net, side, expected, estimated)
+    if rules.allow_any:
+        for side, p_side, expected, estimated in sides:
+            net = expected - estimated
+            ratio = net / estimated if estimated > 0 else (float("inf") if net > 0 else float("-inf"))
+            rank = 2 if tier_a.passes(p_side, ratio) else 1 if rules.allow_b and tier_b.passes(p_side, ratio) else 0
+            if rank and (best is None or (rank, net) > (best[0], best[1])):
+                best = (rank, net, side, expected, estimated)
     if best is None:
         # WAIT reports the favoured side's expectation: the SHORT's only when a SHORT can be priced.
         favoured = sides[1] if len(sides) > 1 and p < moves.breakeven_p else sides[0]
         expected, estimated = favoured[2], favoured[3]
         return Evaluation(WAIT, signal_pb2.TIER_NONE, horizon, expected, estimated, expected - estimated,
-                          moves.upper_bps, moves.lower_bps, priced.version)
+                          moves.upper_bps, moves.lower_bps, base.version)
     rank, net, side, expected, estimated = best
     tier = signal_pb2.TIER_A if rank == 2 else signal_pb2.TIER_B
-    return Evaluation(side, tier, horizon, expected, estimated, net, moves.upper_bps, moves.lower_bps,
-                      priced.version)
+    return Evaluation(side, tier, horizon, expected, estimated, net, moves.upper_bps, moves.lower_bps, base.version)
+
+
+def evaluate_all(prediction: prediction_pb2.Prediction, horizons: Sequence[prediction_pb2.HorizonProbability],
+                 config: DecisionConfig, cost: CostModel, conditions: Conditions = NORMAL_CONDITIONS,
+                 rules: Rules | None = None) -> list[Evaluation]:
+    """Decision and tier of each of the prediction's ``horizons`` under ``conditions``; assumes ``validate``
+    passed. The cost is looked up once for all of them. ``rules``: ``rules_under(config, conditions)``, when the
+    caller has it already."""
+    base = price_base(prediction, cost, conditions)
+    in_force = rules if rules is not None else rules_under(config, conditions)
+    return [evaluate_horizon(h, base, in_force, cost) for h in horizons]
+
+
+def evaluate(prediction: prediction_pb2.Prediction, horizon: prediction_pb2.HorizonProbability,
+             config: DecisionConfig, cost: CostModel, conditions: Conditions = NORMAL_CONDITIONS) -> Evaluation:
+    """Decision and tier of one horizon under ``conditions``; assumes ``validate`` passed."""
+    return evaluate_all(prediction, (horizon,), config, cost, conditions)[0]
 
 
 def build_signal(prediction: prediction_pb2.Prediction, ev: Evaluation, cost: CostModel, now_us: int,
@@ -321,27 +352,28 @@ def idea_key(instrument: Instrument, horizon_min: int) -> str:
     return f"surge:idea:{instrument.key}:{horizon_min}"
 
 
-def _evaluate_counting(state: DecisionState, prediction: prediction_pb2.Prediction,
-                       horizon: prediction_pb2.HorizonProbability, conditions: Conditions) -> Evaluation:
-    """``evaluate`` under the conditions, counting each rule that changed the result against normal conditions."""
-    ev = evaluate(prediction, horizon, state.config, state.cost, conditions)
-    if conditions == NORMAL_CONDITIONS or ev.tier == signal_pb2.TIER_A:
-        return ev  # every rule only tightens: a tier A under the rules is a tier A without them
-    plain = evaluate(prediction, horizon, state.config, state.cost)
-    if (plain.decision, plain.tier) != (ev.decision, ev.tier):
-        if conditions.paused:
-            state.count("exchange_lag_paused")
-        elif conditions.risk == RiskLevel.SHUTDOWN:
-            state.count("risk_shutdown")
-        elif conditions.degraded:
-            state.count("degraded_input")
-        elif conditions.risk != RiskLevel.NORMAL:
-            state.count(f"risk_{conditions.risk.name.lower()}")
-        elif conditions.stressed:
-            state.count("stressed_cost")
-        else:
-            state.count("quality_adapted")
-    return ev
+def _count_changes(state: DecisionState, prediction: prediction_pb2.Prediction,
+                   horizons: Sequence[prediction_pb2.HorizonProbability], conditions: Conditions,
+                   evaluations: Sequence[Evaluation]) -> None:
+    """Count each rule that changed a horizon's result against normal conditions."""
+    if conditions == NORMAL_CONDITIONS or all(ev.tier == signal_pb2.TIER_A for ev in evaluations):
+        return  # every rule only tightens: a tier A under the rules is a tier A without them
+    if conditions.paused:
+        rule = "exchange_lag_paused"
+    elif conditions.risk == RiskLevel.SHUTDOWN:
+        rule = "risk_shutdown"
+    elif conditions.degraded:
+        rule = "degraded_input"
+    elif conditions.risk != RiskLevel.NORMAL:
+        rule = f"risk_{conditions.risk.name.lower()}"
+    elif conditions.stressed:
+        rule = "stressed_cost"
+    else:
+        rule = "quality_adapted"
+    plain = evaluate_all(prediction, horizons, state.config, state.cost)
+    for ev, normal in zip(evaluations, plain, strict=True):
+        if ev.tier != signal_pb2.TIER_A and (normal.decision, normal.tier) != (ev.decision, ev.tier):
+            state.count(rule)
 
 
 def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: DecisionState, clock: Clock) -> Outputs:
@@ -349,6 +381,8 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
     now_us = clock.now_us()
     config = state.config
     state.claims = []
+    rules_by_conditions: dict[Conditions, Rules] = {}  # conditions repeat across a batch; so do their rules
+    instruments: dict[tuple[int, str], Instrument] = {}
     candidates: list[tuple[IdeaKey, prediction_pb2.Prediction, Evaluation]] = []
     for record in batch:
         prediction = record.value
@@ -360,12 +394,20 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
         lagging = config.max_exchange_lag_us > 0 and state.exchange_lag_us > config.max_exchange_lag_us
         state.paused = f"exchange lag {state.exchange_lag_us / 1e6:.1f}s > " \
                        f"{config.max_exchange_lag_us / 1e6:g}s" if lagging else ""
-        conditions = Conditions(degraded=any(f in DEGRADING_FLAGS for f in prediction.quality_flags),
+        conditions = Conditions(degraded=not DEGRADING_FLAGS.isdisjoint(prediction.quality_flags),
                                 risk=state.risk, paused=lagging, tau_offset=state.tau_offset,
                                 kappa_offset=state.kappa_offset, stressed=stressed(prediction, config))
-        instrument = Instrument(prediction.venue, prediction.symbol)
-        for horizon in horizons_to_act_on(prediction, config):
-            ev = _evaluate_counting(state, prediction, horizon, conditions)
+        rules = rules_by_conditions.get(conditions)
+        if rules is None:
+            rules = rules_by_conditions[conditions] = rules_under(config, conditions)
+        where = (prediction.venue, prediction.symbol)
+        instrument = instruments.get(where)
+        if instrument is None:
+            instrument = instruments[where] = Instrument(*where)
+        horizons = horizons_to_act_on(prediction, config)
+        evaluations = evaluate_all(prediction, horizons, config, state.cost, conditions, rules)
+        _count_changes(state, prediction, horizons, conditions, evaluations)
+        for horizon, ev in zip(horizons, evaluations, strict=True):
             candidates.append(((instrument, horizon.horizon_min), prediction, ev))
     for key, prediction, ev in candidates:
         _emit(state, key, prediction, ev, now_us, out)
@@ -374,11 +416,11 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
 
 def _emit(state: DecisionState, key: IdeaKey, prediction: prediction_pb2.Prediction, ev: Evaluation, now_us: int,
           out: Outputs) -> None:
+    known = state.ideas.get(key)
     journal = state.journal
     if journal is not None and key not in journal:
-        known = state.ideas.get(key)
         journal[key] = None if known is None else replace(known)
-    idea = state.ideas.setdefault(key, IdeaState())
+    idea = known if known is not None else state.ideas.setdefault(key, IdeaState())
     # Cooldowns run on event time, so a replay or a backtest at any speed cools down exactly as live did.
     event_us = prediction.ts.exchange_us
     cooling = event_us < idea.cooldown_until_us

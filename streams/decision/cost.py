@@ -99,7 +99,8 @@ _VENUE_NAMES: Final[dict[int | str, str]] = {
     common_pb2.VENUE_UNSPECIFIED: "spot", common_pb2.BINANCE_SPOT: "spot", common_pb2.BINANCE_USDM: "usdm",
     common_pb2.SIMULATOR: "spot", "spot": "spot", "usdm": "usdm",
 }
-_FUNDING_SIGN: Final[dict[int, float]] = {signal_pb2.LONG: 1.0, signal_pb2.SHORT: -1.0}
+_LONG: Final = signal_pb2.LONG
+_SHORT: Final = signal_pb2.SHORT
 _ABOVE_MEDIAN: Final = frozenset(q for q, level in QUANTILE_LEVELS.items() if level > 0.5)
 
 Level = tuple[float, float]  # (price, qty)
@@ -481,6 +482,30 @@ class CostEstimate(NamedTuple):
     version: str          # "cost-v3/<tables version>": the signal's cost_model_version
 
 
+class CostBase(NamedTuple):
+    """The part of one round trip's cost that depends on neither the horizon nor the side (``CostModel.base``):
+    one per prediction priced, however many horizons it carries."""
+
+    fixed_bps: float             # fee + spread + slippage + impact
+    fee_bps: float
+    spread_bps: float
+    slippage_bps: float
+    impact_bps: float
+    quantile: str
+    confidence: float
+    version: str
+    funding_per_min_bps: float   # a LONG's funding per minute held (USD-M with a live rate, else 0)
+    opportunity_per_min_bps: float
+
+    def funding_bps(self, horizon_min: float, side: int) -> float:
+        """A LONG pays a positive rate, a SHORT receives it; any other side pays none."""
+        funding = self.funding_per_min_bps * horizon_min
+        return funding if side == _LONG else -funding if side == _SHORT else 0.0
+
+    def total_bps(self, horizon_min: float, side: int) -> float:
+        return self.fixed_bps + self.funding_bps(horizon_min, side) + self.opportunity_per_min_bps * horizon_min
+
+
 class ExpectedMoves(NamedTuple):  # immutable and cheap to build: one per horizon priced
     """Expected return (bps) of each side for one probability; ``short_bps`` is None when it cannot be priced."""
 
@@ -545,13 +570,12 @@ class CostModel:
                    opportunity_rate=settings.cost_opportunity_rate,
                    funding_interval_h=settings.cost_funding_interval_h)
 
-    def estimate(self, venue: int | str, symbol: str, regime: str, spread_bps: float, horizon_min: float, *,
-                 side: int = signal_pb2.LONG, funding_rate: float | None = None, quantile: str | None = None,
-                 stressed: bool = False, book: Book | None = None, notional_usd: float | None = None,
-                 maker: bool = False) -> CostEstimate:
-        """The round trip's cost (see the module doc). ``venue``: a ``Venue`` enum value or "spot"/"usdm";
-        ``side``: LONG or SHORT (funding sign; anything else pays no funding); ``quantile``: one of QUANTILES,
-        default the model's, or its stressed quantile when ``stressed``; ``spread_bps`` finite and >= 0."""
+    def base(self, venue: int | str, symbol: str, regime: str, spread_bps: float, *,
+             funding_rate: float | None = None, quantile: str | None = None, stressed: bool = False,
+             book: Book | None = None, notional_usd: float | None = None, maker: bool = False) -> CostBase:
+        """What ``estimate`` prices that depends on neither the horizon nor the side (the table lookup and the
+        book walk): made once per prediction, then ``CostBase.total_bps`` per horizon and side. Arguments as
+        for ``estimate``."""
         v = _VENUE_NAMES.get(venue, "spot")
         q = quantile if quantile is not None else (self.stressed_quantile if stressed else self.quantile)
         entry = self.tables.entry(v, regime)
@@ -568,13 +592,23 @@ class CostModel:
             confidence = 0.5 + 0.5 * confidence
         elif notional != entry.notional_usd:
             impact = max(entry.size_bps(notional, self.tables.adv(v, symbol)), -slippage)
-        funding = 0.0
-        if funding_rate is not None and v == "usdm":
-            funding = _FUNDING_SIGN.get(side, 0.0) * funding_rate * self._funding_per_min * horizon_min
-        opportunity = self._opportunity_per_min * horizon_min
+        funding_per_min = funding_rate * self._funding_per_min if funding_rate is not None and v == "usdm" else 0.0
         fee = self._maker_fee[v] if maker else self._taker_fee[v]
-        return CostEstimate(fee + spread_bps + slippage + impact + funding + opportunity, fee, spread_bps, slippage,
-                            impact, funding, opportunity, q, confidence, entry.version)
+        return CostBase(fee + spread_bps + slippage + impact, fee, spread_bps, slippage, impact, q, confidence,
+                        entry.version, funding_per_min, self._opportunity_per_min)
+
+    def estimate(self, venue: int | str, symbol: str, regime: str, spread_bps: float, horizon_min: float, *,
+                 side: int = signal_pb2.LONG, funding_rate: float | None = None, quantile: str | None = None,
+                 stressed: bool = False, book: Book | None = None, notional_usd: float | None = None,
+                 maker: bool = False) -> CostEstimate:
+        """The round trip's cost (see the module doc). ``venue``: a ``Venue`` enum value or "spot"/"usdm";
+        ``side``: LONG or SHORT (funding sign; anything else pays no funding); ``quantile``: one of QUANTILES,
+        default the model's, or its stressed quantile when ``stressed``; ``spread_bps`` finite and >= 0."""
+        b = self.base(venue, symbol, regime, spread_bps, funding_rate=funding_rate, quantile=quantile,
+                      stressed=stressed, book=book, notional_usd=notional_usd, maker=maker)
+        return CostEstimate(b.total_bps(horizon_min, side), b.fee_bps, b.spread_bps, b.slippage_bps, b.impact_bps,
+                            b.funding_bps(horizon_min, side), b.opportunity_per_min_bps * horizon_min, b.quantile,
+                            b.confidence, b.version)
 
     def round_trip_fee_bps(self, venue: int | str, *, maker: bool = False) -> float:
         """2 x the venue's fee per side (the ``fee_bps`` of ``estimate``), e.g. for a realized cost that must use
