@@ -605,10 +605,6 @@ def _result(sim: Simulation, kind: str) -> BacktestResult:
 # --- captures ------------------------------------------------------------------------------------------------------
 
 
-def _levels(levels: Iterable[market_pb2.PriceLevel]) -> list[mt.Level]:
-    return [(lv.price, lv.qty) for lv in levels]
-
-
 def _chunks(batches: Iterator[market_pb2.TickBatch], size: int) -> Iterator[list[market_pb2.TickBatch]]:
     chunk: list[market_pb2.TickBatch] = []
     for tb in batches:
@@ -720,8 +716,8 @@ def _on_event(sim: Simulation, book: mt.Book, sym: str, event: market_pb2.Market
         for order in wheel.pop_due(at):
             _execute(sim, book, order, at)
     if kind == "book":
-        book.replace(_levels(event.book.bids), _levels(event.book.asks), at)
-    elif kind == "book_ticker" and not book.bids:
+        book.replace_recorded(event.book.bids, event.book.asks, at)
+    elif kind == "book_ticker" and book.empty():
         bt = event.book_ticker
         book.replace([(bt.bid_price, bt.bid_qty)], [(bt.ask_price, bt.ask_qty)], at)
     elif kind == "trade":

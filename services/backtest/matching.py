@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 Level = tuple[float, float]  # (price, quantity in base units)
 
@@ -87,18 +87,60 @@ def worse(price: float, side: int, bps: float) -> float:
 # --- the book ----------------------------------------------------------------------------------------------------
 
 
+class PriceLevelLike(Protocol):
+    """A recorded level as the capture carries it (``market_pb2.PriceLevel``)."""
+
+    @property
+    def price(self) -> float: ...
+
+    @property
+    def qty(self) -> float: ...
+
+
 @dataclass(slots=True)
 class Book:
-    """The recorded book of one instrument: levels best first, and what this backtest took from them."""
+    """The recorded book of one instrument: levels best first, and what this backtest took from them.
 
-    bids: list[Level] = field(default_factory=list)
-    asks: list[Level] = field(default_factory=list)
+    Most snapshots are replaced before any order meets them, so ``replace_recorded`` keeps the capture's levels
+    as they are and they become (price, qty) tuples only when an order, a limit or a touch needs them."""
+
+    _bids: list[Level] = field(default_factory=list)
+    _asks: list[Level] = field(default_factory=list)
     taken: dict[tuple[int, float], float] = field(default_factory=dict)  # (side taken from, price) -> qty
     t_us: int = 0
+    _recorded: tuple[Sequence[PriceLevelLike], Sequence[PriceLevelLike]] | None = None
 
     def replace(self, bids: Sequence[Level], asks: Sequence[Level], t_us: int) -> None:
-        self.bids, self.asks, self.t_us = list(bids), list(asks), t_us
+        self._bids, self._asks, self.t_us, self._recorded = list(bids), list(asks), t_us, None
         self.taken.clear()
+
+    def replace_recorded(self, bids: Sequence[PriceLevelLike], asks: Sequence[PriceLevelLike], t_us: int) -> None:
+        """A snapshot from the capture, converted when first read (the sequences must not change meanwhile)."""
+        self._recorded, self.t_us = (bids, asks), t_us
+        self.taken.clear()
+
+    def _materialize(self) -> None:
+        assert self._recorded is not None
+        bids, asks = self._recorded
+        self._bids = [(lv.price, lv.qty) for lv in bids]
+        self._asks = [(lv.price, lv.qty) for lv in asks]
+        self._recorded = None
+
+    @property
+    def bids(self) -> list[Level]:
+        if self._recorded is not None:
+            self._materialize()
+        return self._bids
+
+    @property
+    def asks(self) -> list[Level]:
+        if self._recorded is not None:
+            self._materialize()
+        return self._asks
+
+    def empty(self) -> bool:
+        """No bid recorded yet (a bookTicker then stands in for the book)."""
+        return not (self._recorded[0] if self._recorded is not None else self._bids)
 
     def touch(self, side: int) -> float:
         """The best price an order of ``side`` meets (ask for a buy); 0 when that side is empty."""
@@ -106,9 +148,10 @@ class Book:
         return levels[0][0] if levels else 0.0
 
     def mid(self) -> float:
-        if not self.bids or not self.asks:
+        bids, asks = self.bids, self.asks
+        if not bids or not asks:
             return 0.0
-        return (self.bids[0][0] + self.asks[0][0]) / 2.0
+        return (bids[0][0] + asks[0][0]) / 2.0
 
     def qty_at(self, side: int, price: float) -> float:
         """Resting quantity at ``price`` on the side a limit order of ``side`` joins (bids for a buy)."""

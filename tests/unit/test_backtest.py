@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from schemas import SCHEMA_VERSION, common_pb2, prediction_pb2
+from schemas import SCHEMA_VERSION, common_pb2, market_pb2, prediction_pb2
 from services.backtest import matching as mt
 from services.backtest import metrics
 from services.backtest.engine import BacktestConfig, Pipeline, Simulation, run_klines, simulate_bars
@@ -89,6 +89,27 @@ def test_market_order_walks_levels_partially_fills_and_pays_taker() -> None:
     assert again is not None and again.price == pytest.approx(102.0)
     book.replace(bids=[(99.0, 1.0)], asks=[(100.0, 1.0)], t_us=30)
     assert mt.market_fill(book, mt.BUY, 1.0, 40, conservative, 0.0, FEES).price == pytest.approx(100.0)  # type: ignore[union-attr]
+
+
+def test_a_recorded_snapshot_fills_as_its_tuples_do_and_replaces_what_was_taken() -> None:
+    """The capture's PriceLevel messages, kept as they are until an order needs them (``replace_recorded``)."""
+    snapshot = market_pb2.BookSnapshot(bids=[market_pb2.PriceLevel(price=99.0, qty=1.0)],
+                                       asks=[market_pb2.PriceLevel(price=100.0, qty=1.0),
+                                             market_pb2.PriceLevel(price=101.0, qty=2.0)])
+    recorded, plain = mt.Book(), mt.Book()
+    recorded.replace_recorded(snapshot.bids, snapshot.asks, 5)
+    plain.replace([(99.0, 1.0)], [(100.0, 1.0), (101.0, 2.0)], 5)
+    assert not recorded.empty() and recorded.mid() == plain.mid() == 99.5
+    assert recorded.qty_at(mt.SELL, 101.0) == 2.0 and recorded.touch(mt.BUY) == 100.0
+    neutral = mt.mode_of("neutral")
+    assert mt.market_fill(recorded, mt.BUY, 2.0, 10, neutral, 0.0, FEES) == \
+        mt.market_fill(plain, mt.BUY, 2.0, 10, neutral, 0.0, FEES)
+    assert recorded.taken == {(mt.BUY, 100.0): 1.0, (mt.BUY, 101.0): 1.0}
+    recorded.replace_recorded(snapshot.bids, snapshot.asks, 20)  # the next snapshot: nothing taken any more
+    assert recorded.taken == {} and recorded.asks == [(100.0, 1.0), (101.0, 2.0)]
+    empty = mt.Book()
+    empty.replace_recorded(market_pb2.BookSnapshot().bids, snapshot.asks, 30)
+    assert empty.empty() and empty.mid() == 0.0
 
 
 def test_slippage_quantile_floor_applies_when_the_walk_is_better() -> None:
