@@ -39,6 +39,7 @@ price, or timestamps outside ``DecisionConfig.bounds`` of the clock.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -266,6 +267,14 @@ def price_base(prediction: prediction_pb2.Prediction, cost: CostModel, condition
                      funding_rate=funding, book=book, stressed=conditions.stressed)
 
 
+def _rank(rules: Rules, p_side: float, net: float, estimated: float) -> int:
+    """2 for tier A, 1 for tier B, 0 for neither (before ``Rules.allow_any``)."""
+    ratio = net / estimated if estimated > 0 else (math.inf if net > 0 else -math.inf)
+    if rules.tier_a.passes(p_side, ratio):
+        return 2
+    return 1 if rules.allow_b and rules.tier_b.passes(p_side, ratio) else 0
+
+
 def evaluate_horizon(horizon: prediction_pb2.HorizonProbability, base: CostBase, rules: Rules,
                      cost: CostModel) -> Evaluation:
     """Decision and tier of one horizon, priced on its prediction's ``base`` under ``rules``."""
@@ -276,27 +285,28 @@ def evaluate_horizon(horizon: prediction_pb2.HorizonProbability, base: CostBase,
     long_cost = base.total_bps(h, LONG)
     # Only funding differs by side (a LONG pays a positive rate, a SHORT receives it).
     short_cost = base.total_bps(h, SHORT) if base.funding_per_min_bps else long_cost
-    tier_a, tier_b = rules.tier_a, rules.tier_b
-    sides: list[tuple[signal_pb2.Decision, float, float, float]] = [(LONG, p, moves.long_bps, long_cost)]
-    if moves.short_bps is not None:
-        sides.append((SHORT, 1.0 - p, moves.short_bps, short_cost))
-    best: tuple[int, float, signal_pb2.Decision, float, float] | None = None  # (rank, net, side, expected, cost)
+    long_net = moves.long_bps - long_cost
+    short_bps = moves.short_bps
+    short_net = short_bps - short_cost if short_bps is not None else -math.inf
     if rules.allow_any:
-        for side, p_side, expected, estimated in sides:
-            net = expected - estimated
-            ratio = net / estimated if estimated > 0 else (float("inf") if net > 0 else float("-inf"))
-            rank = 2 if tier_a.passes(p_side, ratio) else 1 if rules.allow_b and tier_b.passes(p_side, ratio) else 0
-            if rank and (best is None or (rank, net) > (best[0], best[1])):
-                best = (rank, net, side, expected, estimated)
-    if best is None:
-        # WAIT reports the favoured side's expectation: the SHORT's only when a SHORT can be priced.
-        favoured = sides[1] if len(sides) > 1 and p < moves.breakeven_p else sides[0]
-        expected, estimated = favoured[2], favoured[3]
-        return Evaluation(WAIT, signal_pb2.TIER_NONE, horizon, expected, estimated, expected - estimated,
-                          moves.upper_bps, moves.lower_bps, base.version)
-    rank, net, side, expected, estimated = best
-    tier = signal_pb2.TIER_A if rank == 2 else signal_pb2.TIER_B
-    return Evaluation(side, tier, horizon, expected, estimated, net, moves.upper_bps, moves.lower_bps, base.version)
+        long_rank = _rank(rules, p, long_net, long_cost)
+        if short_bps is not None:
+            short_rank = _rank(rules, 1.0 - p, short_net, short_cost)
+            # The better tier wins, then the better net utility; the LONG on a tie.
+            if short_rank and (short_rank, short_net) > (long_rank, long_net):
+                tier = signal_pb2.TIER_A if short_rank == 2 else signal_pb2.TIER_B
+                return Evaluation(SHORT, tier, horizon, short_bps, short_cost, short_net, moves.upper_bps,
+                                  moves.lower_bps, base.version)
+        if long_rank:
+            tier = signal_pb2.TIER_A if long_rank == 2 else signal_pb2.TIER_B
+            return Evaluation(LONG, tier, horizon, moves.long_bps, long_cost, long_net, moves.upper_bps,
+                              moves.lower_bps, base.version)
+    # WAIT reports the favoured side's expectation: the SHORT's only when a SHORT can be priced.
+    if short_bps is not None and p < moves.breakeven_p:
+        return Evaluation(WAIT, signal_pb2.TIER_NONE, horizon, short_bps, short_cost, short_net, moves.upper_bps,
+                          moves.lower_bps, base.version)
+    return Evaluation(WAIT, signal_pb2.TIER_NONE, horizon, moves.long_bps, long_cost, long_net, moves.upper_bps,
+                      moves.lower_bps, base.version)
 
 
 def evaluate_all(prediction: prediction_pb2.Prediction, horizons: Sequence[prediction_pb2.HorizonProbability],
