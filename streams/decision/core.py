@@ -62,6 +62,8 @@ ACTIONABLE: Final = (LONG, SHORT)
 # Comparisons of probabilities and ratios against thresholds tolerate binary rounding (0.75 stored as 0.7499...).
 EPSILON: Final = 1e-9
 
+MAX_INSTRUMENTS: Final = 100_000
+
 # Flags that make an input less trustworthy; SIMULATED is not one (it says where the data comes from).
 DEGRADING_FLAGS: Final = frozenset({
     common_pb2.SEQUENCE_GAP, common_pb2.BOOK_RESYNCING, common_pb2.DEGRADED_TIME_SYNC, common_pb2.STALE_INPUT,
@@ -168,6 +170,8 @@ class DecisionState:
     exchange_lag_us: int = 0               # of the newest input
     claims: list[Claim] = field(default_factory=list)
     rule_counts: dict[str, int] = field(default_factory=dict)
+    # One Instrument object per (venue, symbol), so idea lookups compare keys by identity (bounded like a cache).
+    instruments: dict[tuple[int, str], Instrument] = field(default_factory=dict)
     # The ideas as they were before their first change since the stage's last checkpoint (None: the idea did not
     # exist), so a failed batch is undone by restoring only what it touched; None while no checkpoint is open.
     journal: dict[IdeaKey, IdeaState | None] | None = None
@@ -392,7 +396,9 @@ def process(batch: Sequence[InRecord[prediction_pb2.Prediction]], state: Decisio
     config = state.config
     state.claims = []
     rules_by_conditions: dict[Conditions, Rules] = {}  # conditions repeat across a batch; so do their rules
-    instruments: dict[tuple[int, str], Instrument] = {}
+    instruments = state.instruments
+    if len(instruments) > MAX_INSTRUMENTS:
+        instruments.clear()  # a producer inventing symbols must not grow it without bound
     candidates: list[tuple[IdeaKey, prediction_pb2.Prediction, Evaluation]] = []
     for record in batch:
         prediction = record.value
