@@ -250,6 +250,7 @@ class Rules(NamedTuple):
 
 
 def rules_under(config: DecisionConfig, conditions: Conditions) -> Rules:
+    """The tiers raised by live quality, degraded input and RISK_AVERSE; B and anything actionable allowed or not."""
     tier_a, tier_b = config.tier_a, config.tier_b
     if conditions.tau_offset or conditions.kappa_offset:
         tier_a = TierRule(tier_a.tau + conditions.tau_offset, tier_a.kappa + conditions.kappa_offset)

@@ -500,7 +500,7 @@ class CostBase(NamedTuple):
     def funding_bps(self, horizon_min: float, side: int) -> float:
         """A LONG pays a positive rate, a SHORT receives it; any other side pays none."""
         funding = self.funding_per_min_bps * horizon_min
-        return funding if side == _LONG else -funding if side == _SHORT else 0.0
+        return funding if side == _LONG else 0.0 - funding if side == _SHORT else 0.0  # 0.0 - x: no -0.0
 
     def total_bps(self, horizon_min: float, side: int) -> float:
         return self.fixed_bps + self.funding_bps(horizon_min, side) + self.opportunity_per_min_bps * horizon_min

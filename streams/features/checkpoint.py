@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ def load(path: Path, state: FeatureState, now_us: int, max_age_us: int) -> int:
             log.info("resumed the windows of %d symbol(s) saved %.1f s ago", len(meta["keys"]),
                      (now_us - int(meta["saved_at_us"])) / 1e6)
             return len(meta["keys"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # a truncated file is a BadZipFile
         log.warning("ignoring unreadable features checkpoint %s: %s", path, exc)
         return 0
 

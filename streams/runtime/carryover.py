@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 
 def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` whole: a reader sees the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(data)
@@ -19,14 +21,16 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def take(path: Path) -> bytes | None:
-    """The saved bytes, removing the file; None when nothing was saved. Raises OSError when it cannot be read
-    (the file is removed all the same)."""
+    """The saved bytes, removing the file; None when nothing was saved. Raises OSError when it cannot be read.
+    The file is removed whether or not it could be read; a file that cannot be removed either (no permission)
+    stays, and is refused by age on a later start."""
     if not path.exists():
         return None
     try:
         return path.read_bytes()
     finally:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the read's own error, if any, is the one to report
+            path.unlink(missing_ok=True)
 
 
 def too_old(saved_at_us: int, now_us: int, max_age_us: int) -> str | None:

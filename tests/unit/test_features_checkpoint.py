@@ -38,8 +38,8 @@ def test_a_resumed_state_computes_the_same_vectors_as_one_that_never_stopped(tmp
 
 
 def test_a_stale_or_foreign_checkpoint_is_not_resumed_and_is_removed(tmp_path: Path) -> None:
-    """Tried: a checkpoint 121 s old with a 120 s limit; one from another feature version; a corrupt file; one
-    whose arrays have the wrong shape."""
+    """Tried: a checkpoint 121 s old with a 120 s limit; one from another feature version; a corrupt file; a
+    truncated one; one whose arrays have the wrong shape."""
     clock = ManualClock(T0 + 3_600 * S)
     state = FeatureState()
     run(list(random_walk(10)), state, clock)
@@ -58,6 +58,11 @@ def test_a_stale_or_foreign_checkpoint_is_not_resumed_and_is_removed(tmp_path: P
     assert checkpoint.load(path, FeatureState(), clock.now_us(), 120 * S) == 0
 
     path.write_bytes(b"not an npz file")
+    assert checkpoint.load(path, FeatureState(), clock.now_us(), 120 * S) == 0
+    assert not path.exists()
+
+    checkpoint.save(path, state, clock.now_us())
+    path.write_bytes(path.read_bytes()[:4_000])  # cut short, as by a full disk: still starts like a zip
     assert checkpoint.load(path, FeatureState(), clock.now_us(), 120 * S) == 0
     assert not path.exists()
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas import prediction_pb2, signal_pb2
 from services.gateway.errors import ErrorOut
 from services.gateway.predict import Batcher, PredictUnavailable
-from streams.decision.core import DecisionConfig, evaluate
+from streams.decision.core import DecisionConfig, evaluate_all
 from streams.decision.cost import CostModel
 from streams.infer.model import Model, Prediction
 from streams.runtime.validate import MAX_PRICE, MAX_SPREAD_BPS
@@ -99,8 +99,7 @@ def _decide(body: PredictIn, model: Model, p: Prediction, i: int, config: Decisi
         feature_version=model.feature_version, horizons=horizons, regime=body.regime, mid_price=body.mid_price,
         spread_bps=body.spread_bps)
     out = []
-    for h in pred.horizons:
-        ev = evaluate(pred, h, config, cost)
+    for h, ev in zip(pred.horizons, evaluate_all(pred, pred.horizons, config, cost), strict=True):
         out.append(HorizonDecision(
             horizon_min=h.horizon_min, p_up=h.p_up, ci_low=h.ci_low, ci_high=h.ci_high,
             decision=signal_pb2.Decision.Name(ev.decision), tier=signal_pb2.Tier.Name(ev.tier),
